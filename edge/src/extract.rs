@@ -1,0 +1,106 @@
+//! `mistnet-edge extract`: letterbox images, run the Front, write the features.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use mistnet::data::letterbox::{image_to_tensor, is_image, letterbox, read_rgb};
+use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore};
+
+#[derive(clap::Args)]
+#[command(after_help = "Writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, the Front's raw \
+output) with the cut, Front hash and letterbox geometry in the file's metadata.\n\n\
+Example:\n  mistnet-edge extract --model models/yolov5s.yaml --weights yolov5s.safetensors --cut 4 --imgsz 640 photos/ --out features/")]
+pub struct Args {
+    /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x.
+    #[arg(long, default_value = "yolov5s")]
+    model: String,
+    /// Weights in safetensors with Ultralytics key names; repeat for checkpoints split over several files.
+    /// A file holding only the Front's tensors (`model.0.` … `model.{cut-1}.`) is enough.
+    #[arg(long, required = true)]
+    weights: Vec<PathBuf>,
+    /// Split point in Plato's convention: the edge runs modules 0..cut-1 and sends module cut-1's output.
+    #[arg(long, default_value_t = DEFAULT_CUT)]
+    cut: usize,
+    /// Letterbox size in pixels (square; a multiple of 32).
+    #[arg(long, default_value_t = 640)]
+    imgsz: u32,
+    /// An image file, or a directory whose images (jpg, jpeg, png, bmp, webp) are all processed.
+    input: PathBuf,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.imgsz == 0 || args.imgsz % 32 != 0 {
+        bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
+    }
+    let images = list_images(&args.input)?;
+    let device = Device::Cpu;
+    let specs = ModelConfig::load(&args.model)?.layers()?;
+    let store = ParamStore::open(&args.weights)?;
+    let front = Front::load(&specs, args.cut, &store, &device)?;
+    drop(store);
+    tracing::info!(model = %args.model, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+
+    let bar = ProgressBar::new(images.len() as u64).with_style(
+        ProgressStyle::with_template("{spinner} extract [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    for path in &images {
+        let stem = path.file_stem().and_then(|s| s.to_str()).context("image name is not valid UTF-8")?;
+        bar.set_message(stem.to_string());
+        let img = read_rgb(path).map_err(anyhow::Error::msg)?;
+        let (boxed, lb) = letterbox(&img, args.imgsz);
+        let features = front.forward(&image_to_tensor(&boxed, &device)?)?;
+        let metadata = HashMap::from([
+            ("cut".to_string(), front.cut().to_string()),
+            ("front_hash".to_string(), front.hash().to_string()),
+            ("imgsz".to_string(), args.imgsz.to_string()),
+            ("source".to_string(), path.display().to_string()),
+            ("letterbox_ratio".to_string(), lb.ratio.to_string()),
+            ("letterbox_pad".to_string(), format!("{},{}", lb.pad.0, lb.pad.1)),
+            ("original_size".to_string(), format!("{},{}", lb.original.0, lb.original.1)),
+        ]);
+        let out = args.out.join(format!("{stem}.safetensors"));
+        write_features(&features, metadata, &out)?;
+        tracing::debug!(image = %path.display(), shape = ?features.dims(), out = %out.display(), "extracted");
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    tracing::info!(images = images.len(), out = %args.out.display(), "done");
+    Ok(())
+}
+
+/// The images to process: the file itself, or a directory's image files in name order.
+fn list_images(input: &Path) -> Result<Vec<PathBuf>> {
+    if input.is_file() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let mut images = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_file() && is_image(&path) {
+            images.push(path);
+        }
+    }
+    images.sort();
+    if images.is_empty() {
+        bail!("no images (jpg, jpeg, png, bmp, webp) in {}", input.display());
+    }
+    Ok(images)
+}
+
+fn write_features(features: &Tensor, metadata: HashMap<String, String>, out: &Path) -> Result<()> {
+    let tmp = out.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file([("features", features)], Some(metadata), &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}

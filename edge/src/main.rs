@@ -1,0 +1,30 @@
+//! `mistnet-edge`: the MistNet edge agent. It runs the frozen YOLOv5 Front as pure inference;
+//! no training code is linked into it. Each subcommand lives in its own module.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod extract;
+
+#[derive(Parser)]
+#[command(name = "mistnet-edge", version, about = "MistNet edge agent: runs the frozen YOLOv5 Front on local images; images never leave the device")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Front on images and write its features to files (the offline path for an air-gapped edge).
+    Extract(extract::Args),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Extract(args) => extract::run(args),
+    }
+}

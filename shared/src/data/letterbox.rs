@@ -1,0 +1,93 @@
+//! Letterboxing as YOLOv5 does it: resize keeping the aspect ratio, pad with grey 114 to the
+//! target size, scale pixel values to 0..1. Boxes map between original and letterboxed pixels.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::{Rgb, RgbImage, imageops::FilterType};
+
+/// The grey YOLOv5 pads with.
+pub const PAD_VALUE: u8 = 114;
+
+/// How an image was placed into the letterboxed canvas.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    /// Scale from original to letterboxed pixels.
+    pub ratio: f32,
+    /// Left and top padding in letterboxed pixels.
+    pub pad: (f32, f32),
+    /// Original width and height.
+    pub original: (u32, u32),
+    /// Letterboxed width and height.
+    pub size: (u32, u32),
+}
+
+impl Letterbox {
+    /// Maps an `[x1, y1, x2, y2]` box in letterboxed pixels back to original pixels, clipped.
+    pub fn to_original(&self, b: [f32; 4]) -> [f32; 4] {
+        let (w, h) = (self.original.0 as f32, self.original.1 as f32);
+        let x = |v: f32| ((v - self.pad.0) / self.ratio).clamp(0.0, w);
+        let y = |v: f32| ((v - self.pad.1) / self.ratio).clamp(0.0, h);
+        [x(b[0]), y(b[1]), x(b[2]), y(b[3])]
+    }
+
+    /// Maps an `[x1, y1, x2, y2]` box in original pixels into letterboxed pixels.
+    pub fn to_letterboxed(&self, b: [f32; 4]) -> [f32; 4] {
+        [
+            b[0] * self.ratio + self.pad.0,
+            b[1] * self.ratio + self.pad.1,
+            b[2] * self.ratio + self.pad.0,
+            b[3] * self.ratio + self.pad.1,
+        ]
+    }
+}
+
+/// Resizes `img` into a `size`×`size` canvas keeping its aspect ratio, padding evenly with 114
+/// (YOLOv5's `letterbox(..., auto=False)`; the odd pixel of padding goes right/bottom).
+pub fn letterbox(img: &RgbImage, size: u32) -> (RgbImage, Letterbox) {
+    let (w0, h0) = img.dimensions();
+    let ratio = (size as f32 / w0 as f32).min(size as f32 / h0 as f32);
+    let new_w = ((w0 as f32 * ratio).round() as u32).clamp(1, size);
+    let new_h = ((h0 as f32 * ratio).round() as u32).clamp(1, size);
+    let dw = (size - new_w) as f32 / 2.0;
+    let dh = (size - new_h) as f32 / 2.0;
+    let left = (dw - 0.1).round() as u32;
+    let top = (dh - 0.1).round() as u32;
+    let resized = if (new_w, new_h) == (w0, h0) {
+        img.clone()
+    } else {
+        image::imageops::resize(img, new_w, new_h, FilterType::Triangle)
+    };
+    let mut canvas = RgbImage::from_pixel(size, size, Rgb([PAD_VALUE; 3]));
+    image::imageops::replace(&mut canvas, &resized, left as i64, top as i64);
+    let info = Letterbox { ratio, pad: (left as f32, top as f32), original: (w0, h0), size: (size, size) };
+    (canvas, info)
+}
+
+/// An RGB image as a `[1, 3, H, W]` f32 tensor with values in 0..1.
+pub fn image_to_tensor(img: &RgbImage, device: &Device) -> candle_core::Result<Tensor> {
+    let (w, h) = img.dimensions();
+    let (w, h) = (w as usize, h as usize);
+    let mut planar = vec![0f32; 3 * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            planar[c * h * w + i] = px.0[c] as f32 / 255.0;
+        }
+    }
+    Tensor::from_vec(planar, (1, 3, h, w), device)
+}
+
+/// Reads an image file as RGB, with the path in the error.
+pub fn read_rgb(path: &Path) -> Result<RgbImage, String> {
+    image::open(path).map(|i| i.to_rgb8()).map_err(|e| format!("cannot read image {}: {e}", path.display()))
+}
+
+/// File extensions read as images.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "webp", "jpe"];
+
+/// Whether `path` has an image extension.
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}

@@ -1,0 +1,3 @@
+//! Images and datasets: loading, letterboxing.
+
+pub mod letterbox;

@@ -1,0 +1,81 @@
+//! BatchNorm2d as YOLOv5 configures it: eps 1e-3, momentum 0.03.
+//!
+//! Train mode normalises with the batch statistics (biased variance) and updates the running
+//! statistics with the unbiased variance, as PyTorch does; eval mode uses the running statistics.
+
+use candle_core::{D, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+/// BatchNorm hyper-parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormConfig {
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self { eps: 1e-3, momentum: 0.03 }
+    }
+}
+
+/// `model.{i}...bn`: affine weight/bias and running statistics.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    /// Shared with the parameter store when the model was built from a `VarMap`, so that
+    /// train-mode updates reach checkpoints.
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub config: BatchNormConfig,
+}
+
+impl BatchNorm2d {
+    pub fn load(vb: VarBuilder, channels: usize, config: BatchNormConfig) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let running_mean = Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?;
+        let running_var = Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?;
+        Ok(Self { weight, bias, running_mean, running_var, config })
+    }
+
+    /// Per-channel `(scale, shift)` such that eval-mode BN is `x * scale + shift`.
+    pub fn eval_scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let inv_std = (self.running_var.as_tensor() + self.config.eps)?.sqrt()?.recip()?;
+        let scale = (&self.weight * inv_std)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let as_col = |t: &Tensor| t.reshape((1, c, 1, 1));
+        if !train {
+            let (scale, shift) = self.eval_scale_shift()?;
+            return x.broadcast_mul(&as_col(&scale)?)?.broadcast_add(&as_col(&shift)?);
+        }
+        let (n, _, h, w) = x.dims4()?;
+        let count = n * h * w;
+        if count < 2 {
+            candle_core::bail!("BatchNorm in train mode needs more than one value per channel, got {count}");
+        }
+        // Statistics per channel over (N, H, W).
+        let flat = x.transpose(0, 1)?.reshape((c, count))?;
+        let mean = flat.mean(D::Minus1)?;
+        let centered = flat.broadcast_sub(&mean.unsqueeze(1)?)?;
+        let var = centered.sqr()?.mean(D::Minus1)?;
+        let inv_std = (&var + self.config.eps)?.sqrt()?.recip()?;
+        let scale = (&self.weight * &inv_std)?;
+        let shift = (&self.bias - (&mean * &scale)?)?;
+        let y = x.broadcast_mul(&as_col(&scale)?)?.broadcast_add(&as_col(&shift)?)?;
+
+        let m = self.config.momentum;
+        let unbiased = (var.detach() * (count as f64 / (count as f64 - 1.0)))?;
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        Ok(y)
+    }
+}

@@ -1,0 +1,85 @@
+//! `Detect`: the anchor-based YOLOv5 head.
+//!
+//! Per level `i`, a 1×1 convolution `m.{i}` (with bias) maps the input to `na·(nc+5)` channels,
+//! viewed as raw outputs `[bs, na, ny, nx, nc+5]` (pre-sigmoid; what the loss takes). Decoding
+//! (what NMS takes) is `xy = (2σ(t) − 0.5 + grid)·stride`, `wh = (2σ(t))²·anchor_px`,
+//! `obj, cls = σ(t)`, concatenated over levels in (anchor, y, x) order. `model.24.anchors` holds
+//! the anchors in grid units (pixels / stride), as Ultralytics stores them.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+#[derive(Debug, Clone)]
+pub struct Detect {
+    /// `m.{i}.weight`, `m.{i}.bias` per level.
+    pub convs: Vec<(Tensor, Tensor)>,
+    /// `[nl, na, 2]`, grid units.
+    pub anchors: Tensor,
+    pub strides: Vec<usize>,
+    pub nc: usize,
+    pub na: usize,
+}
+
+impl Detect {
+    pub fn load(vb: VarBuilder, nc: usize, anchors_px: &[Vec<(f32, f32)>], ch: &[usize], strides: &[usize]) -> Result<Self> {
+        let na = anchors_px[0].len();
+        let no = nc + 5;
+        let convs = ch
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let bound = 1.0 / (c as f64).sqrt();
+                let init = Init::Uniform { lo: -bound, up: bound };
+                let vb = vb.pp("m").pp(i);
+                Ok((vb.get_with_hints((na * no, c, 1, 1), "weight", init)?, vb.get_with_hints(na * no, "bias", init)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grid_units: Vec<f32> = anchors_px
+            .iter()
+            .zip(strides)
+            .flat_map(|(level, &s)| level.iter().flat_map(move |&(w, h)| [w / s as f32, h / s as f32]))
+            .collect();
+        let default = Tensor::from_vec(grid_units, (anchors_px.len(), na, 2), &Device::Cpu)?;
+        let anchors = if vb.contains_tensor("anchors") {
+            vb.get((anchors_px.len(), na, 2), "anchors")?
+        } else {
+            default.to_device(vb.device())?
+        };
+        Ok(Self { convs, anchors, strides: strides.to_vec(), nc, na })
+    }
+
+    /// Raw outputs per level, `[bs, na, ny, nx, nc+5]`.
+    pub fn forward(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        if xs.len() != self.convs.len() {
+            candle_core::bail!("Detect expects {} inputs, got {}", self.convs.len(), xs.len());
+        }
+        xs.iter()
+            .zip(&self.convs)
+            .map(|(x, (w, b))| {
+                let (bs, _, ny, nx) = x.dims4()?;
+                let c = x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+                c.reshape((bs, self.na, self.nc + 5, ny, nx))?.permute((0, 1, 3, 4, 2))?.contiguous()
+            })
+            .collect()
+    }
+
+    /// Boxes for NMS: `[bs, N, nc+5]` with xywh in input pixels, objectness and class scores.
+    pub fn decode(&self, raw: &[Tensor]) -> Result<Tensor> {
+        let mut levels = Vec::with_capacity(raw.len());
+        for (i, r) in raw.iter().enumerate() {
+            let (bs, na, ny, nx, no) = r.dims5()?;
+            let stride = self.strides[i] as f64;
+            let s = candle_nn::ops::sigmoid(r)?;
+            let dev = r.device();
+            let xs = Tensor::arange(0u32, nx as u32, dev)?.to_dtype(DType::F32)?.reshape((1, 1, 1, nx, 1))?.broadcast_as((1, 1, ny, nx, 1))?;
+            let ys = Tensor::arange(0u32, ny as u32, dev)?.to_dtype(DType::F32)?.reshape((1, 1, ny, 1, 1))?.broadcast_as((1, 1, ny, nx, 1))?;
+            let grid = (Tensor::cat(&[&xs, &ys], 4)? - 0.5)?.to_dtype(r.dtype())?;
+            let xy = ((s.narrow(4, 0, 2)? * 2.0)?.broadcast_add(&grid)? * stride)?;
+            let anchor_px = (self.anchors.get(i)? * stride)?.reshape((1, na, 1, 1, 2))?.to_dtype(r.dtype())?;
+            let wh = (s.narrow(4, 2, 2)? * 2.0)?.sqr()?.broadcast_mul(&anchor_px)?;
+            let rest = s.narrow(4, 4, no - 4)?;
+            levels.push(Tensor::cat(&[&xy, &wh, &rest], 4)?.reshape((bs, na * ny * nx, no))?);
+        }
+        Tensor::cat(&levels, 1)
+    }
+}

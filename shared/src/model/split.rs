@@ -1,0 +1,131 @@
+//! The MistNet split: an edge **Front** (layers `0..cut`, inference only, BatchNorm folded) and
+//! a cloud **Back** (layers `cut..`, trainable).
+//!
+//! `cut` follows Plato's convention: the edge runs modules `0..cut-1` and sends the output of
+//! module `cut − 1`. A cut is valid when that output is the only tensor the Back needs from the
+//! Front, so exactly one tensor crosses the network. For YOLOv5 the valid cuts are 1..=5 (layer 4
+//! is also the neck's skip input, so cut 5 still sends one tensor; cut 6 would need layers 4 and 5).
+
+use candle_core::{Device, Result as CandleResult, Tensor};
+use candle_nn::VarBuilder;
+
+use super::batch_norm::BatchNormConfig;
+use super::c3::{C3, FoldedC3};
+use super::config::{INPUT, LayerKind, LayerSpec};
+use super::conv::{Conv, ConvShape, FoldedConv};
+use super::sppf::{FoldedSppf, Sppf};
+use super::weights::ParamStore;
+use super::yolo::{Yolo, run_graph, upsample_nearest};
+use super::ModelError;
+
+/// The default cut of Plato's and Sedna's MistNet.
+pub const DEFAULT_CUT: usize = 4;
+
+/// Cuts at which exactly one tensor (the output of layer `cut − 1`) crosses from Front to Back.
+pub fn valid_cuts(specs: &[LayerSpec]) -> Vec<usize> {
+    (1..specs.len())
+        .filter(|&cut| {
+            let front_ok = specs[..cut].iter().all(|s| !matches!(s.kind, LayerKind::Detect { .. }));
+            let crossing = specs[cut..].iter().flat_map(|s| s.from.iter()).all(|&j| j != INPUT && (j >= cut || j == cut - 1));
+            front_ok && crossing
+        })
+        .collect()
+}
+
+/// Checks `cut` against the config, with a message that lists the valid cuts.
+pub fn check_cut(specs: &[LayerSpec], cut: usize) -> Result<(), ModelError> {
+    let valid = valid_cuts(specs);
+    if valid.contains(&cut) {
+        Ok(())
+    } else {
+        Err(ModelError::Cut { cut, valid })
+    }
+}
+
+/// Names (prefixes) of the state-dict entries that belong to the Front at `cut`.
+pub fn front_prefixes(cut: usize) -> Vec<String> {
+    (0..cut).map(|i| format!("model.{i}.")).collect()
+}
+
+/// A Front layer with BatchNorm folded away.
+#[derive(Debug, Clone)]
+enum FrontLayer {
+    Conv(FoldedConv),
+    C3(FoldedC3),
+    Sppf(FoldedSppf),
+    Upsample(usize),
+    Concat,
+}
+
+/// The edge part of the model: layers `0..cut`, inference only.
+#[derive(Debug, Clone)]
+pub struct Front {
+    specs: Vec<LayerSpec>,
+    layers: Vec<FrontLayer>,
+    cut: usize,
+    hash: String,
+}
+
+impl Front {
+    /// Builds the folded Front from a store that needs to hold only the Front's tensors.
+    pub fn load(specs: &[LayerSpec], cut: usize, store: &ParamStore, device: &Device) -> Result<Self, ModelError> {
+        check_cut(specs, cut)?;
+        let vb = store.var_builder(device).pp("model");
+        let bn = BatchNormConfig::default();
+        let layers = specs[..cut]
+            .iter()
+            .map(|s| fold_layer(vb.pp(s.index), &s.kind, bn))
+            .collect::<CandleResult<Vec<_>>>()?;
+        let hash = store.hash(&front_prefixes(cut))?;
+        Ok(Self { specs: specs[..cut].to_vec(), layers, cut, hash })
+    }
+
+    pub fn cut(&self) -> usize {
+        self.cut
+    }
+
+    /// SHA-256 (hex) of the unfolded Front tensors it was built from: names, shapes and values.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Channels of the tensor sent to the cloud.
+    pub fn out_channels(&self) -> usize {
+        self.specs[self.cut - 1].c_out
+    }
+
+    /// Stride of the tensor sent to the cloud relative to the input image.
+    pub fn out_stride(&self) -> usize {
+        self.specs[self.cut - 1].stride
+    }
+
+    /// Runs layers `0..cut` on an image batch `[bs, 3, H, W]` (values in 0..1).
+    pub fn forward(&self, image: &Tensor) -> CandleResult<Tensor> {
+        let last = self.cut - 1;
+        let mut outs = run_graph(&self.specs, 0, image.clone(), false, |i, xs| match &self.layers[i] {
+            FrontLayer::Conv(m) => m.forward(xs[0]),
+            FrontLayer::C3(m) => m.forward(xs[0]),
+            FrontLayer::Sppf(m) => m.forward(xs[0]),
+            FrontLayer::Upsample(s) => upsample_nearest(xs[0], *s),
+            FrontLayer::Concat => Tensor::cat(xs, 1),
+        })?;
+        Ok(outs[last].take().expect("the last Front layer's output is kept"))
+    }
+}
+
+fn fold_layer(vb: VarBuilder, kind: &LayerKind, bn: BatchNormConfig) -> CandleResult<FrontLayer> {
+    Ok(match *kind {
+        LayerKind::Conv { c1, c2, k, s, p, g } => FrontLayer::Conv(Conv::load(vb, ConvShape { c1, c2, k, s, p, g }, bn)?.fold()?),
+        LayerKind::C3 { c1, c2, n, shortcut } => FrontLayer::C3(C3::load(vb, c1, c2, n, shortcut, bn)?.fold()?),
+        LayerKind::Sppf { c1, c2, k } => FrontLayer::Sppf(Sppf::load(vb, c1, c2, k, bn)?.fold()?),
+        LayerKind::Upsample { scale } => FrontLayer::Upsample(scale),
+        LayerKind::Concat => FrontLayer::Concat,
+        LayerKind::Detect { .. } => unreachable!("check_cut keeps Detect out of the Front"),
+    })
+}
+
+/// The cloud part of the model: layers `cut..`, trainable; its input is the Front's output.
+pub fn load_back(specs: &[LayerSpec], cut: usize, store: &ParamStore, device: &Device) -> Result<Yolo, ModelError> {
+    check_cut(specs, cut)?;
+    Ok(Yolo::load(store.var_builder(device), specs, cut, BatchNormConfig::default())?)
+}

@@ -1,0 +1,207 @@
+//! Weights I/O: a parameter store over safetensors files (one or several shards) that hands
+//! tensors to the layers by their Ultralytics state-dict names, and writes them back.
+//!
+//! Every tensor a model asks for becomes a candle [`Var`], so a loaded model can be trained and
+//! its BatchNorm running statistics updated in place; the store then saves exactly what the
+//! model holds. Files are memory-mapped and read lazily: building the edge Front from a full
+//! checkpoint reads only the Front's tensors. `*.num_batches_tracked` (PyTorch bookkeeping that
+//! YOLOv5 never reads) is ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use sha2::{Digest, Sha256};
+
+use super::ModelError;
+
+/// Suffixes of tensors that are state but not trainable parameters.
+pub const BUFFER_SUFFIXES: [&str; 3] = [".running_mean", ".running_var", ".anchors"];
+const IGNORED_SUFFIX: &str = ".num_batches_tracked";
+
+#[derive(Default)]
+struct Inner {
+    /// Every tensor handed out so far, by name.
+    vars: BTreeMap<String, Var>,
+    /// Names that were created by initialisation rather than read from a file.
+    initialised: BTreeSet<String>,
+}
+
+/// Named tensors, read lazily from safetensors shards and created on demand.
+#[derive(Clone)]
+pub struct ParamStore {
+    files: Option<Arc<MmapedSafetensors>>,
+    file_names: BTreeSet<String>,
+    /// Whether a tensor the files lack may be initialised (a fresh model) or is an error.
+    allow_init: bool,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl ParamStore {
+    /// A store with no files: every tensor is initialised as PyTorch/Ultralytics would.
+    pub fn fresh() -> Self {
+        Self { files: None, file_names: BTreeSet::new(), allow_init: true, inner: Arc::default() }
+    }
+
+    /// A store over one or several safetensors files; a tensor no file holds is an error.
+    pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Self, ModelError> {
+        if paths.is_empty() {
+            return Err(ModelError::Weights("no weights file given".into()));
+        }
+        let mut file_names = BTreeSet::new();
+        for p in paths {
+            let p = p.as_ref();
+            // SAFETY: the files are only read; the project replaces weight files atomically (rename), never in place.
+            let file = unsafe { MmapedSafetensors::new(p) }
+                .map_err(|e| ModelError::Weights(format!("{} is not a readable safetensors file: {e}", p.display())))?;
+            for (name, _) in file.tensors() {
+                if !file_names.insert(name.clone()) {
+                    return Err(ModelError::Weights(format!("tensor {name} appears in more than one file (again in {})", p.display())));
+                }
+            }
+        }
+        // SAFETY: as above.
+        let files = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| ModelError::Weights(e.to_string()))?;
+        Ok(Self { files: Some(Arc::new(files)), file_names, allow_init: false, inner: Arc::default() })
+    }
+
+    /// A `VarBuilder` rooted at the state-dict root (the caller adds `model`).
+    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, device.clone())
+    }
+
+    /// Every tensor handed out, by name.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        let inner = self.inner.lock().expect("param store lock");
+        inner.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Trainable parameters (everything but BatchNorm statistics and anchors), by name.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let inner = self.inner.lock().expect("param store lock");
+        inner
+            .vars
+            .iter()
+            .filter(|(k, _)| !BUFFER_SUFFIXES.iter().any(|s| k.ends_with(s)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Tensors in the files that no layer asked for.
+    pub fn unused(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("param store lock");
+        self.file_names
+            .iter()
+            .filter(|k| !k.ends_with(IGNORED_SUFFIX) && !inner.vars.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// Fails if the files hold tensors the model does not have (a config/weights mismatch).
+    pub fn ensure_all_used(&self) -> Result<(), ModelError> {
+        let unused = self.unused();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<_> = unused.iter().take(8).cloned().collect();
+        Err(ModelError::Weights(format!(
+            "{} tensors in the weights do not belong to this model config: {}{}",
+            unused.len(),
+            shown.join(", "),
+            if unused.len() > shown.len() { ", ..." } else { "" }
+        )))
+    }
+
+    /// SHA-256 over the handed-out tensors whose names start with one of `prefixes`
+    /// (name, shape and little-endian f32 bytes, in name order), as lowercase hex.
+    pub fn hash(&self, prefixes: &[String]) -> Result<String, ModelError> {
+        hash_tensors(self.tensors().iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str()))))
+    }
+
+    /// Writes every handed-out tensor to one safetensors file, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        save_tensors(&self.tensors(), path)
+    }
+}
+
+/// SHA-256 of named tensors (name, dims, f32 LE bytes), in the iteration order given.
+pub fn hash_tensors<'a>(tensors: impl Iterator<Item = (&'a String, &'a Tensor)>) -> Result<String, ModelError> {
+    let mut h = Sha256::new();
+    for (name, t) in tensors {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((t.rank() as u64).to_le_bytes());
+        for d in t.dims() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        let values = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>())?;
+        for v in values {
+            h.update(v.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Writes named tensors to `path` through a temporary file, fsync and rename.
+pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), ModelError> {
+    let tmp: PathBuf = path.with_extension("safetensors.tmp");
+    let io = |e: std::io::Error| ModelError::Weights(format!("cannot write {}: {e}", path.display()));
+    safetensors::serialize_to_file(tensors.iter(), None, &tmp).map_err(|e| ModelError::Weights(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+impl SimpleBackend for ParamStore {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut inner = self.inner.lock().expect("param store lock");
+        if let Some(v) = inner.vars.get(name) {
+            if v.shape() != &s {
+                candle_core::bail!("tensor {name} has shape {:?}, the model expects {:?}", v.shape(), s);
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let var = if self.file_names.contains(name) {
+            let files = self.files.as_ref().expect("file names come from files");
+            let t = files.load(name, dev)?;
+            if t.shape() != &s {
+                candle_core::bail!("tensor {name} in the weights has shape {:?}, the model config expects {:?}", t.shape(), s);
+            }
+            Var::from_tensor(&t.to_dtype(dtype)?)?
+        } else if self.allow_init {
+            inner.initialised.insert(name.to_string());
+            h.var(s, dtype, dev)?
+        } else {
+            candle_core::bail!("the weights have no tensor {name} (shape {:?})", s.dims());
+        };
+        let t = var.as_tensor().clone();
+        inner.vars.insert(name.to_string(), var);
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if let Some(v) = self.inner.lock().expect("param store lock").vars.get(name) {
+            return Ok(v.as_tensor().clone());
+        }
+        match &self.files {
+            Some(f) if self.file_names.contains(name) => {
+                let t = f.load(name, dev)?.to_dtype(dtype)?;
+                let var = Var::from_tensor(&t)?;
+                self.inner.lock().expect("param store lock").vars.insert(name.to_string(), var.clone());
+                Ok(var.as_tensor().clone())
+            }
+            _ => candle_core::bail!("the weights have no tensor {name}"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.file_names.contains(name) || self.inner.lock().expect("param store lock").vars.contains_key(name)
+    }
+}
