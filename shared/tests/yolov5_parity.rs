@@ -165,3 +165,18 @@ fn save_and_reload_round_trips_every_tensor() {
     }
     assert_eq!(store.tensors().len(), again.tensors().len());
 }
+
+#[test]
+fn fused_cpu_front_equals_candle_ops_for_every_cut_and_batch() {
+    let specs = yolov5n();
+    let r = reference(64);
+    let x = Tensor::cat(&[&r["input"], &r["input"].flip(&[3]).unwrap()], 0).unwrap();
+    for cut in valid_cuts(&specs) {
+        let store = ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap();
+        let front = Front::load(&specs, cut, &store, &Device::Cpu).unwrap();
+        let fused = front.forward(&x).unwrap();
+        let candle = front.forward_candle(&x).unwrap();
+        let e = rel_err(&fused, &candle);
+        assert!(e < 1e-5, "cut {cut}: fused path differs from candle's ops by {e}");
+    }
+}

@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::conv::{Conv, ConvShape, FoldedConv};
+use super::planes::Planes;
 
 /// `m.{j}`: 1×1 then 3×3 convolution (expansion 1.0), with a residual add when `shortcut`.
 #[derive(Debug, Clone)]
@@ -85,5 +86,15 @@ impl FoldedC3 {
         }
         let b = self.cv2.forward(x)?;
         self.cv3.forward(&Tensor::cat(&[&a, &b], 1)?)
+    }
+
+    pub fn forward_planes(&self, x: &Planes) -> Planes {
+        let mut a = self.cv1.forward_planes(x, None);
+        for (cv1, cv2, shortcut) in &self.m {
+            let hidden = cv1.forward_planes(&a, None);
+            a = cv2.forward_planes(&hidden, shortcut.then_some(&a));
+        }
+        let b = self.cv2.forward_planes(x, None);
+        self.cv3.forward_planes(&Planes::cat(&[&a, &b]), None)
     }
 }

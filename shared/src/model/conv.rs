@@ -4,6 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::batch_norm::{BatchNorm2d, BatchNormConfig};
+use super::planes::{ConvKernel, Planes};
 
 /// Geometry of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,13 @@ impl Conv {
     pub fn fold(&self) -> Result<FoldedConv> {
         let (scale, shift) = self.bn.eval_scale_shift()?;
         let weight = self.weight.broadcast_mul(&scale.reshape((self.shape.c2, 1, 1, 1))?)?.detach();
-        Ok(FoldedConv { weight, bias: shift.detach(), shape: self.shape })
+        let bias = shift.detach();
+        let kernel = ConvKernel {
+            weight: weight.flatten_all()?.to_vec1()?,
+            bias: bias.to_vec1()?,
+            shape: self.shape,
+        };
+        Ok(FoldedConv { weight, bias, shape: self.shape, kernel })
     }
 }
 
@@ -70,11 +77,18 @@ pub struct FoldedConv {
     pub weight: Tensor,
     pub bias: Tensor,
     pub shape: ConvShape,
+    /// The same weights for the fused CPU path.
+    pub kernel: ConvKernel,
 }
 
 impl FoldedConv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.conv2d(&self.weight, self.shape.p, self.shape.s, 1, self.shape.g)?;
         y.broadcast_add(&self.bias.reshape((1, self.shape.c2, 1, 1))?)?.silu()
+    }
+
+    /// The fused CPU path: `silu(conv(x) + b) (+ residual)` on one image.
+    pub fn forward_planes(&self, x: &Planes, residual: Option<&Planes>) -> Planes {
+        self.kernel.forward(x, residual)
     }
 }

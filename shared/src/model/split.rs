@@ -6,13 +6,14 @@
 //! Front, so exactly one tensor crosses the network. For YOLOv5 the valid cuts are 1..=5 (layer 4
 //! is also the neck's skip input, so cut 5 still sends one tensor; cut 6 would need layers 4 and 5).
 
-use candle_core::{Device, Result as CandleResult, Tensor};
+use candle_core::{DType, Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::c3::{C3, FoldedC3};
 use super::config::{INPUT, LayerKind, LayerSpec};
 use super::conv::{Conv, ConvShape, FoldedConv};
+use super::planes::{self, Planes};
 use super::sppf::{FoldedSppf, Sppf};
 use super::weights::ParamStore;
 use super::yolo::{Yolo, run_graph, upsample_nearest};
@@ -99,8 +100,17 @@ impl Front {
         self.specs[self.cut - 1].stride
     }
 
-    /// Runs layers `0..cut` on an image batch `[bs, 3, H, W]` (values in 0..1).
+    /// Runs layers `0..cut` on an image batch `[bs, 3, H, W]` (values in 0..1). On the CPU, f32
+    /// batches take the fused path ([`planes`]), one image at a time; elsewhere candle's ops.
     pub fn forward(&self, image: &Tensor) -> CandleResult<Tensor> {
+        if image.device().is_cpu() && image.dtype() == DType::F32 {
+            return self.forward_fused(image);
+        }
+        self.forward_candle(image)
+    }
+
+    /// The same computation with candle's ops on any device.
+    pub fn forward_candle(&self, image: &Tensor) -> CandleResult<Tensor> {
         let last = self.cut - 1;
         let mut outs = run_graph(&self.specs, 0, image.clone(), false, |i, xs| match &self.layers[i] {
             FrontLayer::Conv(m) => m.forward(xs[0]),
@@ -110,6 +120,27 @@ impl Front {
             FrontLayer::Concat => Tensor::cat(xs, 1),
         })?;
         Ok(outs[last].take().expect("the last Front layer's output is kept"))
+    }
+
+    fn forward_fused(&self, image: &Tensor) -> CandleResult<Tensor> {
+        let (bs, c, h, w) = image.dims4()?;
+        let last = self.cut - 1;
+        let mut results = Vec::with_capacity(bs);
+        for b in 0..bs {
+            let x = Planes::new(c, h, w, image.get(b)?.flatten_all()?.to_vec1()?);
+            let mut outs = run_graph(&self.specs, 0, x, false, |i, xs| {
+                Ok(match &self.layers[i] {
+                    FrontLayer::Conv(m) => m.forward_planes(xs[0], None),
+                    FrontLayer::C3(m) => m.forward_planes(xs[0]),
+                    FrontLayer::Sppf(m) => m.forward_planes(xs[0]),
+                    FrontLayer::Upsample(s) => planes::upsample_nearest(xs[0], *s),
+                    FrontLayer::Concat => Planes::cat(xs),
+                })
+            })?;
+            let y = outs[last].take().expect("the last Front layer's output is kept");
+            results.push(Tensor::from_vec(y.data, (1, y.c, y.h, y.w), image.device())?);
+        }
+        if results.len() == 1 { Ok(results.pop().expect("one image")) } else { Tensor::cat(&results, 0) }
     }
 }
 

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::conv::{Conv, ConvShape, FoldedConv};
+use super::planes::{self, Planes};
 
 /// Max-pool with kernel `k` (odd), stride 1 and padding `k / 2` filled with -inf: output size = input size.
 pub fn max_pool_same(x: &Tensor, k: usize) -> Result<Tensor> {
@@ -81,5 +82,13 @@ impl FoldedSppf {
         let y2 = max_pool_same(&y1, self.k)?;
         let y3 = max_pool_same(&y2, self.k)?;
         self.cv2.forward(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?)
+    }
+
+    pub fn forward_planes(&self, x: &Planes) -> Planes {
+        let x = self.cv1.forward_planes(x, None);
+        let y1 = planes::max_pool_same(&x, self.k);
+        let y2 = planes::max_pool_same(&y1, self.k);
+        let y3 = planes::max_pool_same(&y2, self.k);
+        self.cv2.forward_planes(&Planes::cat(&[&x, &y1, &y2, &y3]), None)
     }
 }

@@ -47,13 +47,13 @@ pub fn upsample_nearest(x: &Tensor, scale: usize) -> Result<Tensor> {
 /// Runs layers `first..` of a graph over `input` (the output of layer `first − 1`, or the image).
 /// `apply(i, inputs)` computes layer `i`; outputs are kept only while a later layer needs them,
 /// unless `keep_all`. Returns the outputs (None where dropped), indexed by layer.
-pub fn run_graph(
+pub fn run_graph<T: Clone>(
     specs: &[LayerSpec],
     first: usize,
-    input: Tensor,
+    input: T,
     keep_all: bool,
-    mut apply: impl FnMut(usize, &[&Tensor]) -> Result<Tensor>,
-) -> Result<Vec<Option<Tensor>>> {
+    mut apply: impl FnMut(usize, &[&T]) -> Result<T>,
+) -> Result<Vec<Option<T>>> {
     let n = specs.len();
     // last_use[j]: the last layer that reads layer j's output.
     let mut last_use = vec![None; n];
@@ -62,7 +62,7 @@ pub fn run_graph(
             last_use[j] = Some(s.index);
         }
     }
-    let mut outs: Vec<Option<Tensor>> = vec![None; n];
+    let mut outs: Vec<Option<T>> = vec![None; n];
     let mut image = None;
     if first == 0 {
         image = Some(input);

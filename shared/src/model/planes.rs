@@ -1,0 +1,282 @@
+//! Inference-only CPU kernels for the folded Front, on one image at a time.
+//!
+//! A convolution is a GEMM `W[c2, c1·k·k] · col(x)[c1·k·k, Ho·Wo]`. Instead of materialising the
+//! whole `col` matrix (44 MB for yolov5s' stem at 640 px), the output is cut into tiles of a few
+//! rows; each tile builds its slice of `col` in a small per-thread buffer, runs the GEMM, and
+//! applies bias, SiLU and an optional residual while the tile is still in cache. Tiles run in
+//! parallel on rayon's pool; a 1×1 stride-1 convolution reads the input directly, with no `col`.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::conv::ConvShape;
+
+/// One image: `c` planes of `h × w` values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planes {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub data: Vec<f32>,
+}
+
+impl Planes {
+    pub fn new(c: usize, h: usize, w: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), c * h * w, "planes data length");
+        Self { c, h, w, data }
+    }
+
+    /// Concatenates along channels.
+    pub fn cat(parts: &[&Planes]) -> Planes {
+        let (h, w) = (parts[0].h, parts[0].w);
+        assert!(parts.iter().all(|p| p.h == h && p.w == w), "concatenated planes must share their size");
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        Planes::new(parts.iter().map(|p| p.c).sum(), h, w, data)
+    }
+}
+
+/// Output elements per tile's `col` buffer: keeps a tile's working set in L2.
+const COL_TILE_BYTES: usize = 256 * 1024;
+
+/// Folded convolution weights in GEMM layout.
+#[derive(Debug, Clone)]
+pub struct ConvKernel {
+    /// `[c2, c1/g · k · k]`, row-major.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub shape: ConvShape,
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+thread_local! {
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl ConvKernel {
+    /// Output size for an input of `h × w`.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let ConvShape { k, s, p, .. } = self.shape;
+        ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
+    }
+
+    /// `silu(conv(x) + bias) + residual`.
+    pub fn forward(&self, x: &Planes, residual: Option<&Planes>) -> Planes {
+        let ConvShape { c1, c2, k, s, p, g } = self.shape;
+        assert_eq!(x.c, c1, "conv input channels");
+        let (ho, wo) = self.out_size(x.h, x.w);
+        let hw = ho * wo;
+        if let Some(r) = residual {
+            assert_eq!((r.c, r.h, r.w), (c2, ho, wo), "residual shape");
+        }
+        let mut out = vec![0f32; c2 * hw];
+        let direct = k == 1 && s == 1 && p == 0;
+        let kk = c1 / g * k * k;
+        // Columns per tile: whole output rows for im2col, any run for the direct 1×1 case.
+        let cols = if direct {
+            (COL_TILE_BYTES / 4 / c2.max(1)).clamp(64, hw).next_multiple_of(16).min(hw)
+        } else {
+            (COL_TILE_BYTES / 4 / (kk * wo)).max(1) * wo
+        };
+        let tiles: Vec<usize> = (0..hw).step_by(cols).collect();
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = &out_ptr;
+        tiles.par_iter().for_each(|&col0| {
+            let n = cols.min(hw - col0);
+            COL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                for gi in 0..g {
+                    let (m, c_in) = (c2 / g, c1 / g);
+                    let w_ptr = self.weight[gi * m * kk..].as_ptr();
+                    // SAFETY: every tile writes the disjoint columns col0..col0+n of its rows.
+                    let dst = unsafe { out_ptr.0.add(gi * m * hw + col0) };
+                    let x_group = &x.data[gi * c_in * x.h * x.w..(gi + 1) * c_in * x.h * x.w];
+                    let (rhs, rhs_rs) = if direct {
+                        (x_group[col0..].as_ptr(), hw as isize)
+                    } else {
+                        buf.resize(kk * n, 0.0);
+                        im2col(x_group, c_in, x.h, x.w, &self.shape, wo, col0 / wo, n / wo, &mut buf);
+                        (buf.as_ptr(), n as isize)
+                    };
+                    // SAFETY: pointers and strides describe in-bounds [m, kk], [kk, n] and [m, n] matrices.
+                    unsafe {
+                        gemm::gemm(
+                            m, n, kk, dst, 1, hw as isize, false, w_ptr, 1, kk as isize, rhs, 1, rhs_rs, 0.0, 1.0,
+                            false, false, false, gemm::Parallelism::None,
+                        );
+                    }
+                }
+            });
+            for r in 0..c2 {
+                // SAFETY: as above, columns col0..col0+n of row r belong to this tile alone.
+                let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * hw + col0), n) };
+                let res = residual.map(|t| &t.data[r * hw + col0..r * hw + col0 + n]);
+                bias_silu(row, self.bias[r], res);
+            }
+        });
+        Planes::new(c2, ho, wo, out)
+    }
+}
+
+/// Writes rows `oy0..oy0+rows` of the `col` matrix for one group: `[c·k·k, rows·wo]`.
+#[allow(clippy::too_many_arguments)]
+fn im2col(x: &[f32], c: usize, h: usize, w: usize, shape: &ConvShape, wo: usize, oy0: usize, rows: usize, col: &mut [f32]) {
+    let ConvShape { k, s, p, .. } = *shape;
+    let n = rows * wo;
+    for ci in 0..c {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (ci * k + ky) * k + kx;
+                let dst_row = &mut col[r * n..(r + 1) * n];
+                // Valid output columns: 0 <= ox*s + kx - p < w.
+                let ox_lo = p.saturating_sub(kx).div_ceil(s).min(wo);
+                let ox_hi = if w + p > kx { ((w + p - kx - 1) / s + 1).min(wo) } else { 0 }.max(ox_lo);
+                for oy in 0..rows {
+                    let dst = &mut dst_row[oy * wo..(oy + 1) * wo];
+                    let iy = ((oy0 + oy) * s + ky) as isize - p as isize;
+                    if iy < 0 || iy >= h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    dst[..ox_lo].fill(0.0);
+                    dst[ox_hi..].fill(0.0);
+                    let ix0 = ox_lo * s + kx - p;
+                    if s == 1 {
+                        dst[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
+                    } else {
+                        for (d, ox) in dst[ox_lo..ox_hi].iter_mut().zip(0..) {
+                            *d = src[ix0 + ox * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `row = silu(row + bias) (+ residual)`, vectorised with a fast exp (relative error < 4e-7, about 2 ulp).
+fn bias_silu(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F.
+            return unsafe { bias_silu_avx512(row, bias, residual) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { bias_silu_avx2(row, bias, residual) };
+        }
+    }
+    bias_silu_body(row, bias, residual)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bias_silu_avx512(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
+    bias_silu_body(row, bias, residual)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bias_silu_avx2(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
+    bias_silu_body(row, bias, residual)
+}
+
+#[inline(always)]
+fn bias_silu_body(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
+    match residual {
+        Some(res) => {
+            for (v, r) in row.iter_mut().zip(res) {
+                *v = silu(*v + bias) + r;
+            }
+        }
+        None => {
+            for v in row.iter_mut() {
+                *v = silu(*v + bias);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + fast_exp(-x))
+}
+
+/// exp(x) by range reduction to `2^n · e^f`, |f| ≤ ln2/2, and a degree-6 polynomial; branch-free
+/// so that it vectorises.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to the nearest integer
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let f = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Max-pool with kernel `k` (odd), stride 1, padding `k/2` (padding never wins: -inf).
+pub fn max_pool_same(x: &Planes, k: usize) -> Planes {
+    let r = k / 2;
+    let (h, w) = (x.h, x.w);
+    let mut rows = vec![0f32; x.data.len()];
+    let mut out = vec![0f32; x.data.len()];
+    for (src, dst) in x.data.chunks(h * w).zip(rows.chunks_mut(h * w)) {
+        for y in 0..h {
+            for xx in 0..w {
+                let (lo, hi) = (xx.saturating_sub(r), (xx + r + 1).min(w));
+                dst[y * w + xx] = src[y * w + lo..y * w + hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            }
+        }
+    }
+    for (src, dst) in rows.chunks(h * w).zip(out.chunks_mut(h * w)) {
+        for y in 0..h {
+            let (lo, hi) = (y.saturating_sub(r), (y + r + 1).min(h));
+            for xx in 0..w {
+                dst[y * w + xx] = (lo..hi).map(|yy| src[yy * w + xx]).fold(f32::NEG_INFINITY, f32::max);
+            }
+        }
+    }
+    Planes::new(x.c, h, w, out)
+}
+
+/// Nearest-neighbour upsampling by an integer factor.
+pub fn upsample_nearest(x: &Planes, scale: usize) -> Planes {
+    let (h, w) = (x.h * scale, x.w * scale);
+    let mut out = Vec::with_capacity(x.c * h * w);
+    for plane in x.data.chunks(x.h * x.w) {
+        for y in 0..h {
+            let src = &plane[(y / scale) * x.w..(y / scale + 1) * x.w];
+            out.extend((0..w).map(|xx| src[xx / scale]));
+        }
+    }
+    Planes::new(x.c, h, w, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((fast_exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}"); // about 2 ulp of f32
+    }
+}
