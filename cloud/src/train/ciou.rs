@@ -37,8 +37,7 @@ pub fn atan(x: &Tensor) -> Result<Tensor> {
 
 /// Coefficient of y^(2k+1) in the arctangent series.
 fn coefficient(k: usize) -> f64 {
-    let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
-    sign / (2 * k + 1) as f64
+    (-1f64).powi(k as i32) / (2 * k + 1) as f64
 }
 
 /// CIoU of boxes `pred` and `target`, both `[n, 4]` as (x centre, y centre, w, h); returns `[n]`.

@@ -55,10 +55,6 @@ impl YoloLoss {
         Ok(Self { config, anchors, nc: detect.nc })
     }
 
-    pub fn config(&self) -> &LossConfig {
-        &self.config
-    }
-
     /// The loss of raw head outputs `[bs, na, ny, nx, nc+5]` per level against `targets`.
     pub fn compute(&self, raw: &[Tensor], targets: &[Target]) -> Result<LossOutput, TrainError> {
         if raw.len() != self.anchors.len() {

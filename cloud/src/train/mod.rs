@@ -9,8 +9,9 @@
 //!     ema.update(&store.tensors())?;                         // ModelEMA
 //! }
 //! ```
-//! and `optimizer.end_epoch(epoch)` after each epoch. [`Optimizer`] and [`ModelEma`] hand their
-//! state to checkpoints as named tensors (`state_tensors` / `load_state`).
+//! The learning-rate schedule is a function of `(epoch, i)`, so nothing happens between epochs.
+//! [`Optimizer`] and [`ModelEma`] hand their state to checkpoints as named tensors
+//! (`state_tensors` / `load_state`); the EMA's tensors are the weights to evaluate and export.
 
 pub mod bce;
 pub mod ciou;

@@ -78,14 +78,6 @@ impl Optimizer {
         })
     }
 
-    pub fn groups(&self) -> &[ParamGroup] {
-        self.sgd.groups()
-    }
-
-    pub fn schedule(&self) -> &Schedule {
-        &self.schedule
-    }
-
     /// The settings of the last iteration seen (learning rates for logging).
     pub fn settings(&self) -> StepSettings {
         self.settings

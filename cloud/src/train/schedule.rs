@@ -59,7 +59,7 @@ impl Schedule {
         positive("batches_per_epoch", batches_per_epoch)?;
         positive("batch_size", batch_size)?;
         positive("nbs", nbs)?;
-        if !(hyp.warmup_epochs >= 0.0) {
+        if hyp.warmup_epochs.is_nan() || hyp.warmup_epochs < 0.0 {
             return Err(TrainError::Hyp { name: "warmup_epochs", reason: format!("must be non-negative, got {}", hyp.warmup_epochs) });
         }
         let warmup_iters = ((hyp.warmup_epochs * batches_per_epoch as f64).round_ties_even() as usize).max(100);
