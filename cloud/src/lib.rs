@@ -1,0 +1,8 @@
+//! `mistnet_cloud`: the library half of the MistNet cloud service.
+//!
+//! - [`train`]: the numerical core of training the YOLOv5 Back as Ultralytics YOLOv5 7.0 does:
+//!   the loss (`ComputeLoss`), SGD with Nesterov momentum in three parameter groups, warmup and
+//!   learning-rate schedules, gradient accumulation and the model EMA.
+//!
+//! The edge binary never links this crate: training code lives only in the cloud.
+pub mod train;
