@@ -45,7 +45,11 @@ fn check_coco(name: &str, case: &Value) {
     for (got, want) in stats.per_category.iter().zip(want) {
         assert_eq!(got.category_id, want["category_id"].as_i64().unwrap());
         assert_eq!(got.name, want["name"].as_str().unwrap());
-        assert_all_close(&[got.ap, got.ap50], &[want["ap"].as_f64().unwrap(), want["ap50"].as_f64().unwrap()], &format!("{name} category {}", got.category_id));
+        assert_all_close(
+            &[got.ap, got.ap50],
+            &[want["ap"].as_f64().unwrap(), want["ap50"].as_f64().unwrap()],
+            &format!("{name} category {}", got.category_id),
+        );
     }
     if let Some(lines) = case.get("summarize_text") {
         let want: Vec<&str> = lines.as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
@@ -77,7 +81,11 @@ fn yolo_map_matches_yolov5_val() {
         let (gt, dt) = load_case(case);
         let got = yolo_map(&gt, &dt).unwrap();
         let want = &case["yolov5_val_style"];
-        assert_all_close(&[got.map50, got.map50_95], &[want["map50"].as_f64().unwrap(), want["map"].as_f64().unwrap()], &format!("{name} mAP"));
+        assert_all_close(
+            &[got.map50, got.map50_95],
+            &[want["map50"].as_f64().unwrap(), want["map"].as_f64().unwrap()],
+            &format!("{name} mAP"),
+        );
         let classes: Vec<i64> = want["classes"].as_array().unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
         assert_eq!(got.classes, classes, "{name} classes");
         assert_all_close(&got.ap50_per_class, &floats(&want["ap50_per_class"]), &format!("{name} ap50"));

@@ -38,13 +38,28 @@ fn every_case_matches_scikit_image() {
         let name = case["name"].as_str().unwrap();
         let a = load(case["a"].as_str().unwrap());
         let b = load(case["b"].as_str().unwrap());
-        let shape: Vec<usize> = case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        assert_eq!((a.height(), a.width(), a.channels()), (shape[0], shape[1], shape.get(2).copied().unwrap_or(1)), "{name}");
+        let shape: Vec<usize> =
+            case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(
+            (a.height(), a.width(), a.channels()),
+            (shape[0], shape[1], shape.get(2).copied().unwrap_or(1)),
+            "{name}"
+        );
 
         let gauss = SsimConfig::default();
-        assert_close(ssim(&a, &b, &gauss).unwrap(), case["ssim_gauss"].as_f64().unwrap(), 1e-9, &format!("{name} ssim_gauss"));
+        assert_close(
+            ssim(&a, &b, &gauss).unwrap(),
+            case["ssim_gauss"].as_f64().unwrap(),
+            1e-9,
+            &format!("{name} ssim_gauss"),
+        );
         let default = SsimConfig::skimage_default();
-        assert_close(ssim(&a, &b, &default).unwrap(), case["ssim_default"].as_f64().unwrap(), 1e-9, &format!("{name} ssim_default"));
+        assert_close(
+            ssim(&a, &b, &default).unwrap(),
+            case["ssim_default"].as_f64().unwrap(),
+            1e-9,
+            &format!("{name} ssim_default"),
+        );
         if let Some(per_channel) = case.get("ssim_gauss_per_channel") {
             let got = mistnet::metrics::ssim::ssim_per_channel(&a, &b, &gauss).unwrap();
             for (c, want) in per_channel.as_array().unwrap().iter().enumerate() {

@@ -52,7 +52,15 @@ pub struct NmsConfig {
 impl Default for NmsConfig {
     /// YOLOv5 `val.py`: conf 0.001, IoU 0.6, multi-label, at most 300 detections.
     fn default() -> Self {
-        Self { conf_thres: 0.001, iou_thres: 0.6, multi_label: true, agnostic: false, max_det: 300, max_nms: 30000, max_wh: 7680.0 }
+        Self {
+            conf_thres: 0.001,
+            iou_thres: 0.6,
+            multi_label: true,
+            agnostic: false,
+            max_det: 300,
+            max_nms: 30000,
+            max_wh: 7680.0,
+        }
     }
 }
 
@@ -89,10 +97,14 @@ pub struct Detection {
 
 /// Runs NMS on one image's predictions, `rows × (5 + num_classes)` values row-major.
 /// Returns the kept detections, highest confidence first.
-pub fn non_max_suppression(predictions: &[f32], num_classes: usize, config: &NmsConfig) -> Result<Vec<Detection>, NmsError> {
+pub fn non_max_suppression(
+    predictions: &[f32],
+    num_classes: usize,
+    config: &NmsConfig,
+) -> Result<Vec<Detection>, NmsError> {
     config.validate()?;
     let row_len = 5 + num_classes;
-    if num_classes == 0 || predictions.len() % row_len != 0 {
+    if num_classes == 0 || !predictions.chunks_exact(row_len).remainder().is_empty() {
         return Err(NmsError::RowLength { len: predictions.len(), num_classes });
     }
     let multi_label = config.multi_label && num_classes > 1;
@@ -116,7 +128,8 @@ pub fn non_max_suppression(predictions: &[f32], num_classes: usize, config: &Nms
             }
         } else {
             // torch.max returns the first index of the maximum.
-            let (class, score) = confs.enumerate().fold((0, f32::NEG_INFINITY), |best, (c, s)| if s > best.1 { (c, s) } else { best });
+            let (class, score) =
+                confs.enumerate().fold((0, f32::NEG_INFINITY), |best, (c, s)| if s > best.1 { (c, s) } else { best });
             if score > config.conf_thres {
                 candidates.push(Detection { bbox, score, class });
             }
@@ -221,7 +234,8 @@ mod tests {
         let preds = row([5.0, 5.0, 2.0, 2.0], 0.001, &[1.0]);
         assert!(non_max_suppression(&preds, 1, &NmsConfig::default()).unwrap().is_empty());
         // 10 disjoint boxes; max_det 3 keeps the 3 best, max_nms 2 lets only 2 in.
-        let preds: Vec<f32> = (0..10).flat_map(|i| row([i as f32 * 20.0, 5.0, 4.0, 4.0], 0.1 + i as f32 * 0.05, &[1.0])).collect();
+        let preds: Vec<f32> =
+            (0..10).flat_map(|i| row([i as f32 * 20.0, 5.0, 4.0, 4.0], 0.1 + i as f32 * 0.05, &[1.0])).collect();
         let three = non_max_suppression(&preds, 1, &NmsConfig { max_det: 3, ..NmsConfig::default() }).unwrap();
         assert_eq!(three.iter().map(|d| d.bbox[0]).collect::<Vec<_>>(), vec![178.0, 158.0, 138.0]);
         let two = non_max_suppression(&preds, 1, &NmsConfig { max_nms: 2, ..NmsConfig::default() }).unwrap();
@@ -230,10 +244,16 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        assert_eq!(non_max_suppression(&[0.0; 7], 1, &NmsConfig::default()), Err(NmsError::RowLength { len: 7, num_classes: 1 }));
+        assert_eq!(
+            non_max_suppression(&[0.0; 7], 1, &NmsConfig::default()),
+            Err(NmsError::RowLength { len: 7, num_classes: 1 })
+        );
         let mut preds = row([5.0, 5.0, 2.0, 2.0], 0.5, &[1.0]);
         preds[2] = f32::NAN;
-        assert!(matches!(non_max_suppression(&preds, 1, &NmsConfig::default()), Err(NmsError::NonFinite { row: 0, column: 2, .. })));
+        assert!(matches!(
+            non_max_suppression(&preds, 1, &NmsConfig::default()),
+            Err(NmsError::NonFinite { row: 0, column: 2, .. })
+        ));
         let bad = NmsConfig { iou_thres: 1.5, ..NmsConfig::default() };
         assert!(matches!(non_max_suppression(&preds, 1, &bad), Err(NmsError::Config(_))));
     }

@@ -79,8 +79,7 @@ pub(crate) fn interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
 
 /// `np.trapezoid(y, x)`: `sum(diff(x) * (y[1:] + y[:-1]) / 2.0)` with pairwise summation.
 pub(crate) fn trapezoid(y: &[f64], x: &[f64]) -> f64 {
-    let terms: Vec<f64> =
-        (1..y.len()).map(|i| (x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2.0).collect();
+    let terms: Vec<f64> = (1..y.len()).map(|i| (x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2.0).collect();
     sum(&terms)
 }
 

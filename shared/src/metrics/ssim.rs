@@ -42,7 +42,13 @@ const GAUSSIAN_TRUNCATE: f64 = 3.5;
 impl Default for SsimConfig {
     /// Wang et al. (2004): 11×11 Gaussian window, σ 1.5, population covariance, data range 255.
     fn default() -> Self {
-        Self { window: SsimWindow::Gaussian { sigma: 1.5 }, sample_covariance: false, data_range: 255.0, k1: 0.01, k2: 0.03 }
+        Self {
+            window: SsimWindow::Gaussian { sigma: 1.5 },
+            sample_covariance: false,
+            data_range: 255.0,
+            k1: 0.01,
+            k2: 0.03,
+        }
     }
 }
 
@@ -62,7 +68,8 @@ impl SsimConfig {
                 }
                 // scipy.ndimage._gaussian_kernel1d
                 let radius = (GAUSSIAN_TRUNCATE * sigma + 0.5) as i64;
-                let phi: Vec<f64> = (-radius..=radius).map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp()).collect();
+                let phi: Vec<f64> =
+                    (-radius..=radius).map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp()).collect();
                 let total: f64 = phi.iter().sum();
                 Ok(phi.iter().map(|p| p / total).collect())
             }

@@ -103,7 +103,11 @@ impl CocoGroundTruth {
                 return Err(CocoError::UnknownImage { origin: origin.clone(), what: at, image_id: a.image_id });
             }
             if !category_ids.contains(&a.category_id) {
-                return Err(CocoError::UnknownCategory { origin: origin.clone(), what: at, category_id: a.category_id });
+                return Err(CocoError::UnknownCategory {
+                    origin: origin.clone(),
+                    what: at,
+                    category_id: a.category_id,
+                });
             }
         }
         Ok(Self { origin, images, annotations, categories, image_ids, category_ids })
@@ -151,7 +155,11 @@ impl CocoGroundTruth {
                 return Err(CocoError::UnknownImage { origin: dets.origin.clone(), what, image_id: d.image_id });
             }
             if !self.category_ids.contains(&d.category_id) {
-                return Err(CocoError::UnknownCategory { origin: dets.origin.clone(), what, category_id: d.category_id });
+                return Err(CocoError::UnknownCategory {
+                    origin: dets.origin.clone(),
+                    what,
+                    category_id: d.category_id,
+                });
             }
         }
         Ok(())
@@ -250,7 +258,11 @@ mod tests {
     fn parses_ground_truth_and_detections() {
         let gt = CocoGroundTruth::from_json("gt", GT).unwrap();
         assert_eq!(gt.annotations()[0].bbox, [1.0, 2.0, 3.0, 4.0]);
-        let dets = CocoDetections::from_json("dt", r#"[{"image_id": 2, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5}]"#).unwrap();
+        let dets = CocoDetections::from_json(
+            "dt",
+            r#"[{"image_id": 2, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5}]"#,
+        )
+        .unwrap();
         gt.check_detections(&dets).unwrap();
     }
 
@@ -259,26 +271,42 @@ mod tests {
         let err = CocoGroundTruth::from_json("gt.json", "{\"images\": [\n{\"id\": \"x\"}]}").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("gt.json: ") && msg.contains("line 2"), "{msg}");
-        let err = CocoDetections::from_json("dt.json", r#"[{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1], "score": 0.5}]"#).unwrap_err();
+        let err = CocoDetections::from_json(
+            "dt.json",
+            r#"[{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1], "score": 0.5}]"#,
+        )
+        .unwrap_err();
         assert!(matches!(err, CocoError::Json { .. }), "{err}");
     }
 
     #[test]
     fn unknown_ids_and_bad_values_are_errors() {
         let gt = CocoGroundTruth::from_json("gt", GT).unwrap();
-        let det = |image_id, category_id, score| CocoDetection { image_id, category_id, bbox: [0.0, 0.0, 1.0, 1.0], score };
+        let det =
+            |image_id, category_id, score| CocoDetection { image_id, category_id, bbox: [0.0, 0.0, 1.0, 1.0], score };
         let dets = CocoDetections::new("dt", vec![det(1, 3, 0.5), det(7, 3, 0.5)]).unwrap();
-        assert_eq!(gt.check_detections(&dets).unwrap_err().to_string(), "dt: detection 1: image_id 7 is not in the ground truth");
+        assert_eq!(
+            gt.check_detections(&dets).unwrap_err().to_string(),
+            "dt: detection 1: image_id 7 is not in the ground truth"
+        );
         let dets = CocoDetections::new("dt", vec![det(1, 0, 0.5)]).unwrap();
         assert!(matches!(gt.check_detections(&dets), Err(CocoError::UnknownCategory { category_id: 0, .. })));
         assert!(CocoDetections::new("dt", vec![det(1, 3, f64::NAN)]).is_err());
 
         let bad_crowd = GT.replace("\"iscrowd\": 0", "\"iscrowd\": 2");
-        assert!(CocoGroundTruth::from_json("gt", &bad_crowd).unwrap_err().to_string().contains("annotations[0] (id 1): iscrowd"));
+        assert!(
+            CocoGroundTruth::from_json("gt", &bad_crowd)
+                .unwrap_err()
+                .to_string()
+                .contains("annotations[0] (id 1): iscrowd")
+        );
         let zero_id = GT.replace("{\"id\": 1, \"image_id\"", "{\"id\": 0, \"image_id\"");
         assert!(CocoGroundTruth::from_json("gt", &zero_id).unwrap_err().to_string().contains("must be positive"));
         let unknown_image = GT.replace("\"image_id\": 1", "\"image_id\": 9");
-        assert!(matches!(CocoGroundTruth::from_json("gt", &unknown_image), Err(CocoError::UnknownImage { image_id: 9, .. })));
+        assert!(matches!(
+            CocoGroundTruth::from_json("gt", &unknown_image),
+            Err(CocoError::UnknownImage { image_id: 9, .. })
+        ));
         let negative = GT.replace("[1, 2, 3, 4]", "[1, 2, -3, 4]");
         assert!(CocoGroundTruth::from_json("gt", &negative).unwrap_err().to_string().contains("negative width"));
     }

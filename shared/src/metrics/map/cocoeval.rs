@@ -1,8 +1,8 @@
 //! pycocotools 2.0.11 `COCOeval` for bounding boxes: `evaluate()`, `accumulate()` and
 //! `summarize()` with the default `Params`, following the Python code step by step.
 
-use super::coco_json::{CocoAnnotation, CocoDetection, CocoDetections, CocoGroundTruth, group_by_image_and_category};
 use super::CocoError;
+use super::coco_json::{CocoAnnotation, CocoDetection, CocoDetections, CocoGroundTruth, group_by_image_and_category};
 use crate::metrics::numpy_compat;
 
 /// The names of [`CocoStats::stats`], as `COCOeval.summarize()` prints them.
@@ -81,7 +81,10 @@ impl CocoStats {
             .map(|(&(ap, iou, area, max_dets), value)| {
                 let (title, kind) = if ap { ("Average Precision", "(AP)") } else { ("Average Recall", "(AR)") };
                 let iou = iou.map_or_else(|| "0.50:0.95".to_string(), |t| format!("{t:.2}"));
-                format!(" {title:<18} {kind} @[ IoU={iou:<9} | area={:>6} | maxDets={max_dets:>3} ] = {value:.3}", AREA_LABELS[area])
+                format!(
+                    " {title:<18} {kind} @[ IoU={iou:<9} | area={:>6} | maxDets={max_dets:>3} ] = {value:.3}",
+                    AREA_LABELS[area]
+                )
             })
             .collect()
     }
@@ -127,8 +130,10 @@ pub fn coco_eval(gt: &CocoGroundTruth, dets: &CocoDetections) -> Result<CocoStat
         let mut evals: Vec<Vec<EvalImg>> = (0..na).map(|_| Vec::new()).collect();
         for &image_id in &image_ids {
             let key = (image_id, category.id);
-            let g: Vec<&CocoAnnotation> = gt_groups.get(&key).map_or_else(Vec::new, |ix| ix.iter().map(|&i| &annotations[i]).collect());
-            let mut d: Vec<&CocoDetection> = dt_groups.get(&key).map_or_else(Vec::new, |ix| ix.iter().map(|&i| &detections[i]).collect());
+            let g: Vec<&CocoAnnotation> =
+                gt_groups.get(&key).map_or_else(Vec::new, |ix| ix.iter().map(|&i| &annotations[i]).collect());
+            let mut d: Vec<&CocoDetection> =
+                dt_groups.get(&key).map_or_else(Vec::new, |ix| ix.iter().map(|&i| &detections[i]).collect());
             if g.is_empty() && d.is_empty() {
                 continue;
             }
@@ -160,9 +165,8 @@ pub fn coco_eval(gt: &CocoGroundTruth, dets: &CocoDetections) -> Result<CocoStat
         let valid: Vec<f64> = values.into_iter().filter(|&v| v > -1.0).collect();
         if valid.is_empty() { -1.0 } else { numpy_compat::mean(&valid) }
     };
-    let thresholds_matching = |iou: Option<f64>| -> Vec<usize> {
-        (0..nt).filter(|&t| iou.is_none_or(|v| iou_thresholds[t] == v)).collect()
-    };
+    let thresholds_matching =
+        |iou: Option<f64>| -> Vec<usize> { (0..nt).filter(|&t| iou.is_none_or(|v| iou_thresholds[t] == v)).collect() };
     let summarize_ap = |iou: Option<f64>, a: usize, m: usize| {
         let mut values = Vec::new();
         for t in thresholds_matching(iou) {
@@ -201,7 +205,10 @@ pub fn coco_eval(gt: &CocoGroundTruth, dets: &CocoDetections) -> Result<CocoStat
         .iter()
         .enumerate()
         .map(|(k, c)| {
-            let all: Vec<f64> = (0..nt).flat_map(|t| (0..nr).map(move |r| (t, r))).map(|(t, r)| precision[p_index(t, r, k, 0, 2)]).collect();
+            let all: Vec<f64> = (0..nt)
+                .flat_map(|t| (0..nr).map(move |r| (t, r)))
+                .map(|(t, r)| precision[p_index(t, r, k, 0, 2)])
+                .collect();
             let at50: Vec<f64> = (0..nr).map(|r| precision[p_index(0, r, k, 0, 2)]).collect();
             CategoryAp { category_id: c.id, name: c.name.clone(), ap: mean_of_valid(all), ap50: mean_of_valid(at50) }
         })
@@ -239,7 +246,13 @@ fn box_ious(dts: &[&CocoDetection], gts: &[&CocoAnnotation]) -> Vec<Vec<f64>> {
 
 /// `COCOeval.evaluateImg` for one area range; `dts` sorted by score and capped at 100,
 /// `ious[detection][ground truth]` in the input order of `gts`.
-fn evaluate_img(gts: &[&CocoAnnotation], dts: &[&CocoDetection], ious: &[Vec<f64>], range: (f64, f64), iou_thresholds: &[f64]) -> EvalImg {
+fn evaluate_img(
+    gts: &[&CocoAnnotation],
+    dts: &[&CocoDetection],
+    ious: &[Vec<f64>],
+    range: (f64, f64),
+    iou_thresholds: &[f64],
+) -> EvalImg {
     let outside = |area: f64| area < range.0 || area > range.1;
     // Ground truth sorted with the ignored ones last (stable).
     let mut order: Vec<usize> = (0..gts.len()).collect();
@@ -289,7 +302,12 @@ fn evaluate_img(gts: &[&CocoAnnotation], dts: &[&CocoDetection], ious: &[Vec<f64
 
 /// `COCOeval.accumulate` for one category, area range and maxDets: per IoU threshold the
 /// precision at the 101 recall points and the final recall; `None` without non-ignored ground truth.
-fn accumulate(images: &[EvalImg], max_det: usize, nt: usize, recall_thresholds: &[f64]) -> Option<Vec<(Vec<f64>, f64)>> {
+fn accumulate(
+    images: &[EvalImg],
+    max_det: usize,
+    nt: usize,
+    recall_thresholds: &[f64],
+) -> Option<Vec<(Vec<f64>, f64)>> {
     let npig = images.iter().flat_map(|e| &e.gt_ignore).filter(|&&ig| !ig).count();
     if npig == 0 {
         return None;

@@ -1,6 +1,8 @@
 //! mAP as Ultralytics YOLOv5 7.0 `val.py` computes it: `process_batch` per image, then
 //! `utils.metrics.ap_per_class` over the whole set.
 
+use std::collections::HashMap;
+
 use super::CocoError;
 use super::coco_json::{CocoDetections, CocoGroundTruth, group_by_image_and_category};
 use crate::metrics::numpy_compat;
@@ -28,7 +30,9 @@ pub struct YoloMap {
 fn iou_thresholds() -> [f64; 10] {
     let (start, end, steps) = (0.5f32, 0.95f32, 10usize);
     let step = (end - start) / (steps - 1) as f32;
-    std::array::from_fn(|i| f64::from(if i < steps / 2 { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 }))
+    std::array::from_fn(|i| {
+        f64::from(if i < steps / 2 { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
+    })
 }
 
 /// One detection's row in the concatenated `stats` of val.py.
@@ -68,7 +72,11 @@ pub fn yolo_map(gt: &CocoGroundTruth, dets: &CocoDetections) -> Result<YoloMap, 
             .collect();
         target_classes.extend(labels.iter().map(|l| l.0));
         let correct = process_batch(&image_dets, &labels, &thresholds);
-        predictions.extend(image_dets.iter().zip(correct).map(|(&(class, _, conf), correct)| Prediction { correct, conf, class }));
+        predictions.extend(image_dets.iter().zip(correct).map(|(&(class, _, conf), correct)| Prediction {
+            correct,
+            conf,
+            class,
+        }));
     }
     Ok(ap_per_class(predictions, target_classes))
 }
@@ -109,8 +117,8 @@ fn process_batch(dets: &[(i64, [f64; 4], f64)], labels: &[(i64, [f64; 4])], thre
             matches.reverse();
             // np.unique(..., return_index=True) keeps the first occurrence and sorts by value:
             // one match per detection, then one per label (in detection order, as YOLOv5 does).
-            matches = first_per_key(matches, |m| m.1);
-            matches = first_per_key(matches, |m| m.0);
+            matches = first_per_key(matches, dets.len(), |m| m.1);
+            matches = first_per_key(matches, labels.len(), |m| m.0);
         }
         for (_, d, _) in matches {
             correct[d][ti] = true;
@@ -119,15 +127,17 @@ fn process_batch(dets: &[(i64, [f64; 4], f64)], labels: &[(i64, [f64; 4])], thre
     correct
 }
 
-/// `a[np.unique(key(a), return_index=True)[1]]`: the first element of each key, ordered by key.
-fn first_per_key(items: Vec<(usize, usize, f64)>, key: impl Fn(&(usize, usize, f64)) -> usize) -> Vec<(usize, usize, f64)> {
-    let mut firsts: Vec<(usize, usize, f64)> = Vec::new();
-    for item in items {
-        if !firsts.iter().any(|f| key(f) == key(&item)) {
-            firsts.push(item);
-        }
-    }
-    firsts.sort_by_key(|f| key(f));
+/// `a[np.unique(key(a), return_index=True)[1]]`: the first element of each key, ordered by key;
+/// keys are below `n_keys`.
+fn first_per_key(
+    items: Vec<(usize, usize, f64)>,
+    n_keys: usize,
+    key: impl Fn(&(usize, usize, f64)) -> usize,
+) -> Vec<(usize, usize, f64)> {
+    let mut seen = vec![false; n_keys];
+    let mut firsts: Vec<(usize, usize, f64)> =
+        items.into_iter().filter(|m| !std::mem::replace(&mut seen[key(m)], true)).collect();
+    firsts.sort_by_key(|m| key(m));
     firsts
 }
 
@@ -143,19 +153,26 @@ fn ap_per_class(mut predictions: Vec<Prediction>, mut target_classes: Vec<i64>) 
         }
     }
     if classes.is_empty() {
-        return YoloMap { map50: 0.0, map50_95: 0.0, classes: Vec::new(), ap50_per_class: Vec::new(), ap_per_class: Vec::new() };
+        return YoloMap {
+            map50: 0.0,
+            map50_95: 0.0,
+            classes: Vec::new(),
+            ap50_per_class: Vec::new(),
+            ap_per_class: Vec::new(),
+        };
+    }
+    let mut by_class: HashMap<i64, Vec<&Prediction>> = HashMap::new();
+    for p in &predictions {
+        by_class.entry(p.class).or_default().push(p);
     }
     let mut ap = vec![[0.0f64; 10]; classes.len()];
     for (ci, &(class, n_labels)) in classes.iter().enumerate() {
-        let preds: Vec<&Prediction> = predictions.iter().filter(|p| p.class == class).collect();
-        if preds.is_empty() {
-            continue;
-        }
+        let Some(preds) = by_class.get(&class) else { continue };
         for (j, ap_j) in ap[ci].iter_mut().enumerate() {
             let (mut tpc, mut fpc) = (0.0f64, 0.0f64);
             let mut recall = Vec::with_capacity(preds.len());
             let mut precision = Vec::with_capacity(preds.len());
-            for p in &preds {
+            for p in preds {
                 if p.correct[j] {
                     tpc += 1.0;
                 } else {
@@ -182,7 +199,8 @@ fn ap_per_class(mut predictions: Vec<Prediction>, mut target_classes: Vec<i64>) 
 /// with the trapezoid rule.
 fn compute_ap(recall: &[f64], precision: &[f64]) -> f64 {
     let mrec: Vec<f64> = std::iter::once(0.0).chain(recall.iter().copied()).chain(std::iter::once(1.0)).collect();
-    let mut mpre: Vec<f64> = std::iter::once(1.0).chain(precision.iter().copied()).chain(std::iter::once(0.0)).collect();
+    let mut mpre: Vec<f64> =
+        std::iter::once(1.0).chain(precision.iter().copied()).chain(std::iter::once(0.0)).collect();
     for i in (0..mpre.len() - 1).rev() {
         mpre[i] = mpre[i].max(mpre[i + 1]);
     }
