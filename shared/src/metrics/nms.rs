@@ -18,6 +18,8 @@
 //! `detect.py`'s (conf 0.25, IoU 0.45, best class only). YOLOv5's wall-clock time limit is not
 //! reproduced: results never depend on machine speed.
 
+use std::collections::HashMap;
+
 /// Errors from [`non_max_suppression`].
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NmsError {
@@ -135,12 +137,32 @@ pub fn non_max_suppression(
             }
         }
     }
-    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
-    candidates.truncate(config.max_nms);
-    Ok(greedy_nms(&candidates, config))
+    Ok(greedy_nms(&best_first(candidates, config.max_nms), config))
+}
+
+/// The `max_nms` highest-scoring candidates, in descending score order; equal scores keep their
+/// input order (a stable sort), found by selection first so that an untrained model's hundreds of
+/// thousands of candidates are not fully sorted.
+fn best_first(candidates: Vec<Detection>, max_nms: usize) -> Vec<Detection> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    let by_score = |a: &usize, b: &usize| candidates[*b].score.total_cmp(&candidates[*a].score).then(a.cmp(b));
+    if order.len() > max_nms {
+        if max_nms == 0 {
+            return Vec::new();
+        }
+        order.select_nth_unstable_by(max_nms - 1, by_score);
+        order.truncate(max_nms);
+    }
+    order.sort_unstable_by(by_score);
+    order.into_iter().map(|i| candidates[i]).collect()
 }
 
 /// `torchvision.ops.nms` on class-offset boxes; `sorted` is in descending score order.
+///
+/// When all boxes span less than `max_wh` along x or y, the offsets make every IoU between
+/// different classes exactly 0 (float rounding is monotone, and an IoU of 0 never exceeds the
+/// threshold), so each kept box only needs to be compared with the later boxes of its own class:
+/// the same result, without the cost quadratic in the number of candidates.
 fn greedy_nms(sorted: &[Detection], config: &NmsConfig) -> Vec<Detection> {
     let offset_boxes: Vec<[f32; 4]> = sorted
         .iter()
@@ -150,6 +172,31 @@ fn greedy_nms(sorted: &[Detection], config: &NmsConfig) -> Vec<Detection> {
         })
         .collect();
     let areas: Vec<f32> = offset_boxes.iter().map(|b| (b[2] - b[0]) * (b[3] - b[1])).collect();
+
+    let span = |lo: usize, hi: usize| {
+        let min = sorted.iter().map(|d| d.bbox[lo]).fold(f32::INFINITY, f32::min);
+        let max = sorted.iter().map(|d| d.bbox[hi]).fold(f32::NEG_INFINITY, f32::max);
+        f64::from(max) - f64::from(min)
+    };
+    // Offsets class·max_wh are exact integers in f32 below 2^24, so classes sit max_wh apart.
+    let max_class = sorted.iter().map(|d| d.class).max().unwrap_or(0);
+    let exact_offsets = (max_class as f64 + 1.0) * f64::from(config.max_wh) < f64::from(1u32 << 24);
+    let max_wh = f64::from(config.max_wh);
+    let classes_apart = !config.agnostic && exact_offsets && (span(0, 2) < max_wh || span(1, 3) < max_wh);
+    // Candidates that may overlap, each group in score order, and each candidate's place in its group.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    let mut place = Vec::with_capacity(sorted.len());
+    for (i, d) in sorted.iter().enumerate() {
+        let key = if classes_apart { d.class } else { 0 };
+        let g = *group_of.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        place.push((g, groups[g].len()));
+        groups[g].push(i);
+    }
+
     let mut suppressed = vec![false; sorted.len()];
     let mut keep = Vec::new();
     for i in 0..sorted.len() {
@@ -161,7 +208,8 @@ fn greedy_nms(sorted: &[Detection], config: &NmsConfig) -> Vec<Detection> {
         }
         keep.push(sorted[i]);
         let bi = offset_boxes[i];
-        for j in i + 1..sorted.len() {
+        let (g, at) = place[i];
+        for &j in &groups[g][at + 1..] {
             if suppressed[j] {
                 continue;
             }
@@ -240,6 +288,47 @@ mod tests {
         assert_eq!(three.iter().map(|d| d.bbox[0]).collect::<Vec<_>>(), vec![178.0, 158.0, 138.0]);
         let two = non_max_suppression(&preds, 1, &NmsConfig { max_nms: 2, ..NmsConfig::default() }).unwrap();
         assert_eq!(two.len(), 2);
+    }
+
+    #[test]
+    fn selection_of_the_best_equals_a_stable_sort() {
+        let candidates: Vec<Detection> = (0..500)
+            .map(|i| Detection { bbox: [i as f32, 0.0, 1.0, 1.0], score: ((i * 37) % 11) as f32 / 10.0, class: 0 })
+            .collect();
+        let mut stable = candidates.clone();
+        stable.sort_by(|a, b| b.score.total_cmp(&a.score));
+        for max_nms in [0, 1, 37, 499, 500, 600] {
+            assert_eq!(
+                best_first(candidates.clone(), max_nms),
+                stable[..max_nms.min(500)].to_vec(),
+                "max_nms {max_nms}"
+            );
+        }
+    }
+
+    #[test]
+    fn per_class_shortcut_equals_the_all_pairs_pass() {
+        // Random overlapping boxes of 3 classes: compare against the same pass with one group,
+        // forced by boxes spanning more than max_wh (a box far away that overlaps nothing).
+        let mut state = 7u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut preds: Vec<f32> = (0..400)
+            .flat_map(|_| {
+                let xywh = [next() * 100.0, next() * 100.0, 5.0 + next() * 40.0, 5.0 + next() * 40.0];
+                row(xywh, 0.2 + next() * 0.8, &[next(), next(), next()])
+            })
+            .collect();
+        let cfg = NmsConfig { iou_thres: 0.3, max_det: 10_000, ..NmsConfig::default() };
+        let grouped = non_max_suppression(&preds, 3, &cfg).unwrap();
+        preds.extend(row([9000.0, 9000.0, 1.0, 1.0], 0.0011, &[1.0, 0.0, 0.0]));
+        let mut all_pairs = non_max_suppression(&preds, 3, &cfg).unwrap();
+        let far = all_pairs.iter().position(|d| d.bbox[0] == 8999.5).expect("the far box is kept");
+        all_pairs.remove(far);
+        assert!(grouped.len() > 50 && grouped.len() < 1000, "{}", grouped.len());
+        assert_eq!(grouped, all_pairs);
     }
 
     #[test]
