@@ -144,17 +144,19 @@ pub fn non_max_suppression(
 /// input order (a stable sort), found by selection first so that an untrained model's hundreds of
 /// thousands of candidates are not fully sorted.
 fn best_first(candidates: Vec<Detection>, max_nms: usize) -> Vec<Detection> {
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    let by_score = |a: &usize, b: &usize| candidates[*b].score.total_cmp(&candidates[*a].score).then(a.cmp(b));
-    if order.len() > max_nms {
+    // Scores are positive (above conf_thres >= 0), so their bit patterns order like their values:
+    // sorting (inverted score bits, index) ascending is a stable sort by descending score.
+    let mut keys: Vec<u64> =
+        candidates.iter().enumerate().map(|(i, d)| (u64::from(!d.score.to_bits()) << 32) | i as u64).collect();
+    if keys.len() > max_nms {
         if max_nms == 0 {
             return Vec::new();
         }
-        order.select_nth_unstable_by(max_nms - 1, by_score);
-        order.truncate(max_nms);
+        keys.select_nth_unstable(max_nms - 1);
+        keys.truncate(max_nms);
     }
-    order.sort_unstable_by(by_score);
-    order.into_iter().map(|i| candidates[i]).collect()
+    keys.sort_unstable();
+    keys.into_iter().map(|k| candidates[(k & u64::from(u32::MAX)) as usize]).collect()
 }
 
 /// `torchvision.ops.nms` on class-offset boxes; `sorted` is in descending score order.
