@@ -2,5 +2,7 @@
 //!
 //! - [`model`]: YOLOv5 in candle (config parsing, layers, weights I/O) and the edge/cloud split.
 //! - [`data`]: images, letterboxing, datasets.
+//! - [`metrics`]: SSIM/PSNR, YOLOv5 NMS, COCO and YOLOv5 mAP, matching their reference implementations.
 pub mod data;
+pub mod metrics;
 pub mod model;
