@@ -93,6 +93,8 @@ pub enum DataError {
     Bad(#[from] BadSample),
     #[error("partition: {0}")]
     Partition(String),
+    #[error("synth: {0}")]
+    Synth(String),
 }
 
 impl DataError {
