@@ -16,7 +16,7 @@ if the source has none)\n  \
 edge-<k>/train.txt   the shard's image list\n  \
 edge-<k>/images/     hard links to the source images (copies where linking fails)\n  \
 edge-<k>/labels/     the checked labels, in YOLO format\n\
-and prints each edge's image count and objects per class.\n\n\
+and prints a table of each edge's images and objects per class.\n\n\
 Examples:\n  mistnet-cloud partition data/coco128.yaml --edges 4 --out shards/\n  \
 mistnet-cloud partition data/synth/private.yaml --edges 3 --dirichlet 0.3 --seed 1 --out shards/\n  \
 mistnet-cloud partition instances_train.json --coco-images images/train --edges 2 --out shards/")]
@@ -69,11 +69,13 @@ pub fn run(args: Args) -> Result<()> {
     };
     let names = dataset.names();
     let files = write_shards(&loaded.samples, &shards, names, val, &args.out)?;
-    println!("{:<8} {:>7}  objects per class", "edge", "images");
-    println!("{:<8} {:>7}  {}", "", "", names.join(" "));
+    let widths: Vec<usize> = names.iter().map(|n| n.len().max(5)).collect();
+    let header: Vec<String> = names.iter().zip(&widths).map(|(n, w)| format!("{n:>w$}")).collect();
+    println!("{:<8} {:>7}  {}  dataset", "edge", "images", header.join(" "));
     for (k, (shard, f)) in shards.iter().zip(&files).enumerate() {
         let hist = class_histogram(&loaded.samples, shard, names.len());
-        println!("edge-{k:<3} {:>7}  {hist:?}  {}", shard.len(), f.yaml.display());
+        let cells: Vec<String> = hist.iter().zip(&widths).map(|(n, w)| format!("{n:>w$}")).collect();
+        println!("{:<8} {:>7}  {}  {}", format!("edge-{k}"), shard.len(), cells.join(" "), f.yaml.display());
     }
     Ok(())
 }
