@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output directory (created; must be empty).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Skip bad samples (missing or unreadable image, malformed label, coordinate outside [0, 1],
     /// unknown class) and report them, instead of stopping at the first.

@@ -17,7 +17,7 @@ Images are PNG in YOLO layout (images/NNNNNN.png, labels/NNNNNN.txt). The same f
 Example:\n  mistnet-cloud synth --out data/synth --images 600 --imgsz 128 --edges 3 --seed 7")]
 pub struct Args {
     /// Output directory (created; must be empty).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Images in all splits together: 40% public train, 10% public val, 40% private (over the edges), 10% private val.
     #[arg(long, default_value_t = SynthConfig::default().images)]

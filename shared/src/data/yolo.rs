@@ -225,10 +225,8 @@ impl YoloDataset {
     }
 
     fn load_one(&self, image: ImageRef) -> Result<Sample, DataError> {
-        if let Some((file, line)) = image.listed_at {
-            if !image.path.is_file() {
-                return Err(BadSample::MissingImage { image: image.path, file, at: Location::Line(line) }.into());
-            }
+        if let Some((file, line)) = image.listed_at.filter(|_| !image.path.is_file()) {
+            return Err(BadSample::MissingImage { image: image.path, file, at: Location::Line(line) }.into());
         }
         let size = image_size(&image.path)?;
         let labels = read_labels(&label_path(&image.path), self.names.len())?;

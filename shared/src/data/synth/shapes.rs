@@ -85,8 +85,8 @@ pub struct Coverage {
 }
 
 impl Object {
-    /// A random object of class `class` in a `size`×`size` image: its box side (after rotation) is
-    /// 12–60% of the image side, log-uniform, and it lies fully inside the image.
+    /// A random object of class `class` in a `size`×`size` image: its length is 12–50% of the image
+    /// side (log-uniform), its box after rotation at most 60%, and it lies fully inside the image.
     pub fn random(class: usize, size: u32, rng: &mut ChaCha8Rng) -> Object {
         let s = size as f32;
         let shape = match class {
