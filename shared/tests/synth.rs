@@ -85,7 +85,7 @@ fn labels_are_tight_boxes_around_each_object() {
     for seed in 0..20 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let domain = if seed % 2 == 0 { Domain::Public } else { Domain::Private };
-        let img = render(domain, &[1.0; 5], size, &mut rng);
+        let img = render(domain, &[1.0; 5], size, &mut rng).unwrap();
         assert_eq!(img.labels.len(), img.objects.len());
         for (label, object) in img.labels.iter().zip(&img.objects) {
             assert_eq!(label.class, object.shape.class());
@@ -105,6 +105,8 @@ fn labels_are_tight_boxes_around_each_object() {
         }
     }
     assert!(objects >= 40, "only {objects} objects drawn");
+    let err = render(Domain::Public, &[0.0; 5], size, &mut ChaCha8Rng::seed_from_u64(0)).unwrap_err();
+    assert!(err.to_string().starts_with("synth: class mix [0.0, 0.0, 0.0, 0.0, 0.0]"), "{err}");
 }
 
 #[test]
@@ -112,7 +114,7 @@ fn private_images_are_darker_than_public_ones() {
     let brightness = |domain| {
         let mut mean = 0.0;
         for seed in 0..30 {
-            let img = render(domain, &[1.0; 5], 64, &mut ChaCha8Rng::seed_from_u64(seed)).image;
+            let img = render(domain, &[1.0; 5], 64, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap().image;
             mean += img.pixels().flat_map(|p| p.0).map(f64::from).sum::<f64>() / (3 * 64 * 64 * 30) as f64;
         }
         mean

@@ -74,9 +74,10 @@ pub struct SynthImage {
     pub objects: Vec<Object>,
 }
 
-/// Draws one image of `domain` with classes drawn from `mix` (relative weights per class).
-pub fn render(domain: Domain, mix: &[f64; 5], size: u32, rng: &mut ChaCha8Rng) -> SynthImage {
-    let classes = WeightedIndex::new(mix).expect("class mixes are positive");
+/// Draws one image of `domain` with classes drawn from `mix` (relative weights per class,
+/// non-negative, not all zero).
+pub fn render(domain: Domain, mix: &[f64; 5], size: u32, rng: &mut ChaCha8Rng) -> Result<SynthImage, DataError> {
+    let classes = WeightedIndex::new(mix).map_err(|e| DataError::Synth(format!("class mix {mix:?}: {e}")))?;
     let mut canvas = Canvas::filled(size, [0.0; 3]);
     domain.paint_background(&mut canvas, rng);
     let wanted = rng.random_range(1..=MAX_OBJECTS);
@@ -118,7 +119,7 @@ pub fn render(domain: Domain, mix: &[f64; 5], size: u32, rng: &mut ChaCha8Rng) -
         labels.push(Label::from_pixels(object.shape.class(), b, (size, size)));
     }
     domain.apply_lighting(&mut canvas, rng);
-    SynthImage { image: canvas.to_image(), labels, objects: placed.into_iter().map(|(o, _)| o).collect() }
+    Ok(SynthImage { image: canvas.to_image(), labels, objects: placed.into_iter().map(|(o, _)| o).collect() })
 }
 
 /// One split to generate.
@@ -228,7 +229,7 @@ fn generate_split(cfg: &SynthConfig, plan: &SplitPlan, stream: u64, root: &Path)
                     for i in (t..plan.count).step_by(threads) {
                         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
                         rng.set_stream((stream << 32) | i as u64);
-                        let img = render(plan.domain, &plan.mix, cfg.imgsz, &mut rng);
+                        let img = render(plan.domain, &plan.mix, cfg.imgsz, &mut rng)?;
                         let png = images.join(format!("{i:06}.png"));
                         img.image.save(&png).map_err(|e| DataError::io(&png, std::io::Error::other(e)))?;
                         write_labels(&labels.join(format!("{i:06}.txt")), &img.labels)?;
