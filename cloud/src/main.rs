@@ -15,9 +15,15 @@ struct Cli {
 enum Command {
     /// List the cuts a model config allows and what crosses the network at each.
     Cuts(cuts::Args),
+    /// Split a dataset's train split into per-edge shards (IID or Dirichlet non-IID), one dataset YAML per edge.
+    Partition(partition::Args),
+    /// Generate the embedded default dataset: public and private per-edge splits in YOLO format, no download.
+    Synth(synth::Args),
 }
 
 mod cuts;
+mod partition;
+mod synth;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -26,5 +32,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Cuts(args) => cuts::run(args),
+        Command::Partition(args) => partition::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }
