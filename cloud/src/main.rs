@@ -15,9 +15,15 @@ struct Cli {
 enum Command {
     /// List the cuts a model config allows and what crosses the network at each.
     Cuts(cuts::Args),
+    /// Print the header and statistics of a feature message (.mnf): shape, mechanism, ε, bytes, fraction of ones.
+    Inspect(inspect::Args),
+    /// Decode a feature message (.mnf) to a safetensors file holding its bits (u8 0/1, [N, C, H, W]).
+    Decode(decode::Args),
 }
 
 mod cuts;
+mod decode;
+mod inspect;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -26,5 +32,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Cuts(args) => cuts::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Decode(args) => decode::run(args),
     }
 }

@@ -2,5 +2,7 @@
 //!
 //! - [`model`]: YOLOv5 in candle (config parsing, layers, weights I/O) and the edge/cloud split.
 //! - [`data`]: images, letterboxing, datasets.
+//! - [`codec`]: what leaves an edge: binarization, randomized-response LDP, bit packing, zstd, the wire format.
+pub mod codec;
 pub mod data;
 pub mod model;
