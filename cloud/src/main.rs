@@ -19,9 +19,15 @@ enum Command {
     Partition(partition::Args),
     /// Generate the embedded default dataset: public and private per-edge splits in YOLO format, no download.
     Synth(synth::Args),
+    /// Print the header and statistics of a feature message (.mnf): shape, mechanism, ε, bytes, fraction of ones.
+    Inspect(inspect::Args),
+    /// Decode a feature message (.mnf) to a safetensors file holding its bits (u8 0/1, [N, C, H, W]).
+    Decode(decode::Args),
 }
 
 mod cuts;
+mod decode;
+mod inspect;
 mod partition;
 mod synth;
 
@@ -34,5 +40,7 @@ fn main() -> Result<()> {
         Command::Cuts(args) => cuts::run(args),
         Command::Partition(args) => partition::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Decode(args) => decode::run(args),
     }
 }
