@@ -372,10 +372,11 @@ pub fn decode(msg: &[u8], limits: &DecodeLimits) -> Result<Decoded, CodecError> 
 
 /// Decompresses at most `expected + 1` bytes, so a zstd bomb costs no more than the shape allows.
 fn decompress_bounded(payload: &[u8], expected: u64) -> Result<Vec<u8>, CodecError> {
-    if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(payload) {
-        if declared > expected {
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(declared)) if declared > expected => {
             return Err(CodecError::DecompressedTooLarge { expected, declared: Some(declared) });
         }
+        _ => {}
     }
     let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(|e| CodecError::Zstd(e.to_string()))?;
     let mut out = Vec::new();
