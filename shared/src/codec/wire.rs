@@ -79,8 +79,8 @@ impl Encoding {
     pub fn payload_len(self, elements: u64) -> u64 {
         match self {
             Encoding::Packed => elements.div_ceil(8),
-            Encoding::F16 => elements * 2,
-            Encoding::F32 => elements * 4,
+            Encoding::F16 => elements.saturating_mul(2),
+            Encoding::F32 => elements.saturating_mul(4),
         }
     }
 }
@@ -380,7 +380,7 @@ fn decompress_bounded(payload: &[u8], expected: u64) -> Result<Vec<u8>, CodecErr
     }
     let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(|e| CodecError::Zstd(e.to_string()))?;
     let mut out = Vec::new();
-    decoder.take(expected + 1).read_to_end(&mut out).map_err(|e| CodecError::Zstd(e.to_string()))?;
+    decoder.take(expected.saturating_add(1)).read_to_end(&mut out).map_err(|e| CodecError::Zstd(e.to_string()))?;
     if out.len() as u64 > expected {
         return Err(CodecError::DecompressedTooLarge { expected, declared: None });
     }
