@@ -18,7 +18,7 @@ Example:\n  mistnet-cloud inspect features/bus.mnf --json")]
 pub struct Args {
     /// A feature message in the MistNet wire format, as `mistnet-edge extract --encoding ...` writes.
     file: PathBuf,
-    /// Print one JSON object (the field names above) instead of text.
+    /// Print one JSON object (keys as listed below) instead of text.
     #[arg(long)]
     json: bool,
 }

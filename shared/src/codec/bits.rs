@@ -51,7 +51,8 @@ impl Bits {
         if bytes.len() != expected {
             return Err(CodecError::PayloadSize { actual: bytes.len() as u64, expected: expected as u64 });
         }
-        if len % 8 != 0 && bytes[expected - 1] >> (len % 8) != 0 {
+        let used = len % 8;
+        if used != 0 && bytes[expected - 1] >> used != 0 {
             return Err(CodecError::NonZeroPadding { len });
         }
         let words = bytes
@@ -109,10 +110,10 @@ impl Bits {
 
     /// Zeroes the bits past `len` in the last word, restoring the invariant.
     pub(crate) fn clear_padding(&mut self) {
-        if self.len % 64 != 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last &= (1u64 << (self.len % 64)) - 1;
-            }
+        let used = self.len % 64;
+        if used != 0 {
+            let last = self.words.len() - 1; // len > 0, so there is a last word
+            self.words[last] &= (1u64 << used) - 1;
         }
     }
 }

@@ -79,8 +79,8 @@ impl Encoding {
     pub fn payload_len(self, elements: u64) -> u64 {
         match self {
             Encoding::Packed => elements.div_ceil(8),
-            Encoding::F16 => elements * 2,
-            Encoding::F32 => elements * 4,
+            Encoding::F16 => elements.saturating_mul(2),
+            Encoding::F32 => elements.saturating_mul(4),
         }
     }
 }
@@ -372,14 +372,15 @@ pub fn decode(msg: &[u8], limits: &DecodeLimits) -> Result<Decoded, CodecError> 
 
 /// Decompresses at most `expected + 1` bytes, so a zstd bomb costs no more than the shape allows.
 fn decompress_bounded(payload: &[u8], expected: u64) -> Result<Vec<u8>, CodecError> {
-    if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(payload) {
-        if declared > expected {
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(declared)) if declared > expected => {
             return Err(CodecError::DecompressedTooLarge { expected, declared: Some(declared) });
         }
+        _ => {}
     }
     let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(|e| CodecError::Zstd(e.to_string()))?;
     let mut out = Vec::new();
-    decoder.take(expected + 1).read_to_end(&mut out).map_err(|e| CodecError::Zstd(e.to_string()))?;
+    decoder.take(expected.saturating_add(1)).read_to_end(&mut out).map_err(|e| CodecError::Zstd(e.to_string()))?;
     if out.len() as u64 > expected {
         return Err(CodecError::DecompressedTooLarge { expected, declared: None });
     }
