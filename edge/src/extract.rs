@@ -4,15 +4,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::data::letterbox::{image_to_tensor, is_image, letterbox, read_rgb};
+use mistnet::codec::{ENCODING_HELP, Encoding, encode};
 use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore};
 
+use crate::privatize::PrivacyArgs;
+
 #[derive(clap::Args)]
-#[command(after_help = "Writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, the Front's raw \
-output) with the cut, Front hash and letterbox geometry in the file's metadata.\n\n\
-Example:\n  mistnet-edge extract --model models/yolov5s.yaml --weights yolov5s.safetensors --cut 4 --imgsz 640 photos/ --out features/")]
+#[command(after_help = "Without --encoding, writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, \
+the Front's raw output) with the cut, Front hash and letterbox geometry in the file's metadata. With --encoding, writes \
+DIR/<image stem>.mnf: the binarized, randomized and encoded features in the wire format (docs/wire-format.md), exactly \
+what `mistnet-edge run` would send.\n\n\
+Examples:\n  mistnet-edge extract --model models/yolov5s.yaml --weights yolov5s.safetensors --cut 4 --imgsz 640 photos/ --out features/\n  \
+mistnet-edge extract --weights yolov5s.safetensors --encoding packed --mechanism sue --epsilon 2 photos/ --out wire/")]
 pub struct Args {
     /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x.
     #[arg(long, default_value = "yolov5s")]
@@ -32,6 +38,11 @@ pub struct Args {
     /// Output directory (created if missing).
     #[arg(long)]
     out: PathBuf,
+    /// Write wire-format messages (.mnf) in this encoding: packed (1 bit per element), f16 or f32 (baselines).
+    #[arg(long, long_help = ENCODING_HELP)]
+    encoding: Option<Encoding>,
+    #[command(flatten)]
+    privacy: PrivacyArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -39,12 +50,19 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
     }
     let images = list_images(&args.input)?;
+    if args.encoding.is_some() {
+        args.privacy.privacy()?; // refuse bad privacy flags before loading anything
+    }
     let device = Device::Cpu;
     let specs = ModelConfig::load(&args.model)?.layers()?;
     let store = ParamStore::open(&args.weights)?;
     let front = Front::load(&specs, args.cut, &store, &device)?;
     drop(store);
     tracing::info!(model = %args.model, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
+    let mut encoder = match args.encoding {
+        Some(e) => Some((args.privacy.encode_params(e, front.cut(), front.hash())?, args.privacy.rng()?)),
+        None => None,
+    };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
 
     let bar = ProgressBar::new(images.len() as u64).with_style(
@@ -58,17 +76,29 @@ pub fn run(args: Args) -> Result<()> {
         let img = read_rgb(path).map_err(anyhow::Error::msg)?;
         let (boxed, lb) = letterbox(&img, args.imgsz);
         let features = front.forward(&image_to_tensor(&boxed, &device)?)?;
-        let metadata = HashMap::from([
-            ("cut".to_string(), front.cut().to_string()),
-            ("front_hash".to_string(), front.hash().to_string()),
-            ("imgsz".to_string(), args.imgsz.to_string()),
-            ("source".to_string(), path.display().to_string()),
-            ("letterbox_ratio".to_string(), lb.ratio.to_string()),
-            ("letterbox_pad".to_string(), format!("{},{}", lb.pad.0, lb.pad.1)),
-            ("original_size".to_string(), format!("{},{}", lb.original.0, lb.original.1)),
-        ]);
-        let out = args.out.join(format!("{stem}.safetensors"));
-        write_features(&features, metadata, &out)?;
+        let out = match encoder.as_mut() {
+            Some((params, rng)) => {
+                let message = encode(&features.flatten_all()?.to_vec1::<f32>()?, features.dims(), params, rng)?;
+                let out = args.out.join(format!("{stem}.mnf"));
+                write_atomically(&out, &message)?;
+                out
+            }
+            None => {
+                let metadata = HashMap::from([
+                    ("cut".to_string(), front.cut().to_string()),
+                    ("front_hash".to_string(), front.hash().to_string()),
+                    ("imgsz".to_string(), args.imgsz.to_string()),
+                    ("source".to_string(), path.display().to_string()),
+                    ("letterbox_ratio".to_string(), lb.ratio.to_string()),
+                    ("letterbox_pad".to_string(), format!("{},{}", lb.pad.0, lb.pad.1)),
+                    ("original_size".to_string(), format!("{},{}", lb.original.0, lb.original.1)),
+                ]);
+                let out = args.out.join(format!("{stem}.safetensors"));
+                let bytes = safetensors::serialize([("features", &features)], Some(metadata))?;
+                write_atomically(&out, &bytes)?;
+                out
+            }
+        };
         tracing::debug!(image = %path.display(), shape = ?features.dims(), out = %out.display(), "extracted");
         bar.inc(1);
     }
@@ -97,10 +127,10 @@ fn list_images(input: &Path) -> Result<Vec<PathBuf>> {
     Ok(images)
 }
 
-fn write_features(features: &Tensor, metadata: HashMap<String, String>, out: &Path) -> Result<()> {
-    let tmp = out.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file([("features", features)], Some(metadata), &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+/// Writes `bytes` to `out` through a temporary file and a rename, so a crash never leaves a torn file.
+fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod extract;
+mod privatize;
 
 #[derive(Parser)]
 #[command(name = "mistnet-edge", version, about = "MistNet edge agent: runs the frozen YOLOv5 Front on local images; images never leave the device")]

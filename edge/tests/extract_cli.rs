@@ -74,3 +74,39 @@ fn extract_refuses_bad_settings_with_clear_messages() {
     let err = run("yolov5s", &[]);
     assert!(err.contains("shape"), "{err}");
 }
+
+#[test]
+fn extract_with_encoding_writes_wire_messages_the_codec_decodes() {
+    use mistnet::codec::{DecodeLimits, Encoding, Mechanism, decode};
+    let out = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        edge()
+            .args(["extract", "--model", "yolov5n", "--weights"])
+            .arg(repo(WEIGHTS))
+            .args(["--imgsz", "64", "--cut", "2"])
+            .args(extra)
+            .arg(repo("shared/tests/fixtures/images/astronaut.png"))
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--encoding", "packed", "--mechanism", "sue", "--epsilon", "2", "--seed", "7"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(out.path().join("astronaut.mnf")).unwrap();
+    let msg = decode(&bytes, &DecodeLimits::default()).unwrap();
+    assert_eq!(msg.header.shape.dims(), [1, 32, 16, 16]); // yolov5n layer 1 at 64 px
+    assert_eq!((msg.header.cut, msg.header.encoding), (2, Encoding::Packed));
+    assert_eq!((msg.header.privacy.mechanism(), msg.header.privacy.epsilon()), (Mechanism::Sue, Some(2.0)));
+    assert!(bytes.len() < 32 * 16 * 16 / 8 + 200);
+
+    // A mechanism with noise needs an explicit ε; bad values are refused before any work.
+    let o = run(&["--encoding", "packed"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs --epsilon"));
+    let o = run(&["--encoding", "f16", "--mechanism", "rr", "--epsilon", "-1"]);
+    assert!(!o.status.success());
+    let o = run(&["--encoding", "bogus", "--mechanism", "none"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bogus"));
+}
