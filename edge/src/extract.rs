@@ -46,7 +46,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.imgsz == 0 || args.imgsz % 32 != 0 {
+    if args.imgsz == 0 || !args.imgsz.is_multiple_of(32) {
         bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
     }
     let images = list_images(&args.input)?;

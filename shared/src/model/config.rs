@@ -117,11 +117,10 @@ impl ModelConfig {
 
     /// Resolves the YAML into concrete layers, as Ultralytics `parse_model` does.
     pub fn layers(&self) -> Result<Vec<LayerSpec>, ModelError> {
-        if let Some(act) = &self.activation {
-            if act != "nn.SiLU()" && act != "SiLU" {
+        if let Some(act) = &self.activation
+            && act != "nn.SiLU()" && act != "SiLU" {
                 return Err(ModelError::Config(format!("activation {act} is not supported (only SiLU)")));
             }
-        }
         let anchors = self.anchor_pixels()?;
         let rows: Vec<&Value> = self.backbone.iter().chain(self.head.iter()).collect();
         let mut specs: Vec<LayerSpec> = Vec::with_capacity(rows.len());
@@ -174,11 +173,10 @@ impl ModelConfig {
                 }
                 "nn.Upsample" | "Upsample" => {
                     let scale = arg_usize(args, 1, None).map_err(err)?;
-                    if let Some(mode) = args.get(2).and_then(|v| v.as_str()) {
-                        if mode != "nearest" {
+                    if let Some(mode) = args.get(2).and_then(|v| v.as_str())
+                        && mode != "nearest" {
                             return Err(err(format!("upsample mode {mode} is not supported (only nearest)")));
                         }
-                    }
                     if scale == 0 || stride_of(first) % scale != 0 {
                         return Err(err(format!("upsample scale {scale} does not divide the stride {}", stride_of(first))));
                     }
@@ -243,7 +241,7 @@ impl ModelConfig {
                 .iter()
                 .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| err("anchor values must be numbers")))
                 .collect::<Result<_, _>>()?;
-            if vals.is_empty() || vals.len() % 2 != 0 {
+            if vals.is_empty() || !vals.len().is_multiple_of(2) {
                 return Err(err("each level needs pairs of width, height"));
             }
             if vals.iter().any(|v| !v.is_finite() || *v <= 0.0) {

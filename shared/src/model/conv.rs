@@ -44,7 +44,7 @@ pub struct Conv {
 
 impl Conv {
     pub fn load(vb: VarBuilder, shape: ConvShape, bn: BatchNormConfig) -> Result<Self> {
-        if shape.g == 0 || shape.c1 % shape.g != 0 || shape.c2 % shape.g != 0 {
+        if shape.g == 0 || !shape.c1.is_multiple_of(shape.g) || !shape.c2.is_multiple_of(shape.g) {
             candle_core::bail!("conv groups {} do not divide channels {}→{}", shape.g, shape.c1, shape.c2);
         }
         let weight = vb.pp("conv").get_with_hints(shape.weight_shape(), "weight", shape.default_init())?;

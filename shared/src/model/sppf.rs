@@ -14,7 +14,7 @@ use super::planes::{self, Planes};
 
 /// Max-pool with kernel `k` (odd), stride 1 and padding `k / 2` filled with -inf: output size = input size.
 pub fn max_pool_same(x: &Tensor, k: usize) -> Result<Tensor> {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         candle_core::bail!("max_pool_same needs an odd kernel, got {k}");
     }
     let p = k / 2;
