@@ -4,6 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::batch_norm::{BatchNorm2d, BatchNormConfig};
+use super::gemm_conv;
 use super::planes::{ConvKernel, Planes};
 
 /// Geometry of a convolution.
@@ -53,7 +54,7 @@ impl Conv {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.shape.p, self.shape.s, 1, self.shape.g)?;
+        let y = gemm_conv::conv2d(x, &self.weight, self.shape)?;
         self.bn.forward_t(&y, train)?.silu()
     }
 

@@ -9,6 +9,9 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use super::conv::ConvShape;
+use super::gemm_conv;
+
 #[derive(Debug, Clone)]
 pub struct Detect {
     /// `m.{i}.weight`, `m.{i}.bias` per level.
@@ -57,7 +60,8 @@ impl Detect {
             .zip(&self.convs)
             .map(|(x, (w, b))| {
                 let (bs, _, ny, nx) = x.dims4()?;
-                let c = x.conv2d(w, 0, 1, 1, 1)?.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+                let shape = ConvShape::same(x.dim(1)?, w.dim(0)?, 1, 1);
+                let c = gemm_conv::conv2d(x, w, shape)?.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
                 c.reshape((bs, self.na, self.nc + 5, ny, nx))?.permute((0, 1, 3, 4, 2))?.contiguous()
             })
             .collect()

@@ -9,6 +9,7 @@ pub mod c3;
 pub mod config;
 pub mod conv;
 pub mod detect;
+pub mod gemm_conv;
 pub mod planes;
 pub mod split;
 pub mod sppf;

@@ -126,7 +126,7 @@ impl ConvKernel {
 
 /// Writes rows `oy0..oy0+rows` of the `col` matrix for one group: `[c·k·k, rows·wo]`.
 #[allow(clippy::too_many_arguments)]
-fn im2col(x: &[f32], c: usize, h: usize, w: usize, shape: &ConvShape, wo: usize, oy0: usize, rows: usize, col: &mut [f32]) {
+pub(crate) fn im2col(x: &[f32], c: usize, h: usize, w: usize, shape: &ConvShape, wo: usize, oy0: usize, rows: usize, col: &mut [f32]) {
     let ConvShape { k, s, p, .. } = *shape;
     let n = rows * wo;
     for ci in 0..c {
@@ -155,6 +155,36 @@ fn im2col(x: &[f32], c: usize, h: usize, w: usize, shape: &ConvShape, wo: usize,
                         for (d, ox) in dst[ox_lo..ox_hi].iter_mut().zip(0..) {
                             *d = src[ix0 + ox * s];
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`] over all `ho` output rows: adds each `col` entry back into the input
+/// position it was read from (`x` is accumulated into, not overwritten).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn col2im(col: &[f32], c: usize, h: usize, w: usize, shape: &ConvShape, ho: usize, wo: usize, x: &mut [f32]) {
+    let ConvShape { k, s, p, .. } = *shape;
+    let n = ho * wo;
+    for ci in 0..c {
+        let plane = &mut x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let src_row = &col[((ci * k + ky) * k + kx) * n..][..n];
+                let ox_lo = p.saturating_sub(kx).div_ceil(s).min(wo);
+                let ox_hi = if w + p > kx { ((w + p - kx - 1) / s + 1).min(wo) } else { 0 }.max(ox_lo);
+                for oy in 0..ho {
+                    let iy = (oy * s + ky) as isize - p as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
+                    let src = &src_row[oy * wo..(oy + 1) * wo];
+                    let ix0 = ox_lo * s + kx - p;
+                    for (ox, v) in (ox_lo..ox_hi).zip(&src[ox_lo..ox_hi]) {
+                        dst[ix0 + (ox - ox_lo) * s] += v;
                     }
                 }
             }
