@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod extract;
+mod run;
 
 #[derive(Parser)]
 #[command(name = "mistnet-edge", version, about = "MistNet edge agent: runs the frozen YOLOv5 Front on local images; images never leave the device")]
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run the Front on images and write its features to files (the offline path for an air-gapped edge).
     Extract(extract::Args),
+    /// Fetch the Front from the cloud, extract and encode the local dataset once, and stream it until every sample is acknowledged.
+    Run(run::Args),
 }
 
 fn main() -> Result<()> {
@@ -26,5 +29,6 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Extract(args) => extract::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::record::{FRAME_HEADER, Record, RecordKind};
+use super::record::{Record, RecordKind};
 
 /// Per-edge counts and ε ledger.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -62,10 +62,5 @@ impl Index {
             edge.samples += 1;
             edge.feature_bytes += rec.features.len() as u64;
         }
-    }
-
-    /// Adds the bytes of a framed record (`payload_len` + header) to the store size.
-    pub fn add_bytes(&mut self, payload_len: usize) {
-        self.store_bytes += (FRAME_HEADER + payload_len) as u64;
     }
 }
