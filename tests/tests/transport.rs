@@ -61,7 +61,7 @@ impl Setup {
         let server = format!("http://{addr}");
         start_edge(&[
             "--server", &server, "--edge", &edge, "--token-file", &token_file, "--data", &data, "--mechanism", "sue", "--epsilon", "2",
-            "--cache", &cache, "--max-attempts", "30",
+            "--cache", &cache, "--max-attempts", "30", "--max-rate", "40",
         ])
     }
 
@@ -89,14 +89,16 @@ fn assert_exactly_once(setup: &Setup, expected: usize) {
 
 #[test]
 fn edges_upload_at_once_and_survive_a_cloud_sigkill() {
-    let setup = setup(3, 80);
+    let setup = setup(3, 240);
     let expected: usize = (0..3).map(|i| setup.train_images(i)).sum();
     let listen = format!("127.0.0.1:{}", free_port());
     let (mut cloud, addr) = setup.cloud(&listen, &[]);
     let mut edges: Vec<Proc> = (0..3).map(|i| setup.edge(i, &addr)).collect();
-    assert!(wait_until(LIMIT, || setup.stored() > 0), "nothing stored");
+    assert!(wait_until(LIMIT, || setup.stored() >= 3), "nothing stored");
     cloud.0.kill().unwrap();
     cloud.0.wait().unwrap();
+    let at_kill = setup.stored();
+    assert!(at_kill < expected, "the cloud was killed after the upload ended ({at_kill} of {expected} stored)");
     let (_cloud, _) = setup.cloud(&listen, &[]);
     for edge in &mut edges {
         assert!(edge.wait_for(LIMIT).success(), "an edge failed");
@@ -106,13 +108,15 @@ fn edges_upload_at_once_and_survive_a_cloud_sigkill() {
 
 #[test]
 fn an_edge_killed_mid_upload_resumes_without_duplicates() {
-    let setup = setup(1, 60);
+    let setup = setup(1, 120);
     let expected = setup.train_images(0);
     let (_cloud, addr) = setup.cloud("127.0.0.1:0", &[]);
     let mut edge = setup.edge(0, &addr);
-    assert!(wait_until(LIMIT, || setup.stored() > 0), "nothing stored");
+    assert!(wait_until(LIMIT, || setup.stored() >= 3), "nothing stored");
     edge.0.kill().unwrap();
     edge.0.wait().unwrap();
+    let at_kill = setup.stored();
+    assert!(at_kill < expected, "the edge was killed after the upload ended ({at_kill} of {expected} stored)");
     let mut edge = setup.edge(0, &addr);
     assert!(edge.wait_for(LIMIT).success(), "the restarted edge failed");
     assert_exactly_once(&setup, expected);
@@ -200,7 +204,7 @@ fn bad_samples_are_refused_and_nothing_is_stored() {
 
         // The stream goes on after refusals, and a valid sample is stored.
         let ok = pb::Sample { sample_id: "ok".into(), features: valid, labels: vec![good_box], image_width: 64, image_height: 64 };
-        let mut acks = upload.upload(authed(tokio_stream::iter(vec![ok.clone(), ok])), edge, &tok)).await.unwrap().into_inner();
+        let mut acks = upload.upload(authed(tokio_stream::iter(vec![ok.clone(), ok]), edge, &tok)).await.unwrap().into_inner();
         let first = acks.message().await.unwrap().unwrap();
         let second = acks.message().await.unwrap().unwrap();
         assert_eq!((first.code, second.code), (0, 0));

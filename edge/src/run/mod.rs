@@ -63,6 +63,9 @@ pub struct Args {
     /// Failed connection attempts in a row before giving up.
     #[arg(long, default_value_t = 8)]
     max_attempts: u32,
+    /// Send at most this many samples per second (to share a thin uplink); default: as fast as acks allow.
+    #[arg(long)]
+    max_rate: Option<f64>,
     /// Skip bad samples of the dataset (missing images, malformed labels) instead of stopping.
     #[arg(long)]
     skip_bad: bool,
@@ -98,7 +101,13 @@ pub fn run(args: Args) -> Result<()> {
     bar.set_position((total - spooled.len()) as u64);
     let pending: BTreeMap<String, spool::Spooled> = spooled.into_iter().map(|s| (s.sample_id.clone(), s)).collect();
     let retry = Retry { max_attempts: args.max_attempts.max(1), base: Duration::from_millis(200), cap: Duration::from_secs(10) };
-    let refused = runtime.block_on(upload::upload_all(&cloud, pending, retry, &bar))?;
+    if let Some(rate) = args.max_rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--max-rate must be a positive number of samples per second, got {rate}");
+    }
+    let pace = args.max_rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let refused = runtime.block_on(upload::upload_all(&cloud, pending, retry, pace, &bar))?;
     bar.finish_and_clear();
     if !refused.is_empty() {
         for (id, why) in refused.iter().take(10) {

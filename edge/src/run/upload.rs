@@ -27,13 +27,19 @@ pub struct Retry {
 /// Samples refused for good (validation, quota, ε budget): id and reason.
 pub type Refused = Vec<(String, String)>;
 
-/// Uploads `pending` until it is empty; returns the refused samples.
-pub async fn upload_all(cloud: &Cloud, mut pending: BTreeMap<String, Spooled>, retry: Retry, bar: &ProgressBar) -> Result<Refused> {
+/// Uploads `pending` until it is empty, one sample per `pace` at most; returns the refused samples.
+pub async fn upload_all(
+    cloud: &Cloud,
+    mut pending: BTreeMap<String, Spooled>,
+    retry: Retry,
+    pace: Option<Duration>,
+    bar: &ProgressBar,
+) -> Result<Refused> {
     let mut refused = Refused::new();
     let mut failures = 0u32;
     while !pending.is_empty() {
         let before = pending.len();
-        match round(cloud, &mut pending, &mut refused, bar).await {
+        match round(cloud, &mut pending, &mut refused, pace, bar).await {
             Ok(()) => {}
             Err(RoundError::Fatal(e)) => return Err(e),
             Err(RoundError::Transient(e)) => {
@@ -69,7 +75,13 @@ fn classify(status: tonic::Status, what: &str) -> RoundError {
     }
 }
 
-async fn round(cloud: &Cloud, pending: &mut BTreeMap<String, Spooled>, refused: &mut Refused, bar: &ProgressBar) -> Result<(), RoundError> {
+async fn round(
+    cloud: &Cloud,
+    pending: &mut BTreeMap<String, Spooled>,
+    refused: &mut Refused,
+    pace: Option<Duration>,
+    bar: &ProgressBar,
+) -> Result<(), RoundError> {
     let channel = cloud.connect().await.map_err(|e| RoundError::Transient(anyhow!("cannot connect: {e}")))?;
     let mut client = FeatureUploadClient::new(channel).max_decoding_message_size(mistnet_proto::MAX_MESSAGE_BYTES);
 
@@ -105,6 +117,9 @@ async fn round(cloud: &Cloud, pending: &mut BTreeMap<String, Spooled>, refused: 
             };
             if tx.send(sample).await.is_err() {
                 break;
+            }
+            if let Some(pause) = pace {
+                tokio::time::sleep(pause).await;
             }
         }
     });
