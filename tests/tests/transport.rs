@@ -213,3 +213,104 @@ fn bad_samples_are_refused_and_nothing_is_stored() {
     let samples = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap();
     assert_eq!(samples.iter().map(|s| s.sample_id.as_str()).collect::<Vec<_>>(), ["ok"]);
 }
+
+#[test]
+fn mutual_tls_uploads_and_refuses_a_client_without_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let setup = setup(1, 20);
+    let expected = setup.train_images(0);
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let write_pair = |name: &str, san: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![san.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        let (c, k) = (setup.root.join(format!("{name}.pem")), setup.root.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    };
+    let ca_pem = setup.root.join("ca.pem");
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    let ca_pem = ca_pem.display().to_string();
+    let (server_cert, server_key) = write_pair("server", "localhost");
+    let (client_cert, client_key) = write_pair("client", "edge-0");
+    let (_cloud, addr) = setup.cloud("127.0.0.1:0", &["--tls-cert", &server_cert, "--tls-key", &server_key, "--client-ca", &ca_pem]);
+    let port = addr.rsplit(':').next().unwrap();
+    let server = format!("https://localhost:{port}");
+
+    // Without a client certificate the TLS handshake is refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&ca_pem).unwrap()));
+        let channel = tonic::transport::Endpoint::from_shared(server.clone()).unwrap().tls_config(tls).unwrap().connect().await;
+        match channel {
+            Err(_) => true,
+            Ok(ch) => FrontDistributionClient::new(ch).get_front(authed(pb::GetFrontRequest::default(), "edge-0", &token("edge-0"))).await.is_err(),
+        }
+    });
+    assert!(refused, "a client without certificate got through");
+
+    let token_file = setup.root.join("edge-0.token").display().to_string();
+    let cache = setup.root.join("cache-tls").display().to_string();
+    let data = setup.data[0].display().to_string();
+    let mut edge = start_edge(&[
+        "--server", &server, "--ca-cert", &ca_pem, "--client-cert", &client_cert, "--client-key", &client_key, "--edge", "edge-0",
+        "--token-file", &token_file, "--data", &data, "--mechanism", "rr", "--epsilon", "1", "--cache", &cache,
+    ]);
+    assert!(edge.wait_for(LIMIT).success(), "the edge failed over mTLS");
+    assert_exactly_once(&setup, expected);
+}
+
+#[test]
+fn the_epsilon_ledger_counts_re_uploads_and_enforces_the_budget() {
+    let setup = setup(1, 20);
+    let n = setup.train_images(0);
+    // Each upload spends ε = 2: the budget admits exactly n uploads plus one re-upload.
+    let budget = (2 * n + 2).to_string();
+    let (_cloud, addr) = setup.cloud("127.0.0.1:0", &["--epsilon-budget", &budget]);
+    let mut edge = setup.edge(0, &addr);
+    assert!(edge.wait_for(LIMIT).success());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (stored_id, acks) = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let tok = token("edge-0");
+        let mut upload = FeatureUploadClient::new(channel);
+        let mut ids = upload.list_stored(authed(pb::ListStoredRequest {}, "edge-0", &tok)).await.unwrap().into_inner();
+        let id = ids.message().await.unwrap().unwrap().sample_ids[0].clone();
+        let sample = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap().into_iter().find(|s| s.sample_id == id).unwrap();
+        let resend = pb::Sample {
+            sample_id: id.clone(),
+            features: sample.features,
+            labels: sample.labels.iter().map(|l| pb::Box { class: l.class as u32, cx: l.cx, cy: l.cy, w: l.w, h: l.h }).collect(),
+            image_width: sample.image_size.0,
+            image_height: sample.image_size.1,
+        };
+        // The first re-upload fits the budget and is a duplicate; the second passes it.
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let mut acks = upload.upload(authed(tokio_stream::iter(vec![resend.clone()]), "edge-0", &tok)).await.unwrap().into_inner();
+            out.push(acks.message().await.unwrap().unwrap());
+        }
+        (id, out)
+    });
+    assert_eq!((acks[0].code, acks[0].duplicate), (0, true));
+    assert_eq!(acks[1].code, Code::ResourceExhausted as i32);
+    assert!(acks[1].message.contains("ε budget"), "{}", acks[1].message);
+
+    let out = std::process::Command::new(mistnet_e2e::binary("mistnet-cloud"))
+        .args(["status", "--json", "--server", &format!("http://{addr}"), "--edge", "edge-0", "--token-file"])
+        .arg(setup.root.join("edge-0.token"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let edge = &status["edges"][0];
+    assert_eq!(edge["samples"], n as u64);
+    assert_eq!(edge["uploads"], n as u64 + 1);
+    assert_eq!(edge["epsilon_total"], (2 * n + 2) as f64);
+    let ledger = edge["ledger"].as_array().unwrap().iter().find(|l| l["sample_id"] == stored_id.as_str()).unwrap();
+    assert_eq!(ledger["epsilon"], serde_json::json!([2.0, 2.0]));
+    assert_eq!(ledger["epsilon_total"], 4.0);
+}
