@@ -162,7 +162,7 @@ fn tls_config(args: &Args) -> Result<Option<ServerTlsConfig>> {
 
 /// Loads the Front to serve and what samples must match.
 fn load_front(args: &Args) -> Result<(pb::GetFrontResponse, Expected)> {
-    if args.imgsz == 0 || args.imgsz % 32 != 0 {
+    if args.imgsz == 0 || !args.imgsz.is_multiple_of(32) {
         bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
     }
     let model_yaml = match std::fs::read_to_string(&args.model) {
