@@ -23,12 +23,18 @@ enum Command {
     Inspect(inspect::Args),
     /// Decode a feature message (.mnf) to a safetensors file holding its bits (u8 0/1, [N, C, H, W]).
     Decode(decode::Args),
+    /// Receive features from edges over gRPC into the durable feature store (TLS, per-edge tokens, ε budget).
+    Serve(serve::Args),
+    /// Show per-edge counts, store size and the ε ledger of a running `serve`.
+    Status(status::Args),
 }
 
 mod cuts;
 mod decode;
 mod inspect;
 mod partition;
+mod serve;
+mod status;
 mod synth;
 
 fn main() -> Result<()> {
@@ -42,5 +48,7 @@ fn main() -> Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Decode(args) => decode::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Status(args) => status::run(args),
     }
 }

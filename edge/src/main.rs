@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod extract;
 mod privatize;
+mod run;
 
 #[derive(Parser)]
 #[command(name = "mistnet-edge", version, about = "MistNet edge agent: runs the frozen YOLOv5 Front on local images; images never leave the device")]
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the Front on images and write its features to files (the offline path for an air-gapped edge).
     Extract(extract::Args),
+    /// Fetch the Front from the cloud, extract and encode the local dataset once, and stream it until every sample is acknowledged.
+    Run(run::Args),
 }
 
 fn main() -> Result<()> {
@@ -27,5 +30,6 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Extract(args) => extract::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -1,0 +1,69 @@
+//! Validation of an uploaded sample against the served Front: the codec decoder, cut, shape and
+//! Front hash, then the sample id, image size and labels. Every failure is a sentence for the edge.
+
+use mistnet::codec::{DecodeLimits, FrontHash, Shape, decode};
+use mistnet::data::Label;
+use mistnet_cloud::store::Upload;
+use mistnet_proto::pb;
+
+/// Longest sample id accepted, in bytes.
+pub const MAX_SAMPLE_ID: usize = 256;
+
+/// What every sample must match.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub front_hash: FrontHash,
+    pub cut: u16,
+    pub shape: Shape,
+    /// Number of classes of the model.
+    pub nc: usize,
+}
+
+/// Checks `sample` of `edge`; `Err` is the INVALID_ARGUMENT message.
+pub fn validate(edge: &str, sample: pb::Sample, expected: &Expected) -> Result<Upload, String> {
+    let id = &sample.sample_id;
+    if id.is_empty() || id.len() > MAX_SAMPLE_ID || id.chars().any(char::is_control) {
+        return Err(format!("sample id {id:?} must be 1 to {MAX_SAMPLE_ID} bytes without control characters"));
+    }
+    let limits = DecodeLimits { max_elements: expected.shape.elements() };
+    let decoded = decode(&sample.features, &limits).map_err(|e| format!("sample {id}: features: {e}"))?;
+    let h = decoded.header;
+    if h.front_hash != expected.front_hash {
+        return Err(format!(
+            "sample {id}: features were made by Front {}, this cloud serves Front {}; fetch the Front again",
+            h.front_hash, expected.front_hash
+        ));
+    }
+    if h.cut != expected.cut {
+        return Err(format!("sample {id}: features are from cut {}, this cloud trains cut {}", h.cut, expected.cut));
+    }
+    if h.shape != expected.shape {
+        return Err(format!("sample {id}: feature shape {:?}, expected {:?}", h.shape.0, expected.shape.0));
+    }
+    let (width, height) = (sample.image_width, sample.image_height);
+    if width == 0 || height == 0 {
+        return Err(format!("sample {id}: image size {width}x{height} must be at least 1x1"));
+    }
+    let mut labels = Vec::with_capacity(sample.labels.len());
+    for (i, b) in sample.labels.iter().enumerate() {
+        if b.class as usize >= expected.nc {
+            return Err(format!("sample {id}: label {i}: class {} is not below nc = {}", b.class, expected.nc));
+        }
+        for (field, v, positive) in [("cx", b.cx, false), ("cy", b.cy, false), ("w", b.w, true), ("h", b.h, true)] {
+            let ok = v.is_finite() && v <= 1.0 && if positive { v > 0.0 } else { v >= 0.0 };
+            if !ok {
+                let range = if positive { "(0, 1]" } else { "[0, 1]" };
+                return Err(format!("sample {id}: label {i}: {field} = {v} is not in {range}"));
+            }
+        }
+        labels.push(Label { class: b.class as usize, cx: b.cx, cy: b.cy, w: b.w, h: b.h });
+    }
+    Ok(Upload {
+        edge: edge.to_string(),
+        sample_id: sample.sample_id,
+        epsilon: h.privacy.epsilon().unwrap_or(f64::INFINITY),
+        labels,
+        image_size: (width, height),
+        features: sample.features,
+    })
+}

@@ -1,0 +1,150 @@
+//! `mistnet-edge run`: fetch the Front, extract and encode the local dataset once, stream it to the
+//! cloud until every sample is acknowledged. Inference only.
+
+mod connect;
+mod front;
+mod spool;
+mod upload;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use mistnet::codec::{ENCODING_HELP, Encoding};
+use mistnet::data::{BadDataPolicy, Dataset, Sample, Split};
+use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient};
+
+use crate::privatize::PrivacyArgs;
+use connect::{Cloud, TlsFiles};
+use upload::Retry;
+
+#[derive(clap::Args)]
+#[command(after_help = "Exits 0 only when every sample is acknowledged as stored; otherwise non-zero with the reason.\n\n\
+Example:\n  mistnet-edge run --server https://cloud:50051 --ca-cert ca.pem --edge edge-1 --token-file edge-1.token \\\n    \
+--data edge-1.yaml --mechanism sue --epsilon 2")]
+pub struct Args {
+    /// Cloud URL: https://HOST:PORT (TLS), or http://127.0.0.1:PORT (plaintext, loopback only).
+    #[arg(long)]
+    server: String,
+    /// This edge's id, as in the cloud's tokens file.
+    #[arg(long)]
+    edge: String,
+    /// File holding this edge's token (first line).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// CA certificate (PEM) to verify the cloud with (default: the system roots).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Allow plaintext to a non-loopback server. INSECURE: the token and features travel in the clear.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Local dataset: a dataset YAML or a YOLO-format directory (its train split is uploaded).
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    privacy: PrivacyArgs,
+    /// How the bits are serialized: packed (1 bit per element), f16 or f32 (baselines).
+    #[arg(long, default_value = "packed", long_help = ENCODING_HELP)]
+    encoding: Encoding,
+    /// Cache directory: the Front (by hash) and the spool of encoded messages awaiting acknowledgement.
+    #[arg(long, default_value = ".mistnet-edge")]
+    cache: PathBuf,
+    /// Failed connection attempts in a row before giving up.
+    #[arg(long, default_value_t = 8)]
+    max_attempts: u32,
+    /// Send at most this many samples per second (to share a thin uplink); default: as fast as acks allow.
+    #[arg(long)]
+    max_rate: Option<f64>,
+    /// Skip bad samples of the dataset (missing images, malformed labels) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    args.privacy.privacy()?; // refuse bad privacy flags before connecting
+    let token = std::fs::read_to_string(&args.token_file).with_context(|| format!("cannot read {}", args.token_file.display()))?;
+    let token = token.lines().next().unwrap_or_default().trim().to_string();
+    let tls = TlsFiles { ca_cert: args.ca_cert.clone(), client_cert: args.client_cert.clone(), client_key: args.client_key.clone() };
+    let cloud = Cloud::new(&args.server, &args.edge, &token, &tls, args.insecure_plaintext)?;
+    let samples = load_samples(&args.data, if args.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail })?;
+    let total = samples.len();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+
+    let (served, stored) = runtime.block_on(async {
+        let channel = cloud.connect().await.with_context(|| format!("cannot connect to {}", args.server))?;
+        let served = front::fetch(&cloud, channel.clone(), &args.cache).await?;
+        let stored = list_stored(&cloud, channel).await?;
+        anyhow::Ok((served, stored))
+    })?;
+    let params = args.privacy.encode_params(args.encoding, served.front.cut(), served.front.hash())?;
+    let spool_dir = spool::dir(&args.cache, served.front.hash(), &params);
+    tracing::info!(samples = total, already_stored = stored.len(), front = %served.front.hash(), "starting");
+    let spooled = spool::prepare(samples, &stored, &served, &params, &mut args.privacy.rng()?, &spool_dir)?;
+
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{spinner} upload [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
+    );
+    bar.set_position((total - spooled.len()) as u64);
+    let pending: BTreeMap<String, spool::Spooled> = spooled.into_iter().map(|s| (s.sample_id.clone(), s)).collect();
+    let retry = Retry { max_attempts: args.max_attempts.max(1), base: Duration::from_millis(200), cap: Duration::from_secs(10) };
+    if let Some(rate) = args.max_rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--max-rate must be a positive number of samples per second, got {rate}");
+    }
+    let pace = args.max_rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let refused = runtime.block_on(upload::upload_all(&cloud, pending, retry, pace, &bar))?;
+    bar.finish_and_clear();
+    if !refused.is_empty() {
+        for (id, why) in refused.iter().take(10) {
+            eprintln!("refused {id}: {why}");
+        }
+        bail!("{} of {total} samples were refused by the cloud (first reasons above)", refused.len());
+    }
+    // Everything is acknowledged: the spool is no longer needed.
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    println!("uploaded: all {total} samples acknowledged");
+    Ok(())
+}
+
+/// The train split of `data`, each sample with its edge-unique id (its image path relative to the dataset).
+fn load_samples(data: &Path, policy: BadDataPolicy) -> Result<Vec<(String, Sample)>> {
+    let dataset = Dataset::open(data)?;
+    let loaded = dataset.load(Split::Train, policy)?;
+    if loaded.samples.is_empty() {
+        bail!("{}: the train split has no samples", data.display());
+    }
+    let root = dataset.source().parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut ids = HashSet::new();
+    let mut out = Vec::with_capacity(loaded.samples.len());
+    for s in loaded.samples {
+        let id = s.image_path.strip_prefix(&root).unwrap_or(&s.image_path).to_string_lossy().into_owned();
+        if !ids.insert(id.clone()) {
+            bail!("two samples share the id {id}");
+        }
+        out.push((id, s));
+    }
+    Ok(out)
+}
+
+async fn list_stored(cloud: &Cloud, channel: tonic::transport::Channel) -> Result<HashSet<String>> {
+    let mut client = FeatureUploadClient::new(channel);
+    let mut stream = client
+        .list_stored(cloud.request(pb::ListStoredRequest {}))
+        .await
+        .map_err(|s| anyhow::anyhow!("ListStored refused: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut ids = HashSet::new();
+    while let Some(batch) = stream.message().await.map_err(|s| anyhow::anyhow!("ListStored: {}: {}", s.code(), s.message()))? {
+        ids.extend(batch.sample_ids);
+    }
+    Ok(ids)
+}

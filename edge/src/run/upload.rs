@@ -1,0 +1,153 @@
+//! Streaming spooled samples to the cloud until every one is acknowledged: each round lists what
+//! the cloud already stored (resume), streams the rest and collects acks; a broken round is retried
+//! with exponential backoff and full jitter.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use indicatif::ProgressBar;
+use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use super::connect::Cloud;
+use super::spool::Spooled;
+
+/// Retry policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+/// Samples refused for good (validation, quota, ε budget): id and reason.
+pub type Refused = Vec<(String, String)>;
+
+/// Uploads `pending` until it is empty, one sample per `pace` at most; returns the refused samples.
+pub async fn upload_all(
+    cloud: &Cloud,
+    mut pending: BTreeMap<String, Spooled>,
+    retry: Retry,
+    pace: Option<Duration>,
+    bar: &ProgressBar,
+) -> Result<Refused> {
+    let mut refused = Refused::new();
+    let mut failures = 0u32;
+    while !pending.is_empty() {
+        let before = pending.len();
+        match round(cloud, &mut pending, &mut refused, pace, bar).await {
+            Ok(()) => {}
+            Err(RoundError::Fatal(e)) => return Err(e),
+            Err(RoundError::Transient(e)) => {
+                if pending.len() < before {
+                    failures = 0;
+                }
+                failures += 1;
+                if failures >= retry.max_attempts {
+                    bail!("gave up after {failures} failed attempts in a row, {} samples unacknowledged: {e}", pending.len());
+                }
+                let ceiling = retry.base.saturating_mul(1 << failures.min(16)).min(retry.cap);
+                let wait = rand::rng().random_range(Duration::ZERO..=ceiling);
+                bar.println(format!("connection lost ({e}); retry {failures}/{} in {wait:.1?}", retry.max_attempts));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    Ok(refused)
+}
+
+enum RoundError {
+    /// Worth retrying: the connection or the server's storage.
+    Transient(anyhow::Error),
+    /// Retrying cannot help (authentication).
+    Fatal(anyhow::Error),
+}
+
+fn classify(status: tonic::Status, what: &str) -> RoundError {
+    let e = anyhow!("{what}: {}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::Unimplemented => RoundError::Fatal(e),
+        _ => RoundError::Transient(e),
+    }
+}
+
+async fn round(
+    cloud: &Cloud,
+    pending: &mut BTreeMap<String, Spooled>,
+    refused: &mut Refused,
+    pace: Option<Duration>,
+    bar: &ProgressBar,
+) -> Result<(), RoundError> {
+    let channel = cloud.connect().await.map_err(|e| RoundError::Transient(anyhow!("cannot connect: {e}")))?;
+    let mut client = FeatureUploadClient::new(channel).max_decoding_message_size(mistnet_proto::MAX_MESSAGE_BYTES);
+
+    let mut stored = client.list_stored(cloud.request(pb::ListStoredRequest {})).await.map_err(|s| classify(s, "ListStored"))?.into_inner();
+    while let Some(batch) = stored.message().await.map_err(|s| classify(s, "ListStored"))? {
+        for id in batch.sample_ids {
+            if pending.remove(&id).is_some() {
+                bar.inc(1);
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+
+    let (tx, rx) = mpsc::channel::<pb::Sample>(16);
+    let to_send: Vec<Spooled> = pending.values().cloned().collect();
+    let sender = tokio::spawn(async move {
+        for s in to_send {
+            let features = match tokio::fs::read(&s.message).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(file = %s.message.display(), %e, "cannot read a spooled message");
+                    break;
+                }
+            };
+            let sample = pb::Sample {
+                sample_id: s.sample_id,
+                features,
+                labels: s.sample.labels.iter().map(|l| pb::Box { class: l.class as u32, cx: l.cx, cy: l.cy, w: l.w, h: l.h }).collect(),
+                image_width: s.sample.size.0,
+                image_height: s.sample.size.1,
+            };
+            if tx.send(sample).await.is_err() {
+                break;
+            }
+            if let Some(pause) = pace {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    });
+    let mut acks = client.upload(cloud.request(ReceiverStream::new(rx))).await.map_err(|s| classify(s, "Upload"))?.into_inner();
+    let result = loop {
+        match acks.message().await {
+            Ok(Some(ack)) => match Code::from_i32(ack.code) {
+                Code::Ok => {
+                    if pending.remove(&ack.sample_id).is_some() {
+                        bar.inc(1);
+                    }
+                }
+                Code::InvalidArgument | Code::ResourceExhausted => {
+                    if pending.remove(&ack.sample_id).is_some() {
+                        bar.inc(1);
+                        refused.push((ack.sample_id, ack.message));
+                    }
+                }
+                code => break Err(RoundError::Transient(anyhow!("sample {}: {code}: {}", ack.sample_id, ack.message))),
+            },
+            Ok(None) if pending.is_empty() => break Ok(()),
+            Ok(None) => break Err(RoundError::Transient(anyhow!("the server closed the stream with {} samples unacknowledged", pending.len()))),
+            Err(s) => break Err(classify(s, "Upload")),
+        }
+        if pending.is_empty() {
+            break Ok(());
+        }
+    };
+    sender.abort();
+    result
+}

@@ -1,0 +1,96 @@
+//! Helpers for the end-to-end tests: locating the `mistnet-cloud` and `mistnet-edge` binaries,
+//! starting them as child processes on 127.0.0.1 and killing them when a test ends.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`). `cargo test
+//! --workspace` builds every member's binaries before running tests; when running only this
+//! package, build them first: `cargo build -p mistnet-cloud -p mistnet-edge`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary in the target directory of the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing: run `cargo build -p mistnet-cloud -p mistnet-edge` (or `cargo test --workspace`) first", path.display());
+    path
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Waits up to `limit` for the process to exit; kills it and panics on timeout.
+    pub fn wait_for(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.0.kill();
+                panic!("process did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Starts `mistnet-cloud serve` with `args` and waits for its `listening on ADDR` line.
+pub fn start_cloud(args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(binary("mistnet-cloud"))
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start mistnet-cloud");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = Proc(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read stdout");
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    (proc, addr)
+}
+
+/// Starts `mistnet-edge run` with `args`.
+pub fn start_edge(args: &[&str]) -> Proc {
+    Proc(
+        Command::new(binary("mistnet-edge"))
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mistnet-edge"),
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Polls `cond` every 50 ms for up to `limit`.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

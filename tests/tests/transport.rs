@@ -1,0 +1,316 @@
+//! End to end: `mistnet-cloud serve` and `mistnet-edge run` as real processes on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mistnet::codec::{EncodeParams, Encoding, FrontHash, HEADER_LEN, Mechanism, Privacy, encode, seeded_rng};
+use mistnet::data::synth::{SynthConfig, generate};
+use mistnet_cloud::store::FeatureStore;
+use mistnet_e2e::{Proc, free_port, start_cloud, start_edge, wait_until};
+use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient};
+use mistnet_proto::{AUTHORIZATION, EDGE_HEADER};
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    weights: String,
+    tokens: String,
+    /// Dataset YAML per edge.
+    data: Vec<PathBuf>,
+}
+
+fn token(edge: &str) -> String {
+    format!("token-of-{edge}-0123456789")
+}
+
+fn setup(edges: usize, images: usize) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let manifest = generate(&SynthConfig { images, imgsz: 64, seed: 7, edges }, &root.join("data")).unwrap();
+    let mut data: Vec<PathBuf> = manifest.yamls.iter().filter(|p| p.to_string_lossy().contains("edge")).map(|p| root.join("data").join(p)).collect();
+    data.sort();
+    assert_eq!(data.len(), edges, "one YAML per edge in {:?}", manifest.yamls);
+    let mut lines = String::new();
+    for i in 0..edges {
+        let edge = format!("edge-{i}");
+        lines += &format!("{edge} {}\n", token(&edge));
+        std::fs::write(root.join(format!("{edge}.token")), token(&edge)).unwrap();
+    }
+    std::fs::write(root.join("tokens.txt"), lines).unwrap();
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tests/fixtures/yolov5/yolov5n_weights.safetensors");
+    Setup { root: root.clone(), weights: weights.display().to_string(), tokens: root.join("tokens.txt").display().to_string(), data, _tmp: tmp }
+}
+
+impl Setup {
+    fn cloud(&self, listen: &str, extra: &[&str]) -> (Proc, String) {
+        let store = self.root.join("store").display().to_string();
+        let mut args = vec!["--listen", listen, "--store", &store, "--model", "yolov5n", "--weights", &self.weights, "--cut", "4", "--imgsz", "64", "--tokens", &self.tokens];
+        args.extend_from_slice(extra);
+        start_cloud(&args)
+    }
+
+    fn edge(&self, i: usize, addr: &str) -> Proc {
+        let edge = format!("edge-{i}");
+        let token_file = self.root.join(format!("{edge}.token")).display().to_string();
+        let cache = self.root.join(format!("cache-{edge}")).display().to_string();
+        let data = self.data[i].display().to_string();
+        let server = format!("http://{addr}");
+        start_edge(&[
+            "--server", &server, "--edge", &edge, "--token-file", &token_file, "--data", &data, "--mechanism", "sue", "--epsilon", "2",
+            "--cache", &cache, "--max-attempts", "30", "--max-rate", "40",
+        ])
+    }
+
+    fn stored(&self) -> usize {
+        FeatureStore::open(self.root.join("store")).map(|s| s.len()).unwrap_or(0)
+    }
+
+    fn train_images(&self, i: usize) -> usize {
+        let ds = mistnet::data::Dataset::open(&self.data[i]).unwrap();
+        ds.load(mistnet::data::Split::Train, Default::default()).unwrap().samples.len()
+    }
+}
+
+/// Every (edge, sample id) once, every message decodable.
+fn assert_exactly_once(setup: &Setup, expected: usize) {
+    let samples = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap();
+    let keys: HashSet<_> = samples.iter().map(|s| (s.edge.clone(), s.sample_id.clone())).collect();
+    assert_eq!(keys.len(), samples.len(), "a sample is stored twice");
+    assert_eq!(samples.len(), expected);
+    for s in &samples {
+        mistnet::codec::decode(&s.features, &Default::default()).unwrap();
+        assert!(s.image_size.0 > 0);
+    }
+}
+
+#[test]
+fn edges_upload_at_once_and_survive_a_cloud_sigkill() {
+    let setup = setup(3, 240);
+    let expected: usize = (0..3).map(|i| setup.train_images(i)).sum();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut cloud, addr) = setup.cloud(&listen, &[]);
+    let mut edges: Vec<Proc> = (0..3).map(|i| setup.edge(i, &addr)).collect();
+    assert!(wait_until(LIMIT, || setup.stored() >= 3), "nothing stored");
+    cloud.0.kill().unwrap();
+    cloud.0.wait().unwrap();
+    let at_kill = setup.stored();
+    assert!(at_kill < expected, "the cloud was killed after the upload ended ({at_kill} of {expected} stored)");
+    let (_cloud, _) = setup.cloud(&listen, &[]);
+    for edge in &mut edges {
+        assert!(edge.wait_for(LIMIT).success(), "an edge failed");
+    }
+    assert_exactly_once(&setup, expected);
+}
+
+#[test]
+fn an_edge_killed_mid_upload_resumes_without_duplicates() {
+    let setup = setup(1, 120);
+    let expected = setup.train_images(0);
+    let (_cloud, addr) = setup.cloud("127.0.0.1:0", &[]);
+    let mut edge = setup.edge(0, &addr);
+    assert!(wait_until(LIMIT, || setup.stored() >= 3), "nothing stored");
+    edge.0.kill().unwrap();
+    edge.0.wait().unwrap();
+    let at_kill = setup.stored();
+    assert!(at_kill < expected, "the edge was killed after the upload ended ({at_kill} of {expected} stored)");
+    let mut edge = setup.edge(0, &addr);
+    assert!(edge.wait_for(LIMIT).success(), "the restarted edge failed");
+    assert_exactly_once(&setup, expected);
+}
+
+fn authed<T>(message: T, edge: &str, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut().insert(EDGE_HEADER, edge.parse().unwrap());
+    req
+}
+
+/// Rewrites a message's payload (and `payload_len`, CRC) as a hostile sender could.
+fn with_payload(valid: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut msg = valid[..HEADER_LEN - 4].to_vec();
+    msg[68..76].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&msg), payload);
+    msg.extend_from_slice(&crc.to_le_bytes());
+    msg.extend_from_slice(payload);
+    msg
+}
+
+#[test]
+fn bad_samples_are_refused_and_nothing_is_stored() {
+    let setup = setup(1, 20);
+    let (_cloud, addr) = setup.cloud("127.0.0.1:0", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("http://{addr}");
+        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+        let (edge, tok) = ("edge-0", token("edge-0"));
+
+        // Unauthenticated calls are refused.
+        let mut front_client = FrontDistributionClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+        let err = front_client.get_front(tonic::Request::new(pb::GetFrontRequest::default())).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = front_client.get_front(authed(pb::GetFrontRequest::default(), edge, "wrong-token-0123456789")).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let err = front_client.get_front(authed(pb::GetFrontRequest::default(), "edge-9", &tok)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+
+        let front = front_client.get_front(authed(pb::GetFrontRequest::default(), edge, &tok)).await.unwrap().into_inner();
+        let hash: FrontHash = front.front_hash.parse().unwrap();
+        let shape = [1usize, 64, 8, 8]; // yolov5n cut 4 at 64 px: 64 channels, stride 8
+        let n: usize = shape.iter().product();
+        let params = |front_hash| EncodeParams {
+            privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(),
+            encoding: Encoding::Packed,
+            zstd_level: Some(3),
+            cut: 4,
+            front_hash,
+        };
+        let values: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
+        let valid = encode(&values, &shape, &params(hash), &mut seeded_rng(1)).unwrap();
+        let good_box = pb::Box { class: 1, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 };
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+        let wrong_shape = encode(&values[..n / 2], &[1, 32, 8, 8], &params(hash), &mut seeded_rng(1)).unwrap();
+        let wrong_hash = encode(&values, &shape, &params(FrontHash([7; 32])), &mut seeded_rng(1)).unwrap();
+        let mut bomb_header = valid.clone();
+        bomb_header[10] = 1; // byte 10: compression = zstd
+        let cases: Vec<(&str, Vec<u8>, pb::Box, &str)> = vec![
+            ("truncated", valid[..valid.len() / 2].to_vec(), good_box, "truncated"),
+            ("wrong-shape", wrong_shape, good_box, "shape"),
+            ("zstd-bomb", with_payload(&bomb_header, &bomb), good_box, "decompresses to more"),
+            ("wrong-hash", wrong_hash, good_box, "Front"),
+            ("nan-box", valid.clone(), pb::Box { cx: f32::NAN, ..good_box }, "cx = NaN"),
+            ("out-of-range-box", valid.clone(), pb::Box { w: 1.5, ..good_box }, "w = 1.5"),
+            ("bad-class", valid.clone(), pb::Box { class: 80, ..good_box }, "class 80"),
+        ];
+        let expected: Vec<(String, &str)> = cases.iter().map(|(id, _, _, why)| (id.to_string(), *why)).collect();
+        let samples: Vec<pb::Sample> = cases
+            .into_iter()
+            .map(|(id, features, label, _)| pb::Sample { sample_id: id.into(), features, labels: vec![label], image_width: 64, image_height: 64 })
+            .collect();
+        let mut upload = FeatureUploadClient::new(channel.clone());
+        let mut acks = upload.upload(authed(tokio_stream::iter(samples), edge, &tok)).await.unwrap().into_inner();
+        let mut seen = 0;
+        while let Some(ack) = acks.message().await.unwrap() {
+            let why = expected.iter().find(|(id, _)| *id == ack.sample_id).unwrap().1;
+            assert_eq!(ack.code, Code::InvalidArgument as i32, "{}: {}", ack.sample_id, ack.message);
+            assert!(ack.message.contains(why), "{}: {:?} does not mention {why:?}", ack.sample_id, ack.message);
+            seen += 1;
+        }
+        assert_eq!(seen, expected.len());
+
+        // The stream goes on after refusals, and a valid sample is stored.
+        let ok = pb::Sample { sample_id: "ok".into(), features: valid, labels: vec![good_box], image_width: 64, image_height: 64 };
+        let mut acks = upload.upload(authed(tokio_stream::iter(vec![ok.clone(), ok]), edge, &tok)).await.unwrap().into_inner();
+        let first = acks.message().await.unwrap().unwrap();
+        let second = acks.message().await.unwrap().unwrap();
+        assert_eq!((first.code, second.code), (0, 0));
+        assert!(first.duplicate != second.duplicate, "exactly one of the two copies is new");
+    });
+    let samples = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap();
+    assert_eq!(samples.iter().map(|s| s.sample_id.as_str()).collect::<Vec<_>>(), ["ok"]);
+}
+
+#[test]
+fn mutual_tls_uploads_and_refuses_a_client_without_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let setup = setup(1, 20);
+    let expected = setup.train_images(0);
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let write_pair = |name: &str, san: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![san.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        let (c, k) = (setup.root.join(format!("{name}.pem")), setup.root.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    };
+    let ca_pem = setup.root.join("ca.pem");
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    let ca_pem = ca_pem.display().to_string();
+    let (server_cert, server_key) = write_pair("server", "localhost");
+    let (client_cert, client_key) = write_pair("client", "edge-0");
+    let (_cloud, addr) = setup.cloud("127.0.0.1:0", &["--tls-cert", &server_cert, "--tls-key", &server_key, "--client-ca", &ca_pem]);
+    let port = addr.rsplit(':').next().unwrap();
+    let server = format!("https://localhost:{port}");
+
+    // Without a client certificate the TLS handshake is refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&ca_pem).unwrap()));
+        let channel = tonic::transport::Endpoint::from_shared(server.clone()).unwrap().tls_config(tls).unwrap().connect().await;
+        match channel {
+            Err(_) => true,
+            Ok(ch) => FrontDistributionClient::new(ch).get_front(authed(pb::GetFrontRequest::default(), "edge-0", &token("edge-0"))).await.is_err(),
+        }
+    });
+    assert!(refused, "a client without certificate got through");
+
+    let token_file = setup.root.join("edge-0.token").display().to_string();
+    let cache = setup.root.join("cache-tls").display().to_string();
+    let data = setup.data[0].display().to_string();
+    let mut edge = start_edge(&[
+        "--server", &server, "--ca-cert", &ca_pem, "--client-cert", &client_cert, "--client-key", &client_key, "--edge", "edge-0",
+        "--token-file", &token_file, "--data", &data, "--mechanism", "rr", "--epsilon", "1", "--cache", &cache,
+    ]);
+    assert!(edge.wait_for(LIMIT).success(), "the edge failed over mTLS");
+    assert_exactly_once(&setup, expected);
+}
+
+#[test]
+fn the_epsilon_ledger_counts_re_uploads_and_enforces_the_budget() {
+    let setup = setup(1, 20);
+    let n = setup.train_images(0);
+    // Each upload spends ε = 2: the budget admits exactly n uploads plus one re-upload.
+    let budget = (2 * n + 2).to_string();
+    let (_cloud, addr) = setup.cloud("127.0.0.1:0", &["--epsilon-budget", &budget]);
+    let mut edge = setup.edge(0, &addr);
+    assert!(edge.wait_for(LIMIT).success());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (stored_id, acks) = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let tok = token("edge-0");
+        let mut upload = FeatureUploadClient::new(channel);
+        let mut ids = upload.list_stored(authed(pb::ListStoredRequest {}, "edge-0", &tok)).await.unwrap().into_inner();
+        let id = ids.message().await.unwrap().unwrap().sample_ids[0].clone();
+        let sample = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap().into_iter().find(|s| s.sample_id == id).unwrap();
+        let resend = pb::Sample {
+            sample_id: id.clone(),
+            features: sample.features,
+            labels: sample.labels.iter().map(|l| pb::Box { class: l.class as u32, cx: l.cx, cy: l.cy, w: l.w, h: l.h }).collect(),
+            image_width: sample.image_size.0,
+            image_height: sample.image_size.1,
+        };
+        // The first re-upload fits the budget and is a duplicate; the second passes it.
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let mut acks = upload.upload(authed(tokio_stream::iter(vec![resend.clone()]), "edge-0", &tok)).await.unwrap().into_inner();
+            out.push(acks.message().await.unwrap().unwrap());
+        }
+        (id, out)
+    });
+    assert_eq!((acks[0].code, acks[0].duplicate), (0, true));
+    assert_eq!(acks[1].code, Code::ResourceExhausted as i32);
+    assert!(acks[1].message.contains("ε budget"), "{}", acks[1].message);
+
+    let out = std::process::Command::new(mistnet_e2e::binary("mistnet-cloud"))
+        .args(["status", "--json", "--server", &format!("http://{addr}"), "--edge", "edge-0", "--token-file"])
+        .arg(setup.root.join("edge-0.token"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let edge = &status["edges"][0];
+    assert_eq!(edge["samples"], n as u64);
+    assert_eq!(edge["uploads"], n as u64 + 1);
+    assert_eq!(edge["epsilon_total"], (2 * n + 2) as f64);
+    let ledger = edge["ledger"].as_array().unwrap().iter().find(|l| l["sample_id"] == stored_id.as_str()).unwrap();
+    assert_eq!(ledger["epsilon"], serde_json::json!([2.0, 2.0]));
+    assert_eq!(ledger["epsilon_total"], 4.0);
+}
