@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod detect;
 mod extract;
 
 #[derive(Parser)]
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run the Front on images and write its features to files (the offline path for an air-gapped edge).
     Extract(extract::Args),
+    /// Run a trained detector on local images: boxes as JSON and annotated PNGs.
+    Detect(detect::Args),
 }
 
 fn main() -> Result<()> {
@@ -26,5 +29,6 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Extract(args) => extract::run(args),
+        Command::Detect(args) => detect::run(args),
     }
 }
