@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use image::{Rgb, RgbImage};
-use mistnet::data::letterbox::{image_to_tensor, is_image, letterbox, read_rgb};
+use mistnet::data::letterbox::{image_to_tensor, letterbox, read_rgb};
 use mistnet::metrics::{NmsConfig, non_max_suppression};
 use mistnet::model::deploy::Detector;
 use serde::Serialize;
