@@ -69,11 +69,13 @@ fn resume_continues_exactly_where_the_run_stopped() {
     let w = world();
     let dir = tempfile::tempdir().unwrap();
     let (whole, sliced) = (dir.path().join("whole"), dir.path().join("sliced"));
-    pretrain(&w.data, &whole, &["--epochs", "2"]);
-    pretrain(&w.data, &sliced, &["--epochs", "2", "--stop-after", "1"]);
+    // Both start from the same weights (a fresh initialisation is not seeded).
+    let from = s(&w.pretrained);
+    pretrain(&w.data, &whole, &["--epochs", "2", "--weights", from]);
+    pretrain(&w.data, &sliced, &["--epochs", "2", "--weights", from, "--stop-after", "1"]);
     let csv = std::fs::read_to_string(sliced.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "one epoch done: {csv}");
-    pretrain(&w.data, &sliced, &["--epochs", "2", "--resume"]);
+    pretrain(&w.data, &sliced, &["--epochs", "2", "--weights", from, "--resume"]);
     for file in ["model.safetensors", "checkpoint.safetensors"] {
         let (a, b) = (tensors(&whole.join(file)), tensors(&sliced.join(file)));
         assert_eq!(a.len(), b.len(), "{file}");
