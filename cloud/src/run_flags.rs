@@ -55,7 +55,7 @@ pub struct RunFlags {
 
 impl RunFlags {
     pub fn fit_config(&self) -> Result<FitConfig> {
-        if self.imgsz == 0 || self.imgsz % 32 != 0 {
+        if self.imgsz == 0 || !self.imgsz.is_multiple_of(32) {
             anyhow::bail!("--imgsz must be a positive multiple of 32, got {}", self.imgsz);
         }
         let hyp = match &self.hyp {

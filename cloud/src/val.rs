@@ -48,7 +48,7 @@ pub fn run(args: Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let detector = Detector::load(&args.weights, &device)?;
     let imgsz = args.imgsz.unwrap_or(detector.meta().imgsz);
-    if imgsz == 0 || imgsz % 32 != 0 {
+    if imgsz == 0 || !imgsz.is_multiple_of(32) {
         anyhow::bail!("--imgsz must be a positive multiple of 32, got {imgsz}");
     }
     let dataset = Dataset::open(&args.data)?;

@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
     let detector = Detector::load(&args.weights, &device)?;
     let meta = detector.meta().clone();
     let imgsz = args.imgsz.unwrap_or(meta.imgsz);
-    if imgsz == 0 || imgsz % 32 != 0 {
+    if imgsz == 0 || !imgsz.is_multiple_of(32) {
         bail!("--imgsz must be a positive multiple of 32, got {imgsz}");
     }
     let nms = NmsConfig { conf_thres: args.conf, iou_thres: args.iou, ..NmsConfig::detect() };

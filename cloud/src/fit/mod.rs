@@ -192,10 +192,8 @@ pub fn make_batch(source: &dyn LabelledSource, indices: &[usize], mut rng: Optio
     let mut targets = Vec::new();
     for (image, &index) in indices.iter().enumerate() {
         let s = source.get(index, rng.as_deref_mut())?;
-        if let Some(first) = inputs.first().map(Tensor::dims) {
-            if first != s.input.dims() {
-                return Err(FitError::Sample(format!("{index}: input shape {:?} differs from the batch's {first:?}", s.input.dims())));
-            }
+        if let Some(first) = inputs.first().map(Tensor::dims).filter(|&d| d != s.input.dims()) {
+            return Err(FitError::Sample(format!("{index}: input shape {:?} differs from the batch's {first:?}", s.input.dims())));
         }
         targets.extend(s.labels.iter().map(|l| Target { image, class: l.class, x: l.cx, y: l.cy, w: l.w, h: l.h }));
         inputs.push(s.input);

@@ -56,10 +56,8 @@ impl FeatureSet {
                 return Err(FitError::Sample(format!("{what}: a message must hold one feature map, it holds {n}")));
             }
             let input = Tensor::from_vec(decoded.bits.to_f32(), (c, h, w), &Device::Cpu)?;
-            if let Some(first) = samples.first() {
-                if first.input.dims() != input.dims() {
-                    return Err(FitError::Sample(format!("{what}: feature shape {:?} differs from the first sample's {:?}", input.dims(), first.input.dims())));
-                }
+            if let Some(first) = samples.first().filter(|f| f.input.dims() != input.dims()) {
+                return Err(FitError::Sample(format!("{what}: feature shape {:?} differs from the first sample's {:?}", input.dims(), first.input.dims())));
             }
             samples.push(LabelledInput { input, labels });
         }
