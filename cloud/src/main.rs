@@ -27,15 +27,28 @@ enum Command {
     Serve(serve::Args),
     /// Show per-edge counts, store size and the ε ledger of a running `serve`.
     Status(status::Args),
+    /// Train the Back (layers cut..) on binarized, privatized Front features as YOLOv5 trains.
+    Train(train_cmd::Args),
+    /// Train the whole YOLOv5 on images (every module trainable): the Front's pretraining and the centralized baseline.
+    Pretrain(pretrain::Args),
+    /// Evaluate a model on a labelled dataset: COCO and YOLOv5 mAP, optional COCO-format detections.
+    Val(val::Args),
+    /// Write the Front (for edges) and the full model (for deployment) with a manifest.
+    Export(export::Args),
 }
 
 mod cuts;
 mod decode;
+mod export;
 mod inspect;
 mod partition;
 mod serve;
 mod status;
+mod pretrain;
+mod run_flags;
 mod synth;
+mod train_cmd;
+mod val;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -50,5 +63,9 @@ fn main() -> Result<()> {
         Command::Decode(args) => decode::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Status(args) => status::run(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
+        Command::Val(args) => val::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

@@ -108,7 +108,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The images to process: the file itself, or a directory's image files in name order.
-fn list_images(input: &Path) -> Result<Vec<PathBuf>> {
+pub fn list_images(input: &Path) -> Result<Vec<PathBuf>> {
     if input.is_file() {
         return Ok(vec![input.to_path_buf()]);
     }

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod detect;
 mod extract;
 mod privatize;
 mod run;
@@ -21,6 +22,8 @@ enum Command {
     Extract(extract::Args),
     /// Fetch the Front from the cloud, extract and encode the local dataset once, and stream it until every sample is acknowledged.
     Run(run::Args),
+    /// Run a trained detector on local images: boxes as JSON and annotated PNGs.
+    Detect(detect::Args),
 }
 
 fn main() -> Result<()> {
@@ -31,5 +34,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Extract(args) => extract::run(args),
         Command::Run(args) => run::run(args),
+        Command::Detect(args) => detect::run(args),
     }
 }

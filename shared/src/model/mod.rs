@@ -8,6 +8,7 @@ pub mod batch_norm;
 pub mod c3;
 pub mod config;
 pub mod conv;
+pub mod deploy;
 pub mod detect;
 pub mod gemm_conv;
 pub mod planes;

@@ -148,9 +148,18 @@ pub fn hash_tensors<'a>(tensors: impl Iterator<Item = (&'a String, &'a Tensor)>)
 
 /// Writes named tensors to `path` through a temporary file, fsync and rename.
 pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), ModelError> {
+    save_tensors_with_metadata(tensors, None, path)
+}
+
+/// [`save_tensors`] with safetensors header metadata.
+pub fn save_tensors_with_metadata(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+    path: &Path,
+) -> Result<(), ModelError> {
     let tmp: PathBuf = path.with_extension("safetensors.tmp");
     let io = |e: std::io::Error| ModelError::Weights(format!("cannot write {}: {e}", path.display()));
-    safetensors::serialize_to_file(tensors.iter(), None, &tmp).map_err(|e| ModelError::Weights(format!("cannot write {}: {e}", tmp.display())))?;
+    safetensors::serialize_to_file(tensors.iter(), metadata, &tmp).map_err(|e| ModelError::Weights(format!("cannot write {}: {e}", tmp.display())))?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -1,0 +1,86 @@
+//! `mistnet-cloud export`: the Front for edges and the full model for deployment, with a manifest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use mistnet::model::deploy::{DeployMeta, save_deployable};
+use mistnet::model::split::front_prefixes;
+use mistnet::model::weights::{hash_tensors, save_tensors};
+use mistnet::model::{DEFAULT_CUT, Front, ParamStore, check_cut};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+#[command(after_help = "Writes into --out:\n  \
+front.safetensors   layers 0..cut-1 (Ultralytics names): what `mistnet-edge extract` and the edge agents load\n  \
+model.safetensors   every layer, deployable (`mistnet-edge detect`, `mistnet-cloud val`)\n  \
+manifest.json       model config, class names, imgsz, cut, whether the Back expects binarized features, SHA-256 hashes\n\
+The Front hash is the one edges put in every feature message (SHA-256 over names, shapes and f32 values).\n\n\
+Example:\n  mistnet-cloud export --weights runs/pretrain/model.safetensors --cut 4 --out deploy/")]
+pub struct Args {
+    /// A deployable model (model.safetensors of `pretrain` or `train`).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Split point for the Front; a model from `train` has its own cut, which this must match.
+    #[arg(long, default_value_t = DEFAULT_CUT)]
+    cut: usize,
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// What `manifest.json` holds.
+#[derive(Serialize)]
+struct Manifest {
+    model_yaml: String,
+    names: Vec<String>,
+    imgsz: u32,
+    cut: usize,
+    /// Whether the Back was trained on binarized Front features (MistNet) rather than on images.
+    binarized_cut: Option<usize>,
+    front: FileEntry,
+    model: FileEntry,
+}
+
+#[derive(Serialize)]
+struct FileEntry {
+    file: String,
+    /// SHA-256 of the file's tensors (names, shapes, f32 values), hex.
+    sha256: String,
+    tensors: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let meta = DeployMeta::read(&args.weights)?;
+    let specs = meta.specs()?;
+    check_cut(&specs, args.cut)?;
+    if let Some(cut) = meta.binarized_cut.filter(|&c| c != args.cut) {
+        anyhow::bail!("{} is a MistNet model trained at cut {cut}; --cut must be {cut}", args.weights.display());
+    }
+    let store = ParamStore::open(&[&args.weights])?;
+    let front = Front::load(&specs, args.cut, &store, &Device::Cpu)?;
+    // Handing out every tensor checks the file against the config.
+    mistnet::model::deploy::Detector::load(&args.weights, &Device::Cpu)?;
+    let all: BTreeMap<String, candle_core::Tensor> = candle_core::safetensors::load(&args.weights, &Device::Cpu)?.into_iter().collect();
+    let prefixes = front_prefixes(args.cut);
+    let front_tensors: BTreeMap<_, _> = all.iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str()))).map(|(k, v)| (k.clone(), v.clone())).collect();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    save_tensors(&front_tensors, &args.out.join("front.safetensors"))?;
+    save_deployable(&all, &meta, &args.out.join("model.safetensors"))?;
+    let manifest = Manifest {
+        model_yaml: meta.model_yaml.clone(),
+        names: meta.names.clone(),
+        imgsz: meta.imgsz,
+        cut: args.cut,
+        binarized_cut: meta.binarized_cut,
+        front: FileEntry { file: "front.safetensors".into(), sha256: front.hash().to_string(), tensors: front_tensors.len() },
+        model: FileEntry { file: "model.safetensors".into(), sha256: hash_tensors(all.iter())?, tensors: all.len() },
+    };
+    let path = args.out.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    println!("front  {} ({} tensors, sha256 {})", args.out.join("front.safetensors").display(), manifest.front.tensors, manifest.front.sha256);
+    println!("model  {} ({} tensors, sha256 {})", args.out.join("model.safetensors").display(), manifest.model.tensors, manifest.model.sha256);
+    println!("manifest {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `mistnet-cloud pretrain`: trains the whole YOLOv5 on cloud-side images, every module
+//! trainable, with image augmentation. This is also the centralized ("no split") baseline.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use mistnet::model::batch_norm::BatchNormConfig;
+use mistnet::model::deploy::{DeployMeta, model_yaml, specs_for};
+use mistnet::model::{ParamStore, Yolo};
+use mistnet_cloud::fit::images::ImageSet;
+use mistnet_cloud::fit::{self, EvalSet, Trainee, checkpoint_path, initialize_detect_biases};
+
+use crate::run_flags::RunFlags;
+
+#[derive(clap::Args)]
+#[command(after_help = "Writes into --out: model.safetensors (deployable whole model; `export` cuts a Front from it), \
+checkpoint.safetensors (for --resume), results.csv, loss.png, map.png.\n\
+Augmentation (unless --no-augment): HSV, horizontal flip, random scale and translation (no mosaic).\n\n\
+Example:\n  mistnet-cloud pretrain --data data/synth/public.yaml --model yolov5n --imgsz 128 --epochs 50 --out runs/pretrain")]
+pub struct Args {
+    #[command(flatten)]
+    run: RunFlags,
+    /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x (nc is set from the dataset).
+    #[arg(long, default_value = "yolov5n")]
+    model: String,
+    /// Start from these weights (Ultralytics names, safetensors) instead of random initialisation.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = args.run.fit_config()?;
+    let (dataset, train, val) = args.run.load_data()?;
+    let names = dataset.names().to_vec();
+    let yaml = model_yaml(&args.model)?;
+    let specs = specs_for(&yaml, names.len())?;
+    let checkpoint = checkpoint_path(&config.out);
+    let store = match (&args.weights, args.run.resume) {
+        (_, true) => ParamStore::open(&[&checkpoint]).with_context(|| format!("--resume needs {}", checkpoint.display()))?,
+        (Some(w), false) => ParamStore::open(&[w])?,
+        (None, false) => ParamStore::fresh(),
+    };
+    let model = Yolo::load(store.var_builder(&config.device), &specs, 0, BatchNormConfig::default())?;
+    if args.weights.is_none() && !args.run.resume {
+        initialize_detect_biases(&store, &model)?;
+    }
+    let images = ImageSet::load(&train.samples, config.imgsz)?;
+    let val = EvalSet::load(&val.samples, &names, config.imgsz)?;
+    let meta = DeployMeta { model_yaml: yaml, names, imgsz: config.imgsz, binarized_cut: None };
+    let trainee = Trainee { model, store, fixed: Default::default(), meta };
+    let records = fit::fit(&trainee, &images, &val, &config, args.run.resume)?;
+    crate::train_cmd::print_summary(&records, &config.out);
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Flags shared by `train` and `pretrain`: data, schedule, seed, device and the run directory.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use mistnet::data::{BadDataPolicy, Dataset, LoadedSplit, Split};
+use mistnet_cloud::fit::{FitConfig, parse_device};
+use mistnet_cloud::train::{Hyp, LrDecay, optimizer::NOMINAL_BATCH};
+
+#[derive(clap::Args)]
+pub struct RunFlags {
+    /// Dataset: an Ultralytics dataset YAML (train split to learn from, val split to evaluate on each epoch), a COCO JSON or a YOLO directory.
+    #[arg(long, value_name = "DATA.yaml")]
+    pub data: PathBuf,
+    /// Letterbox size in pixels (square; a multiple of 32).
+    #[arg(long, default_value_t = 640)]
+    pub imgsz: u32,
+    /// Epochs to train.
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    /// Batch size (at least 2: BatchNorm uses batch statistics).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Nominal batch size: gradients are accumulated over batches up to it before each optimizer step (YOLOv5: 64).
+    #[arg(long, default_value_t = NOMINAL_BATCH)]
+    pub nbs: usize,
+    /// Hyper-parameters: a YOLOv5 hyp YAML (loss, optimizer and warmup keys; the rest is ignored). Default: hyp.scratch-low.
+    #[arg(long, value_name = "HYP.yaml")]
+    pub hyp: Option<PathBuf>,
+    /// Cosine learning-rate decay to lrf (default: linear).
+    #[arg(long)]
+    pub cos_lr: bool,
+    /// Turn augmentation off.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Seed of shuffling, augmentation (and, for `train`, of the simulated edges' noise).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu, or cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Leave out bad samples (missing or unreadable image, malformed label) with a count instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Run directory: checkpoint.safetensors, model.safetensors, results.csv, loss.png, map.png.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Stop after this many epochs of this invocation, leaving the checkpoint to continue with --resume (training in slices).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+    /// Continue the run in --out from its checkpoint.safetensors (same flags as the interrupted run).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl RunFlags {
+    pub fn fit_config(&self) -> Result<FitConfig> {
+        if self.imgsz == 0 || !self.imgsz.is_multiple_of(32) {
+            anyhow::bail!("--imgsz must be a positive multiple of 32, got {}", self.imgsz);
+        }
+        let hyp = match &self.hyp {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                serde_norway::from_str::<Hyp>(&text).with_context(|| format!("{}: not a YOLOv5 hyp file", path.display()))?
+            }
+            None => Hyp::default(),
+        };
+        Ok(FitConfig {
+            epochs: self.epochs,
+            batch_size: self.batch,
+            nominal_batch: self.nbs,
+            hyp,
+            decay: if self.cos_lr { LrDecay::Cosine } else { LrDecay::Linear },
+            seed: self.seed,
+            augment: !self.no_augment,
+            imgsz: self.imgsz,
+            device: parse_device(&self.device)?,
+            out: self.out.clone(),
+            stop_after: self.stop_after,
+        })
+    }
+
+    /// The dataset with its train and val splits loaded.
+    pub fn load_data(&self) -> Result<(Dataset, LoadedSplit, LoadedSplit)> {
+        let dataset = Dataset::open(&self.data)?;
+        let policy = if self.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail };
+        let train = dataset.load(Split::Train, policy)?;
+        let val_split = if dataset.has_split(Split::Val) { Split::Val } else { Split::Train };
+        let val = dataset.load(val_split, policy)?;
+        tracing::info!(train = %train.summary, val = %val.summary, "dataset loaded");
+        Ok((dataset, train, val))
+    }
+}

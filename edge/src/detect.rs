@@ -1,0 +1,114 @@
+//! `mistnet-edge detect`: runs a deployable detector on local images and writes the boxes (JSON)
+//! and annotated PNGs. Inference only; the model file says whether it binarizes after the Front.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use image::{Rgb, RgbImage};
+use mistnet::data::letterbox::{image_to_tensor, letterbox, read_rgb};
+use mistnet::metrics::{NmsConfig, non_max_suppression};
+use mistnet::model::deploy::Detector;
+use serde::Serialize;
+
+#[derive(clap::Args)]
+#[command(after_help = "Writes, per image, DIR/<stem>.json ({image, width, height, detections: [{class, name, score, \
+bbox: [x1, y1, x2, y2] in original pixels}]}) and DIR/<stem>.png (the image with one coloured rectangle per detection, \
+colour by class).\nA MistNet model (trained on binarized features) runs Front, binarization, Back; no randomized response.\n\n\
+Example:\n  mistnet-edge detect --weights deploy/model.safetensors photos/ --out detections/")]
+pub struct Args {
+    /// A deployable model (model.safetensors from `mistnet-cloud train`, `pretrain` or `export`).
+    #[arg(long)]
+    weights: PathBuf,
+    /// An image file, or a directory whose images (jpg, jpeg, png, bmp, webp) are all processed.
+    input: PathBuf,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Letterbox size (default: the size the model was trained at).
+    #[arg(long)]
+    imgsz: Option<u32>,
+    /// Confidence threshold (YOLOv5 detect.py: 0.25).
+    #[arg(long, default_value_t = NmsConfig::detect().conf_thres)]
+    conf: f32,
+    /// NMS IoU threshold (YOLOv5 detect.py: 0.45).
+    #[arg(long, default_value_t = NmsConfig::detect().iou_thres)]
+    iou: f64,
+}
+
+#[derive(Serialize)]
+struct ImageDetections {
+    image: String,
+    width: u32,
+    height: u32,
+    detections: Vec<Found>,
+}
+
+#[derive(Serialize)]
+struct Found {
+    class: usize,
+    name: String,
+    score: f32,
+    /// `[x1, y1, x2, y2]` in original-image pixels.
+    bbox: [f32; 4],
+}
+
+const COLOURS: [[u8; 3]; 8] = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]];
+
+pub fn run(args: Args) -> Result<()> {
+    let device = Device::Cpu;
+    let detector = Detector::load(&args.weights, &device)?;
+    let meta = detector.meta().clone();
+    let imgsz = args.imgsz.unwrap_or(meta.imgsz);
+    if imgsz == 0 || !imgsz.is_multiple_of(32) {
+        bail!("--imgsz must be a positive multiple of 32, got {imgsz}");
+    }
+    let nms = NmsConfig { conf_thres: args.conf, iou_thres: args.iou, ..NmsConfig::detect() };
+    let images = crate::extract::list_images(&args.input)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    for path in &images {
+        let img = read_rgb(path).map_err(anyhow::Error::msg)?;
+        let (boxed, lb) = letterbox(&img, imgsz);
+        let preds = detector.predict(&image_to_tensor(&boxed, &device)?)?;
+        let rows = preds.get(0)?.flatten_all()?.to_vec1::<f32>()?;
+        let detections: Vec<Found> = non_max_suppression(&rows, meta.names.len(), &nms)?
+            .into_iter()
+            .map(|d| Found { class: d.class, name: meta.names[d.class].clone(), score: d.score, bbox: lb.to_original(d.bbox) })
+            .collect();
+        let stem = path.file_stem().and_then(|s| s.to_str()).context("image name is not valid UTF-8")?;
+        let mut annotated = img.clone();
+        for d in &detections {
+            draw_rect(&mut annotated, d.bbox, Rgb(COLOURS[d.class % COLOURS.len()]));
+        }
+        let png = args.out.join(format!("{stem}.png"));
+        annotated.save(&png).with_context(|| format!("cannot write {}", png.display()))?;
+        let record = ImageDetections { image: path.display().to_string(), width: img.width(), height: img.height(), detections };
+        write_json(&args.out.join(format!("{stem}.json")), &record)?;
+        println!("{}: {} detections", path.display(), record.detections.len());
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, record: &ImageDetections) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(record)? + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A 2-pixel rectangle outline, clipped to the image.
+fn draw_rect(img: &mut RgbImage, b: [f32; 4], colour: Rgb<u8>) {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return;
+    }
+    let clamp = |v: f32, max: u32| (v.round().max(0.0) as u32).min(max - 1);
+    let (x1, y1, x2, y2) = (clamp(b[0], w), clamp(b[1], h), clamp(b[2], w), clamp(b[3], h));
+    for t in 0..2 {
+        for x in x1..=x2 {
+            img.put_pixel(x, (y1 + t).min(h - 1), colour);
+            img.put_pixel(x, y2.saturating_sub(t), colour);
+        }
+        for y in y1..=y2 {
+            img.put_pixel((x1 + t).min(w - 1), y, colour);
+            img.put_pixel(x2.saturating_sub(t), y, colour);
+        }
+    }
+}
