@@ -4,7 +4,9 @@
 //!   the loss (`ComputeLoss`), SGD with Nesterov momentum in three parameter groups, warmup and
 //!   learning-rate schedules, gradient accumulation and the model EMA.
 //! - [`plot`]: PNG line plots with an embedded font.
+//! - [`privacy`]: model-inversion attacks on the features, SSIM/PSNR against ε, the privacy report.
 //!
 //! The edge binary never links this crate: training code lives only in the cloud.
 pub mod plot;
+pub mod privacy;
 pub mod train;

@@ -23,12 +23,15 @@ enum Command {
     Inspect(inspect::Args),
     /// Decode a feature message (.mnf) to a safetensors file holding its bits (u8 0/1, [N, C, H, W]).
     Decode(decode::Args),
+    /// Model-inversion attacks on the features edges send: SSIM/PSNR of reconstructions against ε per cut, with a report.
+    Privacy(privacy_cmd::Args),
 }
 
 mod cuts;
 mod decode;
 mod inspect;
 mod partition;
+mod privacy_cmd;
 mod synth;
 
 fn main() -> Result<()> {
@@ -42,5 +45,6 @@ fn main() -> Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Decode(args) => decode::run(args),
+        Command::Privacy(args) => privacy_cmd::run(args),
     }
 }
