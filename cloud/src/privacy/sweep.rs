@@ -75,7 +75,7 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
     if cfg.cuts.is_empty() || cfg.attacks.is_empty() {
         return Err(PrivacyError::Config("give at least one cut and one attack".into()));
     }
-    if cfg.imgsz < 32 || cfg.imgsz % 32 != 0 {
+    if cfg.imgsz < 32 || !cfg.imgsz.is_multiple_of(32) {
         return Err(PrivacyError::Config(format!("--imgsz must be a multiple of 32 (the model's largest stride), got {}", cfg.imgsz)));
     }
     let specs = ModelConfig::load(&cfg.model)?.layers()?;
