@@ -6,9 +6,11 @@
 //! - [`fit`]: the training loop of `train` and `pretrain`, checkpoints, evaluation (mAP) and run reports.
 //! - [`plot`]: PNG line plots with an embedded font.
 //! - [`store`]: the durable feature store edges upload into, and its read API for the trainer.
+//! - [`privacy`]: model-inversion attacks on the features, SSIM/PSNR against ε, the privacy report.
 //!
 //! The edge binary never links this crate: training code lives only in the cloud.
 pub mod fit;
 pub mod plot;
 pub mod store;
+pub mod privacy;
 pub mod train;

@@ -35,6 +35,8 @@ enum Command {
     Val(val::Args),
     /// Write the Front (for edges) and the full model (for deployment) with a manifest.
     Export(export::Args),
+    /// Model-inversion attacks on the features edges send: SSIM/PSNR of reconstructions against ε per cut, with a report.
+    Privacy(privacy_cmd::Args),
 }
 
 mod cuts;
@@ -46,6 +48,7 @@ mod serve;
 mod status;
 mod pretrain;
 mod run_flags;
+mod privacy_cmd;
 mod synth;
 mod train_cmd;
 mod val;
@@ -67,5 +70,6 @@ fn main() -> Result<()> {
         Command::Pretrain(args) => pretrain::run(args),
         Command::Val(args) => val::run(args),
         Command::Export(args) => export::run(args),
+        Command::Privacy(args) => privacy_cmd::run(args),
     }
 }

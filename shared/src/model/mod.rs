@@ -18,7 +18,7 @@ pub mod weights;
 pub mod yolo;
 
 pub use config::{LayerKind, LayerSpec, ModelConfig};
-pub use split::{DEFAULT_CUT, Front, check_cut, load_back, valid_cuts};
+pub use split::{DEFAULT_CUT, Front, UnfoldedFront, check_cut, load_back, valid_cuts};
 pub use weights::ParamStore;
 pub use yolo::{Yolo, YoloOutput};
 

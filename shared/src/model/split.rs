@@ -1,5 +1,7 @@
 //! The MistNet split: an edge **Front** (layers `0..cut`, inference only, BatchNorm folded) and
-//! a cloud **Back** (layers `cut..`, trainable).
+//! a cloud **Back** (layers `cut..`, trainable). [`UnfoldedFront`] is the same Front with its
+//! BatchNorm kept (eval mode) in candle ops, differentiable with respect to the image: what a
+//! model-inversion attacker runs.
 //!
 //! `cut` follows Plato's convention: the edge runs modules `0..cut-1` and sends the output of
 //! module `cut − 1`. A cut is valid when that output is the only tensor the Back needs from the
@@ -16,7 +18,7 @@ use super::conv::{Conv, ConvShape, FoldedConv};
 use super::planes::{self, Planes};
 use super::sppf::{FoldedSppf, Sppf};
 use super::weights::ParamStore;
-use super::yolo::{Yolo, run_graph, upsample_nearest};
+use super::yolo::{Layer, Yolo, run_graph, upsample_nearest};
 use super::ModelError;
 
 /// The default cut of Plato's and Sedna's MistNet.
@@ -155,8 +157,68 @@ fn fold_layer(vb: VarBuilder, kind: &LayerKind, bn: BatchNormConfig) -> CandleRe
     })
 }
 
+/// Layers `0..cut` unfolded, BatchNorm in eval mode: the Front's function, with gradients.
+#[derive(Debug, Clone)]
+pub struct UnfoldedFront {
+    specs: Vec<LayerSpec>,
+    layers: Vec<Layer>,
+}
+
+impl UnfoldedFront {
+    /// Builds layers `0..cut` from the same store (and names) as [`Front::load`].
+    pub fn load(specs: &[LayerSpec], cut: usize, store: &ParamStore, device: &Device) -> Result<Self, ModelError> {
+        check_cut(specs, cut)?;
+        let vb = store.var_builder(device).pp("model");
+        let bn = BatchNormConfig::default();
+        let layers = specs[..cut].iter().map(|s| Layer::load(vb.clone(), s, bn)).collect::<CandleResult<Vec<_>>>()?;
+        Ok(Self { specs: specs[..cut].to_vec(), layers })
+    }
+
+    /// The output of layer `cut − 1` for an image batch `[bs, 3, H, W]` (values in 0..1).
+    pub fn forward(&self, image: &Tensor) -> CandleResult<Tensor> {
+        let last = self.specs.len() - 1;
+        let mut outs = run_graph(&self.specs, 0, image.clone(), false, |i, xs| self.layers[i].forward_t(xs, false))?;
+        Ok(outs[last].take().expect("the last Front layer's output is kept"))
+    }
+}
+
 /// The cloud part of the model: layers `cut..`, trainable; its input is the Front's output.
 pub fn load_back(specs: &[LayerSpec], cut: usize, store: &ParamStore, device: &Device) -> Result<Yolo, ModelError> {
     check_cut(specs, cut)?;
     Ok(Yolo::load(store.var_builder(device), specs, cut, BatchNormConfig::default())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+
+    #[test]
+    fn unfolded_front_computes_the_folded_front_and_has_image_gradients() {
+        let specs = ModelConfig::load("yolov5n").unwrap().layers().unwrap();
+        let dev = Device::Cpu;
+        let store = ParamStore::fresh();
+        // Non-trivial BatchNorm statistics, so that folding matters.
+        let unfolded = UnfoldedFront::load(&specs, 4, &store, &dev).unwrap();
+        for (name, t) in store.tensors() {
+            if name.ends_with("bn.running_var") || name.ends_with("bn.running_mean") || name.ends_with("bn.weight") {
+                let n = t.dim(0).unwrap();
+                let v = Tensor::arange(0f32, n as f32, &dev).unwrap().affine(0.05, 0.5).unwrap();
+                // The store's tensors are variables: the layers see the new values.
+                candle_core::Var::from_tensor(&t).unwrap().set(&v).unwrap();
+            }
+        }
+        let front = Front::load(&specs, 4, &store, &dev).unwrap();
+        let image = Tensor::rand(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
+        let want = front.forward(&image).unwrap();
+        let got = unfolded.forward(&image).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "max |unfolded − folded| = {diff}");
+
+        let x = candle_core::Var::from_tensor(&image).unwrap();
+        let grads = unfolded.forward(x.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).expect("the image has a gradient");
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
 }

@@ -36,6 +36,19 @@ impl Layer {
             LayerKind::Detect { nc, anchors, ch, strides } => Layer::Detect(Detect::load(vb, *nc, anchors, ch, strides)?),
         })
     }
+
+    /// The output of a layer other than the head, from its inputs; `train` selects BatchNorm
+    /// batch statistics. The Detect head has no single output tensor (see [`Yolo::forward_t`]).
+    pub fn forward_t(&self, xs: &[&Tensor], train: bool) -> Result<Tensor> {
+        match self {
+            Layer::Conv(m) => m.forward_t(xs[0], train),
+            Layer::C3(m) => m.forward_t(xs[0], train),
+            Layer::Sppf(m) => m.forward_t(xs[0], train),
+            Layer::Upsample(s) => upsample_nearest(xs[0], *s),
+            Layer::Concat => Tensor::cat(xs, 1),
+            Layer::Detect(_) => candle_core::bail!("the Detect head has no single output tensor"),
+        }
+    }
 }
 
 /// Nearest-neighbour upsampling by an integer factor.
@@ -156,17 +169,13 @@ impl Yolo {
         let mut raw = Vec::new();
         let outs = run_graph(&self.specs, self.first, input.clone(), keep_all, |i, xs| {
             match &self.layers[i - self.first] {
-                Layer::Conv(m) => m.forward_t(xs[0], train),
-                Layer::C3(m) => m.forward_t(xs[0], train),
-                Layer::Sppf(m) => m.forward_t(xs[0], train),
-                Layer::Upsample(s) => upsample_nearest(xs[0], *s),
-                Layer::Concat => Tensor::cat(xs, 1),
                 Layer::Detect(d) => {
                     let owned: Vec<Tensor> = xs.iter().map(|t| (*t).clone()).collect();
                     raw = d.forward(&owned)?;
                     // The head's own "output" is not a tensor; keep a cheap placeholder.
                     Ok(raw[0].clone())
                 }
+                layer => layer.forward_t(xs, train),
             }
         })?;
         let last = self.specs.len() - 1;

@@ -1,0 +1,77 @@
+//! The optimization attack (He et al. 2019, as the MistNet paper runs it): gradient descent
+//! (Adam) on an input image so that the differentiable Front's features explain the observed
+//! ones, plus a total-variation prior.
+//!
+//! The image is `sigmoid(z)` (so it stays in 0..1), starting from grey (`z = 0`). Float features
+//! are matched by mean squared error. For bits, the binarization `x > 0` is replaced by its
+//! surrogate `σ(k·x)` and the loss is the exact negative log-likelihood of the observed bits
+//! under the mechanism: a bit is 1 with probability `q = p₀ + (p₁ − p₀)·σ(k·x)`, where `p₁`,
+//! `p₀` are the probabilities that an input 1 / 0 comes out as 1 (the attacker knows ε).
+
+use candle_core::{Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use indicatif::ProgressBar;
+use mistnet::model::UnfoldedFront;
+
+use super::PrivacyError;
+use super::observe::Setting;
+
+/// Optimization schedule and prior.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizeConfig {
+    pub steps: usize,
+    pub lr: f64,
+    /// Weight of the total-variation prior.
+    pub tv_weight: f64,
+    /// Slope `k` of the binarization surrogate `σ(k·x)`.
+    pub sharpness: f64,
+}
+
+impl Default for OptimizeConfig {
+    fn default() -> Self {
+        Self { steps: 60, lr: 0.1, tv_weight: 0.05, sharpness: 10.0 }
+    }
+}
+
+/// Mean absolute difference between neighbouring pixels, horizontally plus vertically.
+fn total_variation(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let dx = (x.narrow(3, 1, w - 1)? - x.narrow(3, 0, w - 1)?)?.abs()?.mean_all()?;
+    let dy = (x.narrow(2, 1, h - 1)? - x.narrow(2, 0, h - 1)?)?.abs()?.mean_all()?;
+    dx + dy
+}
+
+/// How far the Front's features `f` are from the `observed` ones under `setting`.
+fn feature_loss(f: &Tensor, observed: &Tensor, setting: &Setting, sharpness: f64) -> candle_core::Result<Tensor> {
+    match setting {
+        Setting::Float => (f - observed)?.sqr()?.mean_all(),
+        Setting::Bits(privacy) => {
+            let (p1, p0) = (privacy.prob_one(true), privacy.prob_one(false));
+            let soft = candle_nn::ops::sigmoid(&(f * sharpness)?)?;
+            let q = soft.affine(p1 - p0, p0)?.clamp(1e-6, 1.0 - 1e-6)?;
+            let nll = ((observed * q.log()?)? + (observed.affine(-1.0, 1.0)? * q.affine(-1.0, 1.0)?.log()?)?)?;
+            nll.mean_all()?.neg()
+        }
+    }
+}
+
+/// Reconstructs `[N, 3, H, W]` images (0..1) whose features explain `observed`.
+pub fn invert(
+    front: &UnfoldedFront,
+    observed: &Tensor,
+    setting: &Setting,
+    image_dims: (usize, usize, usize, usize),
+    cfg: &OptimizeConfig,
+    progress: &ProgressBar,
+) -> Result<Tensor, PrivacyError> {
+    let z = Var::zeros(image_dims, candle_core::DType::F32, observed.device())?;
+    let mut opt = AdamW::new(vec![z.clone()], ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
+    for _ in 0..cfg.steps {
+        let image = candle_nn::ops::sigmoid(z.as_tensor())?;
+        let f = front.forward(&image)?;
+        let loss = (feature_loss(&f, observed, setting, cfg.sharpness)? + (total_variation(&image)? * cfg.tv_weight)?)?;
+        opt.backward_step(&loss)?;
+        progress.inc(1);
+    }
+    Ok(candle_nn::ops::sigmoid(z.as_tensor())?.detach())
+}

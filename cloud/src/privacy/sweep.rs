@@ -1,0 +1,171 @@
+//! The sweep: for every cut and [`Setting`], encode the auxiliary and held-out images as edges
+//! do, run each attack, and score its reconstructions of the held-out images.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use indicatif::ProgressBar;
+use mistnet::codec::{Mechanism, seeded_rng};
+use mistnet::metrics::{ImageF32, SsimConfig, psnr, ssim};
+use mistnet::model::ModelConfig;
+use rand::Rng;
+
+use super::decoder::{self, DecoderConfig};
+use super::images::{self, ImageSet};
+use super::init::stream;
+use super::observe::{CutModel, Setting, Weights, load_fronts};
+use super::optimize::{self, OptimizeConfig};
+use super::report::{Report, Row};
+use super::{Attack, PrivacyError};
+
+/// What to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalConfig {
+    /// A model config name (yolov5n/s/m/l/x) or YAML file.
+    pub model: String,
+    pub weights: Weights,
+    pub cuts: Vec<usize>,
+    pub mechanism: Mechanism,
+    pub epsilons: Vec<f64>,
+    pub attacks: Vec<Attack>,
+    pub imgsz: u32,
+    /// Held-out images; `None`: the embedded photos.
+    pub images: Option<PathBuf>,
+    /// Private-domain synthetic images added to the held-out set.
+    pub synthetic: usize,
+    /// Auxiliary images the decoder trains on.
+    pub aux_images: usize,
+    pub decoder: DecoderConfig,
+    pub optimize: OptimizeConfig,
+    pub seed: u64,
+}
+
+/// One scored (cut, setting, attack) with its reconstructions of the held-out images.
+pub struct Outcome {
+    pub row: Row,
+    pub reconstructions: Vec<RgbImage>,
+}
+
+/// Everything an evaluation produced.
+pub struct Evaluation {
+    pub report: Report,
+    pub heldout: ImageSet,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl EvalConfig {
+    /// Progress units of the whole sweep: one per training or optimization step.
+    pub fn total_steps(&self) -> u64 {
+        let settings = 2 + self.epsilons.len();
+        let per_setting: usize = self
+            .attacks
+            .iter()
+            .map(|a| match a {
+                Attack::Decoder => self.decoder.steps,
+                Attack::Optimization => self.optimize.steps,
+            })
+            .sum();
+        (self.cuts.len() * settings * per_setting) as u64
+    }
+}
+
+/// Runs the sweep on `device`, reporting progress on `progress`.
+pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Result<Evaluation, PrivacyError> {
+    if cfg.cuts.is_empty() || cfg.attacks.is_empty() {
+        return Err(PrivacyError::Config("give at least one cut and one attack".into()));
+    }
+    if cfg.imgsz < 32 || !cfg.imgsz.is_multiple_of(32) {
+        return Err(PrivacyError::Config(format!("--imgsz must be a multiple of 32 (the model's largest stride), got {}", cfg.imgsz)));
+    }
+    let specs = ModelConfig::load(&cfg.model)?.layers()?;
+    let settings = Setting::sweep(cfg.mechanism, &cfg.epsilons)?;
+    let fronts = load_fronts(&specs, &cfg.cuts, &cfg.weights, device)?;
+    let heldout = images::heldout(cfg.images.as_deref(), cfg.synthetic, cfg.imgsz, cfg.seed)?;
+    let aux = images::auxiliary(cfg.aux_images, cfg.imgsz, cfg.seed)?;
+    let heldout_t = heldout.tensor(device)?;
+    let aux_t = if aux.is_empty() { None } else { Some(aux.tensor(device)?) };
+    if cfg.attacks.contains(&Attack::Decoder) && aux_t.is_none() {
+        return Err(PrivacyError::Config("the decoder attack needs --aux-images > 0".into()));
+    }
+    let baseline_ssim = match &aux_t {
+        Some(t) => Some(blind_guess_ssim(&t.mean_keepdim(0)?, &heldout)?),
+        None => None,
+    };
+
+    progress.set_length(cfg.total_steps());
+    let mut outcomes = Vec::new();
+    for front in &fronts {
+        for setting in &settings {
+            let name = setting.name();
+            progress.set_message(format!("cut {} {name}", front.cut));
+            let observed = front.observe(&heldout_t, setting, &mut noise_rng(cfg.seed, front.cut, &name, "heldout"))?;
+            for &attack in &cfg.attacks {
+                let recon = match attack {
+                    Attack::Decoder => {
+                        let aux_t = aux_t.as_ref().expect("checked above");
+                        let aux_features = front.observe(aux_t, setting, &mut noise_rng(cfg.seed, front.cut, &name, "aux"))?;
+                        let seed = stream(cfg.seed, &format!("decoder-{}-{name}", front.cut)).random();
+                        let model = decoder::train(&aux_features, aux_t, front.edge.out_stride(), &cfg.decoder, seed, progress)?;
+                        model.forward(&observed)?
+                    }
+                    Attack::Optimization => {
+                        optimize::invert(&front.attacker, &observed, setting, heldout_t.dims4()?, &cfg.optimize, progress)?
+                    }
+                };
+                outcomes.push(score(front, setting, attack, &recon, &heldout)?);
+            }
+        }
+    }
+    progress.finish_with_message("done");
+    let report = Report::new(cfg, &heldout.names, baseline_ssim, outcomes.iter().map(|o| o.row.clone()).collect());
+    Ok(Evaluation { report, heldout, outcomes })
+}
+
+fn noise_rng(seed: u64, cut: usize, setting: &str, purpose: &str) -> mistnet::codec::CodecRng {
+    seeded_rng(stream(seed, &format!("noise-{cut}-{setting}-{purpose}")).random())
+}
+
+/// `[N, 3, H, W]` in 0..1 to 8-bit images.
+pub fn to_images(t: &Tensor) -> Result<Vec<RgbImage>, PrivacyError> {
+    let (n, _, h, w) = t.dims4()?;
+    let bytes = (t.clamp(0.0, 1.0)? * 255.0)?.round()?.to_dtype(candle_core::DType::U8)?.to_device(&Device::Cpu)?;
+    (0..n)
+        .map(|i| {
+            let planes = bytes.get(i)?.flatten_all()?.to_vec1::<u8>()?;
+            Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                let p = y as usize * w + x as usize;
+                image::Rgb([planes[p], planes[h * w + p], planes[2 * h * w + p]])
+            }))
+        })
+        .collect()
+}
+
+/// SSIM (the scikit-image settings: Gaussian σ 1.5, population covariance, range 255,
+/// mean over channels) and PSNR of each reconstruction against its original.
+pub fn similarity(original: &RgbImage, recon: &RgbImage) -> Result<(f64, f64), PrivacyError> {
+    let (a, b) = (ImageF32::from_rgb(original), ImageF32::from_rgb(recon));
+    Ok((ssim(&a, &b, &SsimConfig::default())?, psnr(&a, &b, 255.0)?))
+}
+
+/// Mean SSIM of one fixed guess (the mean auxiliary image) against every held-out image: what
+/// an attacker gets without looking at the features.
+fn blind_guess_ssim(guess: &Tensor, heldout: &ImageSet) -> Result<f64, PrivacyError> {
+    let guess = to_images(guess)?.remove(0);
+    let mut total = 0.0;
+    for original in &heldout.images {
+        total += similarity(original, &guess)?.0;
+    }
+    Ok(total / heldout.len() as f64)
+}
+
+fn score(front: &CutModel, setting: &Setting, attack: Attack, recon: &Tensor, heldout: &ImageSet) -> Result<Outcome, PrivacyError> {
+    let reconstructions = to_images(recon)?;
+    let (mut ssims, mut psnrs) = (Vec::new(), Vec::new());
+    for (original, r) in heldout.images.iter().zip(&reconstructions) {
+        let (s, p) = similarity(original, r)?;
+        ssims.push(s);
+        psnrs.push(p);
+    }
+    Ok(Outcome { row: Row::new(front.cut, setting, attack, &ssims, &psnrs), reconstructions })
+}

@@ -1,0 +1,126 @@
+//! The privacy evaluation end to end at tiny sizes: through the library (attack strength,
+//! determinism) and through the real binary (report files and their keys).
+
+use std::process::Command;
+
+use candle_core::Device;
+use indicatif::ProgressBar;
+use mistnet::codec::Mechanism;
+use mistnet_cloud::privacy::decoder::DecoderConfig;
+use mistnet_cloud::privacy::observe::Weights;
+use mistnet_cloud::privacy::optimize::OptimizeConfig;
+use mistnet_cloud::privacy::report::{CSV_COLUMNS, write_outputs};
+use mistnet_cloud::privacy::{Attack, EvalConfig, evaluate};
+
+fn tiny(attacks: Vec<Attack>) -> EvalConfig {
+    EvalConfig {
+        model: "yolov5n".into(),
+        weights: Weights::RandomInit(7),
+        cuts: vec![1],
+        mechanism: Mechanism::Sue,
+        epsilons: vec![0.5],
+        attacks,
+        imgsz: 32,
+        images: None,
+        synthetic: 1,
+        aux_images: 12,
+        decoder: DecoderConfig { steps: 30, batch: 6, width: 16, ..DecoderConfig::default() },
+        optimize: OptimizeConfig { steps: 40, ..OptimizeConfig::default() },
+        seed: 3,
+    }
+}
+
+#[test]
+fn attacks_on_float_features_beat_attacks_at_epsilon_half() {
+    let cfg = tiny(vec![Attack::Decoder, Attack::Optimization]);
+    let a = evaluate(&cfg, &Device::Cpu, &ProgressBar::hidden()).unwrap();
+    // 1 cut × (float, 1bit, sue-eps0.5) × 2 attacks.
+    assert_eq!(a.report.rows.len(), 6);
+    for attack in ["decoder", "optimization"] {
+        let ssim = |setting: &str| a.report.rows.iter().find(|r| r.setting == setting && r.attack == attack).unwrap().ssim;
+        assert!(
+            ssim("float") > ssim("sue-eps0.5") + 0.05,
+            "{attack}: float SSIM {} should clearly beat ε=0.5 SSIM {}",
+            ssim("float"),
+            ssim("sue-eps0.5")
+        );
+    }
+}
+
+#[test]
+fn a_seed_determines_the_report() {
+    let cfg = tiny(vec![Attack::Decoder, Attack::Optimization]);
+    let cfg = EvalConfig {
+        decoder: DecoderConfig { steps: 3, ..cfg.decoder },
+        optimize: OptimizeConfig { steps: 3, ..cfg.optimize },
+        ..cfg
+    };
+    let a = evaluate(&cfg, &Device::Cpu, &ProgressBar::hidden()).unwrap();
+    let b = evaluate(&cfg, &Device::Cpu, &ProgressBar::hidden()).unwrap();
+    assert_eq!(a.report, b.report, "same seed, same report");
+    let c = evaluate(&EvalConfig { seed: 4, ..cfg }, &Device::Cpu, &ProgressBar::hidden()).unwrap();
+    assert_ne!(a.report.rows, c.report.rows, "another seed draws other noise, weights and images");
+}
+
+#[test]
+fn the_binary_writes_the_report_files_with_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let status = Command::new(env!("CARGO_BIN_EXE_mistnet-cloud"))
+        .args(["privacy", "--model", "yolov5n", "--cuts", "1,2", "--epsilons", "2,0.5", "--imgsz", "32", "--synthetic", "1"])
+        .args(["--aux-images", "4", "--decoder-steps", "2", "--decoder-width", "16", "--opt-steps", "2", "--save-reconstructions"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "stderr: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(stdout.contains("RANDOMLY INITIALISED"), "the table warns about the random Front:\n{stdout}");
+
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), CSV_COLUMNS.join(","));
+    // 2 cuts × (float, 1bit, sue-eps2, sue-eps0.5) × 2 attacks.
+    assert_eq!(lines.count(), 16);
+
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["random_init"], true);
+    assert_eq!(json["heldout"].as_array().unwrap().len(), 5, "4 embedded photos + 1 synthetic");
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 16);
+    for row in rows {
+        for key in CSV_COLUMNS {
+            assert!(row.get(key).is_some(), "row lacks {key}: {row}");
+        }
+        let ssim = row["ssim"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&ssim));
+        assert!(row["psnr"].as_f64().unwrap() > 0.0);
+        let want = if ssim < 0.3 { "unrecognisable" } else { "recognisable" };
+        assert_eq!(row["verdict"], want);
+    }
+    let eps: Vec<_> = rows.iter().filter(|r| r["cut"] == 1 && r["attack"] == "decoder").map(|r| r["epsilon"].clone()).collect();
+    assert_eq!(eps, [serde_json::Value::Null, serde_json::Value::Null, 2.0.into(), 0.5.into()]);
+
+    assert!(out.join("ssim_vs_epsilon.png").is_file());
+    for cut in [1, 2] {
+        for setting in ["float", "1bit", "sue-eps2", "sue-eps0.5"] {
+            let grid = image::open(out.join(format!("grids/cut{cut}-{setting}.png"))).unwrap();
+            // 5 images of 32 px with 2 px gaps; originals + 2 attacks.
+            assert_eq!((grid.width(), grid.height()), (5 * 34 - 2, 3 * 34 - 2));
+        }
+    }
+    let pair = out.join("pairs/cut2-sue-eps0.5-optimization");
+    assert!(pair.join("astronaut_orig.png").is_file() && pair.join("astronaut_recon.png").is_file());
+}
+
+#[test]
+fn write_outputs_reports_an_unwritable_directory() {
+    let cfg = tiny(vec![Attack::Optimization]);
+    let cfg = EvalConfig { optimize: OptimizeConfig { steps: 1, ..cfg.optimize }, ..cfg };
+    let eval = evaluate(&cfg, &Device::Cpu, &ProgressBar::hidden()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let err = write_outputs(&eval, &blocker.join("out"), false).unwrap_err().to_string();
+    assert!(err.contains("cannot write") && err.contains("file"), "{err}");
+}
