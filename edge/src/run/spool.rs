@@ -60,4 +60,3 @@ pub fn prepare(
     Ok(out)
 }
 
-/// Encoding parameters for the served Front.
