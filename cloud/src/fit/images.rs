@@ -116,23 +116,23 @@ fn hsv_gain(Rgb([r, g, b]): Rgb<u8>, gains: [f32; 3]) -> Rgb<u8> {
     let hue = (hue * gains[0]).rem_euclid(6.0);
     let sat = (sat * gains[1]).clamp(0.0, 1.0);
     let val = (max * gains[2]).clamp(0.0, 1.0);
-    let c = val * sat;
-    let x = c * (1.0 - ((hue % 2.0) - 1.0).abs());
-    let (r1, g1, b1) = match hue as u32 {
-        0 => (c, x, 0.0),
-        1 => (x, c, 0.0),
-        2 => (0.0, c, x),
-        3 => (0.0, x, c),
-        4 => (x, 0.0, c),
-        _ => (c, 0.0, x),
-    };
-    let m = val - c;
-    let to_u8 = |v: f32| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
-    Rgb([to_u8(r1), to_u8(g1), to_u8(b1)])
+    let to_u8 = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
+    let [r, g, b] = mistnet::data::synth::canvas::hsv(hue * 60.0, sat, val);
+    Rgb([to_u8(r), to_u8(g), to_u8(b)])
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unit_hsv_gains_keep_every_colour() {
+        for (r, g, b) in [(0u8, 0u8, 0u8), (255, 255, 255), (200, 30, 90), (12, 240, 130), (70, 70, 250), (255, 128, 0)] {
+            let out = super::hsv_gain(image::Rgb([r, g, b]), [1.0, 1.0, 1.0]).0;
+            for (a, b) in out.iter().zip([r, g, b]) {
+                assert!((*a as i32 - b as i32).abs() <= 1, "{:?} became {out:?}", (r, g, b));
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
