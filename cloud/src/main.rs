@@ -37,12 +37,15 @@ enum Command {
     Export(export::Args),
     /// Model-inversion attacks on the features edges send: SSIM/PSNR of reconstructions against ε per cut, with a report.
     Privacy(privacy_cmd::Args),
+    /// The whole MistNet job on this machine: data, pretraining, cloud service, edge processes, training, centralized baseline, privacy attacks, summary.
+    Job(job::Args),
 }
 
 mod cuts;
 mod decode;
 mod export;
 mod inspect;
+mod job;
 mod partition;
 mod serve;
 mod status;
@@ -54,10 +57,7 @@ mod train_cmd;
 mod val;
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    mistnet::logging::init();
     match Cli::parse().command {
         Command::Cuts(args) => cuts::run(args),
         Command::Partition(args) => partition::run(args),
@@ -71,5 +71,6 @@ fn main() -> Result<()> {
         Command::Val(args) => val::run(args),
         Command::Export(args) => export::run(args),
         Command::Privacy(args) => privacy_cmd::run(args),
+        Command::Job(args) => job::run(args),
     }
 }

@@ -27,10 +27,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    mistnet::logging::init();
     match Cli::parse().command {
         Command::Extract(args) => extract::run(args),
         Command::Run(args) => run::run(args),

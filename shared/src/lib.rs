@@ -4,7 +4,9 @@
 //! - [`data`]: images, letterboxing, datasets.
 //! - [`metrics`]: SSIM/PSNR, YOLOv5 NMS, COCO and YOLOv5 mAP, matching their reference implementations.
 //! - [`codec`]: what leaves an edge: binarization, randomized-response LDP, bit packing, zstd, the wire format.
+//! - [`logging`]: the tracing set-up both binaries share.
 pub mod codec;
 pub mod data;
+pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -1,0 +1,191 @@
+//! The job's outcome: `summary.json`, `summary.md` (also printed) and `map.png`.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use mistnet::codec::{DecodeLimits, decode};
+use mistnet_cloud::fit::Metrics;
+use mistnet_cloud::fit::report::read_results;
+use mistnet_cloud::plot::{LinePlot, Series};
+use mistnet_cloud::store::FeatureStore;
+use serde::Serialize;
+
+use super::JobConfig;
+
+/// Wall time of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub phase: String,
+    pub seconds: f64,
+}
+
+/// Mean sizes of what crossed the network per sample, against float payloads of the same features.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bytes {
+    /// Feature elements per sample (C × H × W at the cut).
+    pub elements: u64,
+    /// Mean wire message (header + bit-packed, privatized, zstd-compressed features).
+    pub wire: f64,
+    /// The same features as float16, as Plato's MistNet sends them (uncompressed).
+    pub f16: u64,
+    /// The same features as float32.
+    pub f32: u64,
+}
+
+/// One model's metrics on the held-out private split.
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub model: String,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+/// One attack's score at one setting (float, 1bit or the job's ε).
+#[derive(Debug, Clone, Serialize)]
+pub struct Attack {
+    pub setting: String,
+    pub attack: String,
+    pub ssim: f64,
+    pub psnr: f64,
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub imgsz: u32,
+    pub cut: usize,
+    pub edges: usize,
+    pub mechanism: String,
+    pub epsilon: Option<f64>,
+    /// Samples in the edges' shards, and what the store holds (each (edge, id) once).
+    pub samples_expected: usize,
+    pub samples_stored: usize,
+    pub bytes_per_sample: Bytes,
+    /// Held-out private split, per model: public-only (pretrained), mistnet, centralized.
+    pub map: Vec<Score>,
+    /// The privacy phase's rows (absent with --skip-privacy).
+    pub privacy: Option<Vec<Attack>>,
+    pub phases: Vec<Timing>,
+    pub total_seconds: f64,
+}
+
+impl Summary {
+    /// Gathers the summary; fails unless every expected sample is stored exactly once.
+    pub fn collect(
+        config: &JobConfig,
+        store: &Path,
+        expected: usize,
+        map: Vec<(String, Metrics)>,
+        privacy: Option<&Path>,
+        phases: &[Timing],
+        total: Duration,
+    ) -> Result<Self> {
+        let samples = FeatureStore::open(store)?.samples()?;
+        let unique: HashSet<(&str, &str)> = samples.iter().map(|s| (s.edge.as_str(), s.sample_id.as_str())).collect();
+        ensure!(unique.len() == samples.len(), "the store holds {} duplicate samples", samples.len() - unique.len());
+        ensure!(samples.len() == expected, "the store holds {} samples, the edges' shards {expected}", samples.len());
+        let first = samples.first().context("the store is empty")?;
+        let shape = decode(&first.features, &DecodeLimits::default())?.header.shape.0;
+        let elements = shape[1..].iter().map(|&d| u64::from(d)).product::<u64>();
+        let wire = samples.iter().map(|s| s.features.len() as f64).sum::<f64>() / samples.len() as f64;
+        Ok(Summary {
+            model: config.model.clone(),
+            imgsz: config.imgsz,
+            cut: config.cut,
+            edges: config.edges,
+            mechanism: config.privacy.mechanism().name().to_string(),
+            epsilon: config.privacy.epsilon(),
+            samples_expected: expected,
+            samples_stored: samples.len(),
+            bytes_per_sample: Bytes { elements, wire, f16: elements * 2, f32: elements * 4 },
+            map: map.into_iter().map(|(model, metrics)| Score { model, metrics }).collect(),
+            privacy: privacy.map(read_privacy).transpose()?,
+            phases: phases.to_vec(),
+            total_seconds: total.as_secs_f64(),
+        })
+    }
+
+    /// Writes `summary.json`, `summary.md` and `map.png` (mAP@.5 per epoch of MistNet and the
+    /// centralized baseline, with the public-only model as a line) into `out`.
+    pub fn write(&self, out: &Path, train: &Path, centralized: &Path) -> Result<()> {
+        std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(self)? + "\n")?;
+        std::fs::write(out.join("summary.md"), self.table())?;
+        let curve = |name: &str, dir: &Path| -> Result<Series> {
+            let records = read_results(&dir.join("results.csv"), usize::MAX)?;
+            Ok(Series { name: name.into(), points: records.iter().map(|r| ((r.epoch + 1) as f64, r.metrics.map50)).collect() })
+        };
+        let public = self.map.iter().find(|s| s.model == "public-only").map(|s| s.metrics.map50);
+        LinePlot {
+            title: format!("Held-out private mAP@.5: MistNet ({} ε={}) against centralized", self.mechanism, fmt_eps(self.epsilon)),
+            x_label: "epoch".into(),
+            y_label: "mAP@.5".into(),
+            series: vec![curve("MistNet", train)?, curve("centralized", centralized)?],
+            hlines: public.map(|m| vec![(m, "public-only (before)".to_string())]).unwrap_or_default(),
+        }
+        .save_png(&out.join("map.png"), 800, 500)?;
+        Ok(())
+    }
+
+    /// The summary as Markdown tables (what the job prints at the end).
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "\n## MistNet job: {} at {} px, cut {}, {} edges, {} ε={}\n\n",
+            self.model,
+            self.imgsz,
+            self.cut,
+            self.edges,
+            self.mechanism,
+            fmt_eps(self.epsilon)
+        );
+        s += "| model (held-out private split) | mAP@.5 | mAP@[.5:.95] |\n|---|---|---|\n";
+        for score in &self.map {
+            let m = &score.metrics;
+            s += &format!("| {} | {:.4} | {:.4} |\n", score.model, m.map50, m.map50_95);
+        }
+        let b = &self.bytes_per_sample;
+        s += &format!(
+            "\nSamples stored: {} of {} (each once). Bytes per sample: {:.0} on the wire, against {} as float16 ({:.1}× smaller) and {} as float32 ({:.1}× smaller); {} elements.\n",
+            self.samples_stored,
+            self.samples_expected,
+            b.wire,
+            b.f16,
+            b.f16 as f64 / b.wire,
+            b.f32,
+            b.f32 as f64 / b.wire,
+            b.elements
+        );
+        if let Some(rows) = &self.privacy {
+            s += "\n| privacy: setting | attack | SSIM | PSNR (dB) | verdict |\n|---|---|---|---|---|\n";
+            for r in rows {
+                s += &format!("| {} | {} | {:.3} | {:.2} | {} |\n", r.setting, r.attack, r.ssim, r.psnr, r.verdict);
+            }
+        }
+        s += "\n| phase | seconds |\n|---|---|\n";
+        for t in &self.phases {
+            s += &format!("| {} | {:.1} |\n", t.phase, t.seconds);
+        }
+        s += &format!("| total | {:.1} |\n", self.total_seconds);
+        s
+    }
+}
+
+fn fmt_eps(e: Option<f64>) -> String {
+    e.map_or_else(|| "∞".into(), |e| e.to_string())
+}
+
+/// The rows of the privacy phase's `report.json`.
+fn read_privacy(dir: &Path) -> Result<Vec<Attack>> {
+    let path = dir.join("report.json");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?;
+    let rows = report["rows"].as_array().with_context(|| format!("{}: no rows", path.display()))?;
+    rows.iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().map(String::from).with_context(|| format!("{}: row without `{k}`", path.display()));
+            let num = |k: &str| r[k].as_f64().with_context(|| format!("{}: row without `{k}`", path.display()));
+            Ok(Attack { setting: text("setting")?, attack: text("attack")?, ssim: num("ssim")?, psnr: num("psnr")?, verdict: text("verdict")? })
+        })
+        .collect()
+}

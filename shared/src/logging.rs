@@ -1,0 +1,13 @@
+//! Log output of both binaries: tracing to stderr, filtered by `RUST_LOG` (default `info`), with
+//! colours only when stderr is a terminal (so log files stay plain text).
+
+use std::io::IsTerminal;
+
+/// Installs the global tracing subscriber. Call once, first thing in `main`.
+pub fn init() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
