@@ -223,6 +223,22 @@ pub fn initialize_detect_biases(store: &ParamStore, model: &Yolo) -> Result<(), 
     Ok(())
 }
 
+/// Writes to `out` a deployable model holding the Front (modules 0..cut-1) of the deployable model
+/// `weights` and a freshly initialised Back, as `train --fresh-back` starts: the untrained
+/// reference that a Back trained on binarized features is measured against.
+pub fn save_untrained_back(weights: &Path, cut: usize, out: &Path) -> Result<(), FitError> {
+    let meta = DeployMeta::read(weights)?;
+    let store = ParamStore::fresh();
+    let back = mistnet::model::load_back(&meta.specs()?, cut, &store, &Device::Cpu)?;
+    initialize_detect_biases(&store, &back)?;
+    let mut all = store.tensors();
+    let prefixes = mistnet::model::split::front_prefixes(cut);
+    let front = candle_core::safetensors::load(weights, &Device::Cpu)?;
+    all.extend(front.into_iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str()))));
+    save_deployable(&all, &DeployMeta { binarized_cut: Some(cut), ..meta }, out)?;
+    Ok(())
+}
+
 /// Parses `--device`: `cpu` or `cuda:N` (the latter needs the `cuda` cargo feature).
 pub fn parse_device(s: &str) -> Result<Device, FitError> {
     if s == "cpu" {

@@ -1,0 +1,72 @@
+//! `mistnet-cloud job` end to end at tiny sizes, through the real binaries: every phase runs as
+//! its own process (synth, pretrain, export, serve, edge agents, train, centralized baseline, val,
+//! privacy), and the outcome is checked from the files it writes.
+
+use std::path::Path;
+use std::process::Command;
+
+use mistnet_e2e::binary;
+
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+fn val_map50(weights: &Path, data: &Path) -> f64 {
+    let out = Command::new(binary("mistnet-cloud")).args(["val", "--weights"]).arg(weights).arg("--data").arg(data).arg("--json").env("RUST_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "val failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["map50"].as_f64().unwrap()
+}
+
+#[test]
+fn the_job_stores_every_sample_once_learns_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job");
+    let status = Command::new(binary("mistnet-cloud"))
+        .args(["job", "--out"])
+        .arg(&out)
+        .args(["--images", "300", "--imgsz", "96", "--edges", "2", "--pretrain-epochs", "8", "--epochs", "6", "--batch", "8"])
+        .args(["--epsilon", "4", "--decoder-steps", "4", "--opt-steps", "4", "--threads", "1"])
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the job failed; logs in {}", out.join("logs").display());
+
+    let summary = json(&out.join("summary.json"));
+    // Every sample of both shards stored exactly once (the job itself fails on duplicates).
+    let expected = summary["samples_expected"].as_u64().unwrap();
+    assert_eq!(summary["samples_stored"].as_u64().unwrap(), expected);
+    let shard = |k: usize| std::fs::read_dir(out.join(format!("data/private/edge-{k}/images"))).unwrap().count() as u64;
+    assert_eq!(expected, shard(0) + shard(1));
+    // Packed bits beat float payloads by far.
+    let bytes = &summary["bytes_per_sample"];
+    assert!(bytes["wire"].as_f64().unwrap() * 4.0 < bytes["f16"].as_f64().unwrap(), "{bytes}");
+    assert_eq!(bytes["f32"].as_u64().unwrap(), 2 * bytes["f16"].as_u64().unwrap());
+
+    // The Back trained on the edges' features beats an untrained Back on the held-out split.
+    let map = summary["map"].as_array().unwrap();
+    let score = |name: &str| map.iter().find(|m| m["model"] == name).unwrap_or_else(|| panic!("no {name} in {map:?}"))["map50"].as_f64().unwrap();
+    let heldout = out.join("data/private-val.yaml");
+    let untrained = dir.path().join("untrained.safetensors");
+    mistnet_cloud::fit::save_untrained_back(&out.join("pretrain/model.safetensors"), 4, &untrained).unwrap();
+    let before = val_map50(&untrained, &heldout);
+    assert!(score("mistnet") > before + 0.02, "MistNet mAP@.5 {} against untrained {before}", score("mistnet"));
+    assert!((score("mistnet") - val_map50(&out.join("train/model.safetensors"), &heldout)).abs() < 1e-9);
+
+    // The privacy rows: float, 1-bit and the chosen ε, for both attacks, SSIM in range.
+    let rows = summary["privacy"].as_array().unwrap();
+    let settings: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["setting"].as_str().unwrap()).collect();
+    assert_eq!(settings.len(), 3, "{settings:?}");
+    for r in rows {
+        let ssim = r["ssim"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&ssim), "{r}");
+    }
+    assert_eq!(summary["phases"].as_array().unwrap().len(), 9);
+
+    for png in ["map.png", "train/map.png", "centralized/loss.png", "privacy/ssim_vs_epsilon.png"] {
+        let img = image::open(out.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
+        assert!(img.width() > 100, "{png}");
+    }
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("| mistnet |") && md.contains("| centralized |"), "{md}");
+}
