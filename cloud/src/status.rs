@@ -11,8 +11,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
-mistnet-cloud status --server http://127.0.0.1:50051 --token-file operator.token            # every edge (operator)\n  \
-mistnet-cloud status --server http://127.0.0.1:50051 --edge edge-1 --token-file edge-1.token --json   # edge-1 only")]
+# every edge and the store size, as the operator:\n  \
+mistnet-cloud status --server http://127.0.0.1:50051 --token-file operator.token\n  \
+# only edge-1, with edge-1's token:\n  \
+mistnet-cloud status --server http://127.0.0.1:50051 --edge edge-1 --token-file edge-1.token --json")]
 pub struct Args {
     /// Server URL: http://HOST:PORT, or https://HOST:PORT for TLS.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
