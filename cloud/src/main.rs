@@ -25,7 +25,7 @@ enum Command {
     Decode(decode::Args),
     /// Receive features from edges over gRPC into the durable feature store (TLS, per-edge tokens, ε budget).
     Serve(serve::Args),
-    /// Show per-edge counts, store size and the ε ledger of a running `serve`.
+    /// Show per-edge counts and the ε ledger of a running `serve`: every edge and the store size with the operator token, one edge with its own token.
     Status(status::Args),
     /// Train the Back (layers cut..) on binarized, privatized Front features as YOLOv5 trains.
     Train(train_cmd::Args),

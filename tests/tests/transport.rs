@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use mistnet::codec::{EncodeParams, Encoding, FrontHash, HEADER_LEN, Mechanism, Privacy, encode, seeded_rng};
 use mistnet::data::synth::{SynthConfig, generate};
-use mistnet_cloud::store::FeatureStore;
+use mistnet_cloud::store::{FeatureStore, segment};
 use mistnet_e2e::{Proc, free_port, start_cloud, start_edge, wait_until};
-use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient};
+use mistnet_proto::pb::{
+    self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient, ingest_status_client::IngestStatusClient,
+};
 use mistnet_proto::{AUTHORIZATION, EDGE_HEADER};
 use tonic::Code;
 
@@ -75,12 +77,18 @@ impl Setup {
     }
 }
 
-/// Every (edge, sample id) once, every message decodable.
-fn assert_exactly_once(setup: &Setup, expected: usize) {
+/// The stored (edge, sample id) keys; panics if one is stored twice.
+fn stored_once(setup: &Setup) -> HashSet<(String, String)> {
     let samples = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap();
     let keys: HashSet<_> = samples.iter().map(|s| (s.edge.clone(), s.sample_id.clone())).collect();
     assert_eq!(keys.len(), samples.len(), "a sample is stored twice");
-    assert_eq!(samples.len(), expected);
+    keys
+}
+
+/// Every (edge, sample id) once, every message decodable.
+fn assert_exactly_once(setup: &Setup, expected: usize) {
+    assert_eq!(stored_once(setup).len(), expected);
+    let samples = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap();
     for s in &samples {
         mistnet::codec::decode(&s.features, &Default::default()).unwrap();
         assert!(s.image_size.0 > 0);
@@ -122,11 +130,58 @@ fn an_edge_killed_mid_upload_resumes_without_duplicates() {
     assert_exactly_once(&setup, expected);
 }
 
+/// A channel to the server at `addr` (plaintext loopback).
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+/// `mistnet-cloud status --json` against `addr` with the token in `token_file`, as `edge`, or as
+/// the operator when `edge` is `None`; `Err` is its stderr.
+fn status(addr: &str, edge: Option<&str>, token_file: &Path) -> Result<serde_json::Value, String> {
+    let mut cmd = std::process::Command::new(mistnet_e2e::binary("mistnet-cloud"));
+    cmd.args(["status", "--json", "--server", &format!("http://{addr}"), "--token-file"]).arg(token_file);
+    if let Some(edge) = edge {
+        cmd.args(["--edge", edge]);
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 fn authed<T>(message: T, edge: &str, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     req.metadata_mut().insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
     req.metadata_mut().insert(EDGE_HEADER, edge.parse().unwrap());
     req
+}
+
+/// The Front's output shape in these tests: yolov5n cut 4 at 64 px (64 channels, stride 8).
+const SHAPE: [usize; 4] = [1, 64, 8, 8];
+
+/// Feature values of [`SHAPE`], a fixed pattern.
+fn feature_values() -> Vec<f32> {
+    (0..SHAPE.iter().product()).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect()
+}
+
+/// A codec message of `values` (SUE ε = 2, packed, zstd) as an edge of Front `front_hash` makes it.
+fn features(values: &[f32], shape: &[usize], front_hash: FrontHash) -> Vec<u8> {
+    let params = EncodeParams { privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(), encoding: Encoding::Packed, zstd_level: Some(3), cut: 4, front_hash };
+    encode(values, shape, &params, &mut seeded_rng(1)).unwrap()
+}
+
+/// A valid sample for the Front the server at `channel` serves, fetched with `edge`'s token.
+async fn valid_sample(channel: tonic::transport::Channel, edge: &str, sample_id: &str) -> pb::Sample {
+    let mut front_client = FrontDistributionClient::new(channel).max_decoding_message_size(64 << 20);
+    let front = front_client.get_front(authed(pb::GetFrontRequest::default(), edge, &token(edge))).await.unwrap().into_inner();
+    pb::Sample {
+        sample_id: sample_id.into(),
+        features: features(&feature_values(), &SHAPE, front.front_hash.parse().unwrap()),
+        labels: vec![pb::Box { class: 1, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 }],
+        image_width: 64,
+        image_height: 64,
+    }
 }
 
 /// Rewrites a message's payload (and `payload_len`, CRC) as a hostile sender could.
@@ -145,8 +200,7 @@ fn bad_samples_are_refused_and_nothing_is_stored() {
     let (_cloud, addr) = setup.cloud("127.0.0.1:0", &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let url = format!("http://{addr}");
-        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+        let channel = channel(&addr).await;
         let (edge, tok) = ("edge-0", token("edge-0"));
 
         // Unauthenticated calls are refused.
@@ -160,21 +214,13 @@ fn bad_samples_are_refused_and_nothing_is_stored() {
 
         let front = front_client.get_front(authed(pb::GetFrontRequest::default(), edge, &tok)).await.unwrap().into_inner();
         let hash: FrontHash = front.front_hash.parse().unwrap();
-        let shape = [1usize, 64, 8, 8]; // yolov5n cut 4 at 64 px: 64 channels, stride 8
-        let n: usize = shape.iter().product();
-        let params = |front_hash| EncodeParams {
-            privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(),
-            encoding: Encoding::Packed,
-            zstd_level: Some(3),
-            cut: 4,
-            front_hash,
-        };
-        let values: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
-        let valid = encode(&values, &shape, &params(hash), &mut seeded_rng(1)).unwrap();
+        let values = feature_values();
+        let n = values.len();
+        let valid = features(&values, &SHAPE, hash);
         let good_box = pb::Box { class: 1, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 };
         let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
-        let wrong_shape = encode(&values[..n / 2], &[1, 32, 8, 8], &params(hash), &mut seeded_rng(1)).unwrap();
-        let wrong_hash = encode(&values, &shape, &params(FrontHash([7; 32])), &mut seeded_rng(1)).unwrap();
+        let wrong_shape = features(&values[..n / 2], &[1, 32, 8, 8], hash);
+        let wrong_hash = features(&values, &SHAPE, FrontHash([7; 32]));
         let mut bomb_header = valid.clone();
         bomb_header[10] = 1; // byte 10: compression = zstd
         let cases: Vec<(&str, Vec<u8>, pb::Box, &str)> = vec![
@@ -274,7 +320,7 @@ fn the_epsilon_ledger_counts_re_uploads_and_enforces_the_budget() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (stored_id, acks) = rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let channel = channel(&addr).await;
         let tok = token("edge-0");
         let mut upload = FeatureUploadClient::new(channel);
         let mut ids = upload.list_stored(authed(pb::ListStoredRequest {}, "edge-0", &tok)).await.unwrap().into_inner();
@@ -299,18 +345,157 @@ fn the_epsilon_ledger_counts_re_uploads_and_enforces_the_budget() {
     assert_eq!(acks[1].code, Code::ResourceExhausted as i32);
     assert!(acks[1].message.contains("ε budget"), "{}", acks[1].message);
 
-    let out = std::process::Command::new(mistnet_e2e::binary("mistnet-cloud"))
-        .args(["status", "--json", "--server", &format!("http://{addr}"), "--edge", "edge-0", "--token-file"])
-        .arg(setup.root.join("edge-0.token"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let edge = &status["edges"][0];
+    let report = status(&addr, Some("edge-0"), &setup.root.join("edge-0.token")).unwrap();
+    assert_eq!(report["all_edges"], false);
+    assert_eq!(report["edges"].as_array().unwrap().len(), 1);
+    let edge = &report["edges"][0];
     assert_eq!(edge["samples"], n as u64);
     assert_eq!(edge["uploads"], n as u64 + 1);
     assert_eq!(edge["epsilon_total"], (2 * n + 2) as f64);
     let ledger = edge["ledger"].as_array().unwrap().iter().find(|l| l["sample_id"] == stored_id.as_str()).unwrap();
     assert_eq!(ledger["epsilon"], serde_json::json!([2.0, 2.0]));
     assert_eq!(ledger["epsilon_total"], 4.0);
+
+    // This server has no operator token: a status call without an edge id is refused.
+    let err = status(&addr, None, &setup.root.join("edge-0.token")).unwrap_err();
+    assert!(err.contains("no operator token"), "{err}");
+}
+
+const OPERATOR_TOKEN: &str = "operator-token-0123456789";
+
+#[test]
+fn status_shows_every_edge_only_to_the_operator() {
+    let setup = setup(2, 20);
+    let operator_token = setup.root.join("operator.token");
+    std::fs::write(&operator_token, format!("{OPERATOR_TOKEN}\n")).unwrap();
+    let (_cloud, addr) = setup.cloud("127.0.0.1:0", &["--operator-token-file", &operator_token.display().to_string()]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = channel(&addr).await;
+        for (edge, ids) in [("edge-0", vec!["a"]), ("edge-1", vec!["b", "c"])] {
+            let mut samples = Vec::new();
+            for id in ids {
+                samples.push(valid_sample(channel.clone(), edge, id).await);
+            }
+            let n = samples.len();
+            let mut acks = FeatureUploadClient::new(channel.clone()).upload(authed(tokio_stream::iter(samples), edge, &token(edge))).await.unwrap().into_inner();
+            for _ in 0..n {
+                let ack = acks.message().await.unwrap().unwrap();
+                assert_eq!(ack.code, 0, "{}", ack.message);
+            }
+        }
+        // The operator token serves GetStatus without an edge id, and nothing else.
+        fn as_operator<T>(message: T) -> tonic::Request<T> {
+            let mut req = tonic::Request::new(message);
+            req.metadata_mut().insert(AUTHORIZATION, format!("Bearer {OPERATOR_TOKEN}").parse().unwrap());
+            req
+        }
+        let err = FrontDistributionClient::new(channel.clone()).get_front(as_operator(pb::GetFrontRequest::default())).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        let err = FeatureUploadClient::new(channel.clone()).list_stored(as_operator(pb::ListStoredRequest {})).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        let mut status_client = IngestStatusClient::new(channel);
+        let err = status_client.get_status(authed(pb::StatusRequest {}, "edge-0", OPERATOR_TOKEN)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "the operator token is no edge's token: {err:?}");
+        assert!(status_client.get_status(as_operator(pb::StatusRequest {})).await.unwrap().into_inner().all_edges);
+    });
+
+    let all = status(&addr, None, &operator_token).unwrap();
+    assert_eq!(all["all_edges"], true);
+    let edges: Vec<(&str, u64)> = all["edges"].as_array().unwrap().iter().map(|e| (e["edge"].as_str().unwrap(), e["samples"].as_u64().unwrap())).collect();
+    assert_eq!(edges, [("edge-0", 1), ("edge-1", 2)]);
+    assert_eq!(all["samples"], 3);
+    assert!(all["store_bytes"].as_u64().unwrap() > 0);
+
+    let own = status(&addr, Some("edge-1"), &setup.root.join("edge-1.token")).unwrap();
+    assert_eq!(own["all_edges"], false);
+    let edges: Vec<&str> = own["edges"].as_array().unwrap().iter().map(|e| e["edge"].as_str().unwrap()).collect();
+    assert_eq!(edges, ["edge-1"], "an edge sees only itself");
+    assert_eq!(own["samples"], 2);
+    assert_eq!(own["store_bytes"], serde_json::Value::Null);
+    let ids: Vec<&str> = own["edges"][0]["ledger"].as_array().unwrap().iter().map(|l| l["sample_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["b", "c"]);
+
+    let err = status(&addr, None, &setup.root.join("edge-0.token")).unwrap_err();
+    assert!(err.contains("not the operator token"), "an edge's token passed as the operator's: {err}");
+}
+
+#[test]
+fn sigterm_acknowledges_what_is_in_flight_and_exits_0() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let setup = setup(2, 160);
+    let expected = setup.train_images(0);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut cloud, addr) = setup.cloud(&listen, &[]);
+    let mut edge = setup.edge(0, &addr);
+
+    // A client as edge-1 streams paced samples and records every ack until the server ends the stream.
+    let acked_count = std::sync::Arc::new(AtomicUsize::new(0));
+    let client = std::thread::spawn({
+        let (addr, acked_count) = (addr.clone(), std::sync::Arc::clone(&acked_count));
+        move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let channel = channel(&addr).await;
+                let template = valid_sample(channel.clone(), "edge-1", "template").await;
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    for i in 0.. {
+                        let sample = pb::Sample { sample_id: format!("client-{i:05}"), ..template.clone() };
+                        if tx.send(sample).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let mut acks = FeatureUploadClient::new(channel).upload(authed(stream, "edge-1", &token("edge-1"))).await.unwrap().into_inner();
+                let mut acked = Vec::new();
+                loop {
+                    match acks.message().await {
+                        Ok(Some(ack)) => {
+                            assert_eq!(ack.code, 0, "{}: {}", ack.sample_id, ack.message);
+                            acked.push(ack.sample_id);
+                            acked_count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(None) => return (acked, None),
+                        Err(status) => return (acked, Some(status)),
+                    }
+                }
+            })
+        }
+    });
+    let edge_stored = |setup: &Setup| stored_once(setup).iter().filter(|(e, _)| e == "edge-0").count();
+    assert!(wait_until(LIMIT, || edge_stored(&setup) >= 3 && acked_count.load(Ordering::SeqCst) >= 5), "nothing stored");
+
+    let signalled = std::time::Instant::now();
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(cloud.0.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let exit = cloud.wait_for(LIMIT);
+    let took = signalled.elapsed();
+    assert!(exit.success(), "serve did not exit 0 on SIGTERM: {exit:?}");
+    assert!(took < Duration::from_secs(10), "serve took {took:?} to stop: the upload streams were cut by the grace period, not drained");
+
+    let (acked, end) = client.join().unwrap();
+    let end = end.expect("the server ends the upload stream with a status");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{end:?}");
+
+    // Everything acknowledged is stored, once, and the clean stop left no torn tail.
+    let durable = |setup: &Setup| {
+        let keys = stored_once(setup);
+        let missing: Vec<_> = acked.iter().filter(|id| !keys.contains(&("edge-1".to_string(), id.to_string()))).collect();
+        assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
+    };
+    durable(&setup);
+    for (_, segment) in segment::list(&setup.root.join("store")).unwrap() {
+        assert_eq!(segment::scan(&segment, |_, _| {}).unwrap().damage, None, "{} has a torn tail", segment.display());
+    }
+    let at_term = edge_stored(&setup);
+    assert!(at_term < expected, "the server stopped after the edge finished ({at_term} of {expected} stored)");
+
+    // Restarted, the server still has everything; the edge resumes and nothing is stored twice.
+    let (_cloud, _) = setup.cloud(&listen, &[]);
+    assert!(edge.wait_for(LIMIT).success(), "the edge failed after the restart");
+    durable(&setup);
+    assert_eq!(edge_stored(&setup), expected);
 }

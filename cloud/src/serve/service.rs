@@ -1,16 +1,19 @@
-//! The gRPC services: Front distribution, feature upload and status.
+//! The gRPC services: Front distribution, feature upload and status. On shutdown (see
+//! [`Ingest::stopping`]) every upload stream stops taking samples, answers the ones in flight once
+//! they are durable, and ends with UNAVAILABLE, so the server can exit without cutting off an ack.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
-use mistnet_cloud::store::{Outcome, StoreWriter};
+use mistnet_cloud::store::{EdgeLedger, Outcome, StoreWriter};
 use mistnet_proto::pb::{self, feature_upload_server::FeatureUpload, front_distribution_server::FrontDistribution, ingest_status_server::IngestStatus};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::auth::Edge;
+use super::auth::Caller;
 use super::validate::{Expected, validate};
 
 /// Samples of one upload stream being validated or written at once (bounds memory per stream).
@@ -24,14 +27,24 @@ pub struct Ingest {
     pub front: pb::GetFrontResponse,
     pub expected: Expected,
     pub epsilon_budget: Option<f64>,
+    /// Turns true when the server starts shutting down.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// A handle the three services share.
 #[derive(Clone)]
 pub struct Services(pub Arc<Ingest>);
 
+fn caller<T>(req: &Request<T>) -> Result<&Caller, Status> {
+    req.extensions().get::<Caller>().ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// The calling edge; the operator token only serves `GetStatus`.
 fn edge_of<T>(req: &Request<T>) -> Result<String, Status> {
-    req.extensions().get::<Edge>().map(|e| e.0.clone()).ok_or_else(|| Status::unauthenticated("no authenticated edge"))
+    match caller(req)? {
+        Caller::Edge(edge) => Ok(edge.clone()),
+        Caller::Operator => Err(Status::permission_denied("the operator token may only call GetStatus; edges call with their own token")),
+    }
 }
 
 #[tonic::async_trait]
@@ -68,9 +81,23 @@ impl FeatureUpload for Services {
         let ingest = Arc::clone(&self.0);
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_STREAM));
+            let mut stopping = ingest.stopping.clone();
             loop {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
-                let sample = match incoming.message().await {
+                let next = async { (Arc::clone(&permits).acquire_owned().await, incoming.message().await) };
+                let next = tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|stop| *stop) => None,
+                    next = next => Some(next),
+                };
+                let Some((permit, message)) = next else {
+                    // Shutting down: answer what is in flight (each task holds a permit until its ack is sent), then end the stream.
+                    let _ = permits.acquire_many(IN_FLIGHT_PER_STREAM as u32).await;
+                    tracing::debug!(%edge, "upload stream ended by shutdown");
+                    let _ = acks.send(Err(Status::unavailable("the server is shutting down; reconnect and resume"))).await;
+                    break;
+                };
+                let Ok(permit) = permit else { break };
+                let sample = match message {
                     Ok(Some(s)) => s,
                     Ok(None) => break,
                     Err(status) => {
@@ -92,6 +119,7 @@ impl FeatureUpload for Services {
 
 /// Validates and stores one sample; the ack says what happened.
 async fn store_one(ingest: &Ingest, edge: &str, sample: pb::Sample) -> pb::Ack {
+    let started = Instant::now();
     let sample_id = sample.sample_id.clone();
     let ack = |code: Code, message: String, duplicate: bool| pb::Ack { sample_id: sample_id.clone(), code: code as i32, message, duplicate };
     let upload = match validate(edge, sample, &ingest.expected) {
@@ -101,7 +129,10 @@ async fn store_one(ingest: &Ingest, edge: &str, sample: pb::Sample) -> pb::Ack {
             return ack(Code::InvalidArgument, message, false);
         }
     };
-    match ingest.store.submit(upload).await {
+    let validated = started.elapsed();
+    let outcome = ingest.store.submit(upload).await;
+    tracing::trace!(%edge, %sample_id, validate_us = validated.as_micros() as u64, store_us = (started.elapsed() - validated).as_micros() as u64, "sample answered");
+    match outcome {
         Ok(Outcome::Stored) => ack(Code::Ok, String::new(), false),
         Ok(Outcome::Duplicate) => ack(Code::Ok, String::new(), true),
         Ok(Outcome::Refused(why)) => ack(Code::ResourceExhausted, why.to_string(), false),
@@ -111,12 +142,20 @@ async fn store_one(ingest: &Ingest, edge: &str, sample: pb::Sample) -> pb::Ack {
 
 #[tonic::async_trait]
 impl IngestStatus for Services {
+    /// The operator sees every edge and the store size; an edge sees only itself.
     async fn get_status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        edge_of(&req)?;
+        let only = match caller(&req)? {
+            Caller::Operator => None,
+            Caller::Edge(edge) => Some(edge.clone()),
+        };
         let index = self.0.store.index();
-        let edges = index
-            .edges
-            .iter()
+        let empty = EdgeLedger::default();
+        let listed: Vec<(&String, &EdgeLedger)> = match &only {
+            None => index.edges.iter().collect(),
+            Some(edge) => vec![(edge, index.edges.get(edge).unwrap_or(&empty))],
+        };
+        let edges: Vec<pb::EdgeStatus> = listed
+            .into_iter()
             .map(|(edge, l)| pb::EdgeStatus {
                 edge: edge.clone(),
                 samples: l.samples,
@@ -132,11 +171,12 @@ impl IngestStatus for Services {
             })
             .collect();
         Ok(Response::new(pb::StatusResponse {
+            samples: edges.iter().map(|e| e.samples).sum(),
             edges,
-            samples: index.samples(),
-            store_bytes: index.store_bytes,
+            store_bytes: if only.is_none() { index.store_bytes } else { 0 },
             front_hash: self.0.front.front_hash.clone(),
             epsilon_budget: self.0.epsilon_budget,
+            all_edges: only.is_none(),
         }))
     }
 }

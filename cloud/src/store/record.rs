@@ -7,6 +7,8 @@
 
 use mistnet::data::Label;
 
+use super::writer::Upload;
+
 /// Bytes before the payload: length and checksum.
 pub const FRAME_HEADER: usize = 8;
 /// Largest payload a record may hold (a sanity bound the scanner enforces before allocating).
@@ -37,21 +39,40 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of an accepted upload: a [`RecordKind::Sample`] keeps its features, labels and
+    /// image size; a [`RecordKind::Spend`] only the edge, sample id and ε.
+    pub fn of(kind: RecordKind, upload: Upload) -> Self {
+        let Upload { edge, sample_id, epsilon, labels, image_size, features } = upload;
+        match kind {
+            RecordKind::Sample => Record { kind, edge, sample_id, epsilon, labels, image_size, features },
+            RecordKind::Spend => Record { kind, edge, sample_id, epsilon, labels: Vec::new(), image_size: (0, 0), features: Vec::new() },
+        }
+    }
+
     /// The framed bytes: header then payload.
     pub fn to_frame(&self) -> Vec<u8> {
-        let payload = self.payload();
-        let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+        let mut out = Vec::new();
+        self.write_frame(&mut out);
         out
     }
 
-    fn payload(&self) -> Vec<u8> {
-        let mut p = Vec::with_capacity(64 + self.features.len() + 20 * self.labels.len());
+    /// Appends the framed record to `out`: the payload is written in place and the header
+    /// (length, checksum) filled in after it, so the features are copied once.
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.reserve(FRAME_HEADER + 64 + self.features.len() + 20 * self.labels.len());
+        out.extend_from_slice(&[0; FRAME_HEADER]);
+        self.write_payload(out);
+        let payload = &out[start + FRAME_HEADER..];
+        let (len, crc) = (payload.len() as u32, crc32c::crc32c(payload));
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        out[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn write_payload(&self, p: &mut Vec<u8>) {
         p.push(self.kind as u8);
-        put_str(&mut p, &self.edge);
-        put_str(&mut p, &self.sample_id);
+        put_str(p, &self.edge);
+        put_str(p, &self.sample_id);
         p.extend_from_slice(&self.epsilon.to_le_bytes());
         if self.kind == RecordKind::Sample {
             p.extend_from_slice(&self.image_size.0.to_le_bytes());
@@ -66,7 +87,6 @@ impl Record {
             p.extend_from_slice(&(self.features.len() as u32).to_le_bytes());
             p.extend_from_slice(&self.features);
         }
-        p
     }
 
     /// Parses a payload whose checksum already matched. `Err` names the field that does not parse.
@@ -158,6 +178,19 @@ mod tests {
             assert_eq!(len, frame.len() - FRAME_HEADER);
             assert_eq!(Record::from_payload(&frame[FRAME_HEADER..]).unwrap(), rec);
         }
+    }
+
+    #[test]
+    fn frames_appended_to_one_buffer_are_each_whole() {
+        let a = Record { kind: RecordKind::Spend, edge: "e".into(), sample_id: "a".into(), epsilon: 1.0, labels: vec![], image_size: (0, 0), features: vec![] };
+        let b = Record { kind: RecordKind::Sample, sample_id: "b".into(), image_size: (2, 3), features: vec![5; 33], ..a.clone() };
+        let mut buf = Vec::new();
+        a.write_frame(&mut buf);
+        b.write_frame(&mut buf);
+        assert_eq!(buf, [a.to_frame(), b.to_frame()].concat());
+        let second = &buf[a.to_frame().len()..];
+        assert_eq!(u32::from_le_bytes(second[4..8].try_into().unwrap()), crc32c::crc32c(&second[FRAME_HEADER..]));
+        assert_eq!(Record::from_payload(&second[FRAME_HEADER..]).unwrap(), b);
     }
 
     #[test]

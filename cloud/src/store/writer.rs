@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use mistnet::data::Label;
 use tokio::sync::{mpsc, oneshot};
@@ -212,6 +213,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex<Index>>, limits: StoreLimits) {
     let mut poisoned: Option<String> = None;
+    // One buffer for every batch's frames: each record's features are copied once, into it.
+    let mut bytes = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < limits.max_batch.max(1) {
@@ -227,23 +230,23 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
             continue;
         }
         let decisions = decide(&lock(&index), &jobs, &limits);
-        let mut bytes = Vec::new();
-        let mut records = Vec::new();
-        for (job, outcome) in jobs.iter().zip(&decisions) {
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
+        bytes.clear();
+        for (job, outcome) in jobs.into_iter().zip(decisions) {
             let kind = match outcome {
-                Outcome::Stored => RecordKind::Sample,
-                Outcome::Duplicate => RecordKind::Spend,
-                Outcome::Refused(_) => continue,
+                Outcome::Stored => Some(RecordKind::Sample),
+                Outcome::Duplicate => Some(RecordKind::Spend),
+                Outcome::Refused(_) => None,
             };
-            let u = &job.upload;
-            let record = if kind == RecordKind::Sample {
-                Record { kind, edge: u.edge.clone(), sample_id: u.sample_id.clone(), epsilon: u.epsilon, labels: u.labels.clone(), image_size: u.image_size, features: u.features.clone() }
-            } else {
-                Record { kind, edge: u.edge.clone(), sample_id: u.sample_id.clone(), epsilon: u.epsilon, labels: Vec::new(), image_size: (0, 0), features: Vec::new() }
-            };
-            bytes.extend_from_slice(&record.to_frame());
-            records.push(record);
+            if let Some(kind) = kind {
+                let record = Record::of(kind, job.upload);
+                record.write_frame(&mut bytes);
+                records.push(record);
+            }
+            replies.push((job.reply, outcome));
         }
+        let started = Instant::now();
         let written = if bytes.is_empty() {
             Ok(())
         } else if active.len > SEGMENT_MAGIC.len() as u64 && active.len + bytes.len() as u64 > limits.segment_bytes {
@@ -257,14 +260,15 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
         };
         match written {
             Ok(()) => {
+                tracing::debug!(records = records.len(), answered = replies.len(), bytes = bytes.len(), write_fsync_us = started.elapsed().as_micros() as u64, "batch durable");
                 let mut idx = lock(&index);
                 idx.store_bytes += bytes.len() as u64;
                 for rec in &records {
                     idx.apply(rec);
                 }
                 drop(idx);
-                for (job, outcome) in jobs.into_iter().zip(decisions) {
-                    let _ = job.reply.send(Ok(outcome));
+                for (reply, outcome) in replies {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
@@ -272,8 +276,8 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
                 let reason = e.to_string();
                 tracing::error!(%reason, "store write failed; refusing all further uploads");
                 poisoned = Some(reason.clone());
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Poisoned(reason.clone())));
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
                 }
             }
         }

@@ -70,8 +70,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     args.privacy.privacy()?; // refuse bad privacy flags before connecting
-    let token = std::fs::read_to_string(&args.token_file).with_context(|| format!("cannot read {}", args.token_file.display()))?;
-    let token = token.lines().next().unwrap_or_default().trim().to_string();
+    let token = mistnet_proto::read_token_file(&args.token_file)?;
     let tls = TlsFiles { ca_cert: args.ca_cert.clone(), client_cert: args.client_cert.clone(), client_key: args.client_key.clone() };
     let cloud = Cloud::new(&args.server, &args.edge, &token, &tls, args.insecure_plaintext)?;
     let samples = load_samples(&args.data, if args.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail })?;
