@@ -27,6 +27,10 @@ pub struct RunFlags {
     /// Hyper-parameters: a YOLOv5 hyp YAML (loss, optimizer and warmup keys; the rest is ignored). Default: hyp.scratch-low.
     #[arg(long, value_name = "HYP.yaml")]
     pub hyp: Option<PathBuf>,
+    /// The fewest warmup iterations (YOLOv5's train.py: 100). Lower it only for runs so short that 100 iterations
+    /// would be most of them. Overrides `warmup_min_iters` of --hyp.
+    #[arg(long, value_name = "N")]
+    pub warmup_min_iters: Option<usize>,
     /// Cosine learning-rate decay to lrf (default: linear).
     #[arg(long)]
     pub cos_lr: bool,
@@ -58,13 +62,16 @@ impl RunFlags {
         if self.imgsz == 0 || !self.imgsz.is_multiple_of(32) {
             anyhow::bail!("--imgsz must be a positive multiple of 32, got {}", self.imgsz);
         }
-        let hyp = match &self.hyp {
+        let mut hyp = match &self.hyp {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
                 serde_norway::from_str::<Hyp>(&text).with_context(|| format!("{}: not a YOLOv5 hyp file", path.display()))?
             }
             None => Hyp::default(),
         };
+        if let Some(n) = self.warmup_min_iters {
+            hyp.warmup_min_iters = n;
+        }
         Ok(FitConfig {
             epochs: self.epochs,
             batch_size: self.batch,

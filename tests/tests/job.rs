@@ -7,6 +7,9 @@ use std::process::Command;
 
 use mistnet_e2e::binary;
 
+/// A yolov5n pretrained on the synthetic public split at 128 px (see fixtures/README.md).
+const PRETRAINED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/yolov5n-synth128-pretrained.safetensors");
+
 fn json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
@@ -25,8 +28,9 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     let status = Command::new(binary("mistnet-cloud"))
         .args(["job", "--out"])
         .arg(&out)
-        .args(["--images", "300", "--imgsz", "96", "--edges", "2", "--pretrain-epochs", "8", "--epochs", "6", "--batch", "8"])
-        .args(["--epsilon", "4", "--decoder-steps", "4", "--opt-steps", "4", "--threads", "1"])
+        .args(["--weights", PRETRAINED])
+        .args(["--images", "300", "--imgsz", "128", "--edges", "2", "--epochs", "6", "--batch", "8", "--warmup-min-iters", "20"])
+        .args(["--epsilon", "4", "--decoder-steps", "2", "--opt-steps", "2", "--threads", "1"])
         .env("RUST_LOG", "warn")
         .status()
         .unwrap();
@@ -48,9 +52,9 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     let score = |name: &str| map.iter().find(|m| m["model"] == name).unwrap_or_else(|| panic!("no {name} in {map:?}"))["map50"].as_f64().unwrap();
     let heldout = out.join("data/private-val.yaml");
     let untrained = dir.path().join("untrained.safetensors");
-    mistnet_cloud::fit::save_untrained_back(&out.join("pretrain/model.safetensors"), 4, &untrained).unwrap();
+    mistnet_cloud::fit::save_untrained_back(Path::new(PRETRAINED), 4, &untrained).unwrap();
     let before = val_map50(&untrained, &heldout);
-    assert!(score("mistnet") > before + 0.02, "MistNet mAP@.5 {} against untrained {before}", score("mistnet"));
+    assert!(score("mistnet") > before + 0.1, "MistNet mAP@.5 {} against untrained {before}", score("mistnet"));
     assert!((score("mistnet") - val_map50(&out.join("train/model.safetensors"), &heldout)).abs() < 1e-9);
 
     // The privacy rows: float, 1-bit and the chosen ε, for both attacks, SSIM in range.
@@ -61,7 +65,8 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
         let ssim = r["ssim"].as_f64().unwrap();
         assert!((-1.0..=1.0).contains(&ssim), "{r}");
     }
-    assert_eq!(summary["phases"].as_array().unwrap().len(), 9);
+    // Every phase but pretraining (skipped: --weights) is timed.
+    assert_eq!(summary["phases"].as_array().unwrap().len(), 8);
 
     for png in ["map.png", "train/map.png", "centralized/loss.png", "privacy/ssim_vs_epsilon.png"] {
         let img = image::open(out.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));

@@ -70,16 +70,19 @@ pub struct Args {
     /// Batch size of every training phase (also the nominal batch: no accumulation).
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// The fewest warmup iterations of every training phase (default: YOLOv5's 100); lower it for tiny runs.
+    #[arg(long, value_name = "N")]
+    warmup_min_iters: Option<usize>,
     #[arg(long, default_value = "sue", long_help = MECHANISM_HELP)]
     mechanism: Mechanism,
     #[arg(long, default_value_t = 4.0, long_help = EPSILON_HELP)]
     epsilon: f64,
-    /// Decoder-attack training steps of the privacy phase.
-    #[arg(long, default_value_t = 150)]
-    decoder_steps: usize,
-    /// Optimization-attack steps of the privacy phase.
-    #[arg(long, default_value_t = 60)]
-    opt_steps: usize,
+    /// Decoder-attack training steps of the privacy phase (default: `privacy`'s).
+    #[arg(long)]
+    decoder_steps: Option<usize>,
+    /// Optimization-attack steps of the privacy phase (default: `privacy`'s).
+    #[arg(long)]
+    opt_steps: Option<usize>,
     /// Skip the privacy phase.
     #[arg(long)]
     skip_privacy: bool,
@@ -109,9 +112,10 @@ pub struct JobConfig {
     pub pretrain_epochs: usize,
     pub epochs: usize,
     pub batch: usize,
+    pub warmup_min_iters: Option<usize>,
     pub privacy: Privacy,
-    pub decoder_steps: usize,
-    pub opt_steps: usize,
+    pub decoder_steps: Option<usize>,
+    pub opt_steps: Option<usize>,
     pub skip_privacy: bool,
     pub seed: u64,
     pub threads: usize,
@@ -154,6 +158,7 @@ impl Args {
             pretrain_epochs: self.pretrain_epochs,
             epochs: self.epochs,
             batch: self.batch,
+            warmup_min_iters: self.warmup_min_iters,
             decoder_steps: self.decoder_steps,
             opt_steps: self.opt_steps,
             skip_privacy: self.skip_privacy,

@@ -315,9 +315,13 @@ impl Job {
     fn training_args(&self, command: &str, data: &Path, out: &Path, epochs: usize) -> Result<Vec<String>> {
         let c = &self.config;
         let batch = c.batch.to_string();
-        Ok([command, "--data", path(data)?, "--imgsz", &c.imgsz.to_string(), "--epochs", &epochs.to_string(), "--batch", &batch, "--nbs", &batch, "--seed", &c.seed.to_string(), "--device", &c.device, "--out", path(out)?]
+        let mut args = [command, "--data", path(data)?, "--imgsz", &c.imgsz.to_string(), "--epochs", &epochs.to_string(), "--batch", &batch, "--nbs", &batch, "--seed", &c.seed.to_string(), "--device", &c.device, "--out", path(out)?]
             .map(String::from)
-            .to_vec())
+            .to_vec();
+        if let Some(n) = c.warmup_min_iters {
+            args.extend(["--warmup-min-iters".to_string(), n.to_string()]);
+        }
+        Ok(args)
     }
 
     /// Runs a training child with a bar over epochs fed by its `results.csv`.
@@ -376,14 +380,13 @@ impl Job {
             &c.privacy.epsilon().map_or(String::new(), |e| e.to_string()),
             "--imgsz",
             &c.imgsz.to_string(),
-            "--decoder-steps",
-            &c.decoder_steps.to_string(),
-            "--opt-steps",
-            &c.opt_steps.to_string(),
             "--seed",
             &c.seed.to_string(),
         ]
-        .map(String::from);
+        .map(String::from)
+        .to_vec();
+        let steps = [("--decoder-steps", c.decoder_steps), ("--opt-steps", c.opt_steps)];
+        let args: Vec<String> = args.into_iter().chain(steps.into_iter().filter_map(|(flag, n)| Some([flag.to_string(), n?.to_string()])).flatten()).collect();
         self.phase("privacy", &format!("model-inversion attacks at cut {}: float, 1-bit, ε={}", c.cut, c.privacy.epsilon().unwrap_or(f64::NAN)), |job| {
             let cmd = job.cloud_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
             job.run_child("privacy", cmd, spinner("privacy"), |_| {})

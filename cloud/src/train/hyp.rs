@@ -18,8 +18,12 @@ pub struct Hyp {
     pub momentum: f64,
     /// Weight decay at the nominal batch size (64).
     pub weight_decay: f64,
-    /// Warmup length in epochs (fractions allowed); at least 100 iterations are used.
+    /// Warmup length in epochs (fractions allowed); at least `warmup_min_iters` iterations are used.
     pub warmup_epochs: f64,
+    /// The fewest warmup iterations (`train.py` hard-codes 100). Not a YOLOv5 hyp key: lower it
+    /// only for runs so short that 100 iterations would be most of them.
+    #[serde(default = "default_warmup_min_iters")]
+    pub warmup_min_iters: usize,
     /// Momentum at the start of warmup.
     pub warmup_momentum: f64,
     /// Learning rate of the bias group at the start of warmup.
@@ -45,6 +49,10 @@ pub struct Hyp {
     pub label_smoothing: f64,
 }
 
+fn default_warmup_min_iters() -> usize {
+    100
+}
+
 impl Default for Hyp {
     /// `hyp.scratch-low.yaml`.
     fn default() -> Self {
@@ -54,6 +62,7 @@ impl Default for Hyp {
             momentum: 0.937,
             weight_decay: 0.0005,
             warmup_epochs: 3.0,
+            warmup_min_iters: default_warmup_min_iters(),
             warmup_momentum: 0.8,
             warmup_bias_lr: 0.1,
             box_gain: 0.05,

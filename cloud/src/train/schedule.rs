@@ -2,7 +2,7 @@
 //!
 //! - epoch factor `lf(e)`: linear `(1 − e/E)·(1 − lrf) + lrf`, or cosine `one_cycle(1, lrf, E)`;
 //!   a group's rate after warmup is `lr0 · lf(epoch)` (LambdaLR stepped once per epoch);
-//! - warmup over `nw = max(round(warmup_epochs · nb), 100)` iterations: `np.interp` from
+//! - warmup over `nw = max(round(warmup_epochs · nb), warmup_min_iters)` iterations (YOLOv5: 100): `np.interp` from
 //!   `warmup_bias_lr` (bias group) or 0 (other groups) to `lr0 · lf(epoch)`, momentum from
 //!   `warmup_momentum` to `momentum`, accumulation from 1 to `nbs / batch_size` batches;
 //! - afterwards the optimizer steps every `max(round(nbs / batch_size), 1)` batches.
@@ -62,7 +62,7 @@ impl Schedule {
         if hyp.warmup_epochs.is_nan() || hyp.warmup_epochs < 0.0 {
             return Err(TrainError::Hyp { name: "warmup_epochs", reason: format!("must be non-negative, got {}", hyp.warmup_epochs) });
         }
-        let warmup_iters = ((hyp.warmup_epochs * batches_per_epoch as f64).round_ties_even() as usize).max(100);
+        let warmup_iters = ((hyp.warmup_epochs * batches_per_epoch as f64).round_ties_even() as usize).max(hyp.warmup_min_iters);
         Ok(Self {
             lr0: hyp.lr0,
             lrf: hyp.lrf,
