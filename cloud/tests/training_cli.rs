@@ -132,32 +132,3 @@ fn val_json_export_and_detect() {
     assert!(record["detections"].is_array());
     assert_eq!(image::open(out.join(format!("{stem}.png"))).unwrap().width(), 64);
 }
-
-/// Not yet reliable at tiny sizes: with a 2-epoch Front, 64 px and 30 epochs (about 100 s on
-/// 2 busy cores) mAP@.5 reaches only about 0.01–0.04. Needs settings that learn faster (a better
-/// pretrained Front, larger images, more epochs); run with `--ignored` to check.
-#[test]
-#[ignore = "does not yet learn fast enough at tiny sizes; see the doc comment"]
-fn training_the_back_on_features_beats_an_untrained_back() {
-    let w = world();
-    let dir = tempfile::tempdir().unwrap();
-    let data = w.data.join("public.yaml");
-    let common = ["train", "--data", s(&data), "--weights", s(&w.pretrained), "--cut", "4", "--imgsz", IMGSZ, "--fresh-back", "--batch", "8", "--nbs", "8", "--mechanism", "sue", "--epsilon", "8"];
-    let trained = dir.path().join("trained");
-    let mut args = common.to_vec();
-    args.extend(["--epochs", "30", "--out", s(&trained)]);
-    cloud(&args);
-    let csv = std::fs::read_to_string(trained.join("results.csv")).unwrap();
-    let map50: Vec<f64> = csv.lines().skip(1).map(|l| l.split(',').nth(5).unwrap().parse().unwrap()).collect();
-    let last = val_json(&trained.join("model.safetensors"), &data)["map50"].as_f64().unwrap();
-    assert!((last - map50[map50.len() - 1]).abs() < 1e-9, "val agrees with the run's last epoch");
-    let before = val_json(&untrained_back(&w.pretrained, dir.path()), &data)["map50"].as_f64().unwrap();
-    assert!(last > before + 0.1, "untrained mAP@.5 {before}, per epoch: {map50:?}");
-}
-
-/// A deployable model with `pretrained`'s Front and a freshly initialised Back.
-fn untrained_back(pretrained: &Path, dir: &Path) -> PathBuf {
-    let path = dir.join("untrained.safetensors");
-    mistnet_cloud::fit::save_untrained_back(pretrained, 4, &path).unwrap();
-    path
-}

@@ -21,6 +21,7 @@ use super::supervisor::{Handle, Supervisor, check, log_tail, sibling_binary};
 const SERVE_START: Duration = Duration::from_secs(60);
 const SERVE_STOP: Duration = Duration::from_secs(30);
 
+/// One run of the job: its settings, the two binaries, the children and the phase timings.
 pub struct Job {
     config: JobConfig,
     cloud: PathBuf,
@@ -30,7 +31,6 @@ pub struct Job {
     started: Instant,
 }
 
-/// The directory layout of a run.
 impl Job {
     pub fn new(config: JobConfig) -> Result<Self> {
         let (cloud, edge) = (sibling_binary("mistnet-cloud")?, sibling_binary("mistnet-edge")?);
@@ -46,11 +46,10 @@ impl Job {
         self.config.out.join("logs").join(format!("{name}.log"))
     }
 
-    /// `mistnet-cloud` with `args`, warnings-only logs (progress comes from the job) and the
-    /// training threads.
+    /// `mistnet-cloud` with `args` and the training threads (its logs follow `RUST_LOG`).
     fn cloud_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.cloud);
-        cmd.args(args).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.args(args);
         set_threads(&mut cmd, self.config.threads);
         cmd
     }
@@ -251,8 +250,7 @@ impl Job {
                     &c.privacy.epsilon().map_or(String::new(), |e| e.to_string()),
                     "--cache",
                     path(&job.dir("edges").join(&name))?,
-                ])
-                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+                ]);
                 // The edges run side by side: one thread each keeps the cores from being oversubscribed.
                 set_threads(&mut cmd, 1);
                 handles.push(job.sup.spawn(&name, cmd, &job.log(&name))?);
