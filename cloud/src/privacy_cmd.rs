@@ -11,6 +11,7 @@ use mistnet_cloud::privacy::decoder::DecoderConfig;
 use mistnet_cloud::privacy::observe::Weights;
 use mistnet_cloud::privacy::optimize::OptimizeConfig;
 use mistnet_cloud::privacy::report::write_outputs;
+use mistnet_cloud::privacy::utility::UtilityConfig;
 use mistnet_cloud::privacy::{Attack, EvalConfig, evaluate};
 
 #[derive(clap::Args)]
@@ -102,10 +103,22 @@ pub struct Args {
     /// Also write every original/reconstruction pair as PNGs under pairs/.
     #[arg(long)]
     save_reconstructions: bool,
+    /// Labelled dataset (Ultralytics YAML, COCO JSON or YOLO directory) whose val split scores
+    /// --back under every setting: adds the mAP cost of each ε (needs --back).
+    #[arg(long, value_name = "DATA", requires = "back")]
+    val: Option<PathBuf>,
+    /// A deployable MistNet model from `mistnet-cloud train` (a Back trained on binarized features
+    /// at one of --cuts) evaluated on --val; its Front must be the attacked one (--weights defaults to it).
+    #[arg(long, value_name = "MODEL", requires = "val")]
+    back: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let weights = if args.weights.is_empty() { Weights::RandomInit(args.seed) } else { Weights::Files(args.weights) };
+    let weights = match (&args.back, args.weights.is_empty()) {
+        (_, false) => Weights::Files(args.weights),
+        (Some(back), true) => Weights::Files(vec![back.clone()]),
+        (None, true) => Weights::RandomInit(args.seed),
+    };
     if let Weights::RandomInit(seed) = weights {
         tracing::warn!(seed, "no --weights: attacking a RANDOMLY INITIALISED Front; MistNet uses a pretrained Front, so these numbers are not MistNet's");
     }
@@ -122,6 +135,7 @@ pub fn run(args: Args) -> Result<()> {
         aux_images: args.aux_images,
         decoder: DecoderConfig { width: args.decoder_width, steps: args.decoder_steps, batch: args.decoder_batch, lr: args.decoder_lr },
         optimize: OptimizeConfig { steps: args.opt_steps, lr: args.opt_lr, tv_weight: args.tv_weight, sharpness: args.sharpness },
+        utility: args.val.zip(args.back).map(|(val, back)| UtilityConfig { val, back }),
         seed: args.seed,
     };
     let device = Device::cuda_if_available(0).context("cannot open the GPU")?;

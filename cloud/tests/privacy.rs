@@ -26,6 +26,7 @@ fn tiny(attacks: Vec<Attack>) -> EvalConfig {
         aux_images: 12,
         decoder: DecoderConfig { steps: 30, batch: 6, width: 16, ..DecoderConfig::default() },
         optimize: OptimizeConfig { steps: 40, ..OptimizeConfig::default() },
+        utility: None,
         seed: 3,
     }
 }
