@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Model config: a YAML file in the Ultralytics format, or yolov5n/s/m/l/x.
-    #[arg(long, default_value = "yolov5s")]
+    #[arg(long, default_value = "yolov5n")]
     model: String,
     /// Safetensors file(s) holding at least the Front's tensors (Ultralytics names). Default: random init.
     #[arg(long, num_args = 1..)]
@@ -94,12 +94,20 @@ pub struct Args {
     /// Weight of the total-variation prior of the optimization attack.
     #[arg(long, default_value_t = OptimizeConfig::default().tv_weight)]
     tv_weight: f64,
+    /// Weight of the optimization attack's prior towards mid-grey, mean((image - 0.5)^2), on bits settings only:
+    /// bits fix only the features' signs, and without it the image drifts to saturated colours.
+    #[arg(long, default_value_t = OptimizeConfig::default().grey_weight)]
+    grey_weight: f64,
     /// Slope k of the binarization surrogate sigmoid(k·x) of the optimization attack.
     #[arg(long, default_value_t = OptimizeConfig::default().sharpness)]
     sharpness: f64,
     /// Seed of everything random: a random-init Front, images, LDP noise, decoder init and batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// CPU threads of the sweep. Its tensors are small (a few 64 px images): on the shared 2-core box one
+    /// thread ran the default sweep several times faster than two, whose workers mostly wait on each other.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Also write every original/reconstruction pair as PNGs under pairs/.
     #[arg(long)]
     save_reconstructions: bool,
@@ -114,6 +122,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    // rayon's pool and candle's GEMM both size themselves from RAYON_NUM_THREADS (candle reads it
+    // at every matmul, so a local rayon pool alone leaves its GEMM splitting work for 2 threads).
+    // SAFETY: nothing else runs yet: no thread has been started and nothing reads the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
     let weights = match (&args.back, args.weights.is_empty()) {
         (_, false) => Weights::Files(args.weights),
         (Some(back), true) => Weights::Files(vec![back.clone()]),
@@ -134,7 +149,7 @@ pub fn run(args: Args) -> Result<()> {
         synthetic: args.synthetic,
         aux_images: args.aux_images,
         decoder: DecoderConfig { width: args.decoder_width, steps: args.decoder_steps, batch: args.decoder_batch, lr: args.decoder_lr },
-        optimize: OptimizeConfig { steps: args.opt_steps, lr: args.opt_lr, tv_weight: args.tv_weight, sharpness: args.sharpness },
+        optimize: OptimizeConfig { steps: args.opt_steps, lr: args.opt_lr, tv_weight: args.tv_weight, grey_weight: args.grey_weight, sharpness: args.sharpness },
         utility: args.val.zip(args.back).map(|(val, back)| UtilityConfig { val, back }),
         seed: args.seed,
     };

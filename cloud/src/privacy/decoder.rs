@@ -27,7 +27,7 @@ pub struct DecoderConfig {
 
 impl Default for DecoderConfig {
     fn default() -> Self {
-        Self { width: 32, steps: 100, batch: 16, lr: 3e-3 }
+        Self { width: 32, steps: 60, batch: 8, lr: 3e-3 }
     }
 }
 

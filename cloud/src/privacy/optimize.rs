@@ -1,6 +1,6 @@
 //! The optimization attack (He et al. 2019, as the MistNet paper runs it): gradient descent
 //! (Adam) on an input image so that the differentiable Front's features explain the observed
-//! ones, plus a total-variation prior.
+//! ones, plus a total-variation prior and, for bits, a prior towards mid-grey.
 //!
 //! The image is `sigmoid(z)` (so it stays in 0..1), starting from grey (`z = 0`). Float features
 //! are matched by mean squared error relative to the observed features' mean square (so one
@@ -24,13 +24,16 @@ pub struct OptimizeConfig {
     pub lr: f64,
     /// Weight of the total-variation prior.
     pub tv_weight: f64,
+    /// Weight of the prior pulling pixels towards mid-grey, `mean((image − ½)²)`, for bits only:
+    /// they fix only the signs of the features, float features pin the image down.
+    pub grey_weight: f64,
     /// Slope `k` of the binarization surrogate `σ(k·x)`.
     pub sharpness: f64,
 }
 
 impl Default for OptimizeConfig {
     fn default() -> Self {
-        Self { steps: 60, lr: 0.1, tv_weight: 0.05, sharpness: 10.0 }
+        Self { steps: 300, lr: 0.1, tv_weight: 0.15, grey_weight: 1.0, sharpness: 10.0 }
     }
 }
 
@@ -72,7 +75,11 @@ pub fn invert(
     for _ in 0..cfg.steps {
         let image = candle_nn::ops::sigmoid(z.as_tensor())?;
         let f = front.forward(&image)?;
-        let loss = (feature_loss(&f, observed, setting, cfg.sharpness, scale)? + (total_variation(&image)? * cfg.tv_weight)?)?;
+        let mut prior = (total_variation(&image)? * cfg.tv_weight)?;
+        if let Setting::Bits(_) = setting {
+            prior = (prior + (image.affine(1.0, -0.5)?.sqr()?.mean_all()? * cfg.grey_weight)?)?;
+        }
+        let loss = (feature_loss(&f, observed, setting, cfg.sharpness, scale)? + prior)?;
         opt.backward_step(&loss)?;
         progress.inc(1);
     }
