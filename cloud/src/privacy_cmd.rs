@@ -22,23 +22,35 @@ features as the unprotected reference. Settings swept per cut: float, 1bit (no n
 Attacks: `decoder` (an upsampling conv net trained with AdamW on auxiliary images encoded exactly as edges encode
 them: public-domain synthetic images and crops of photos disjoint from the held-out set) and `optimization`
 (Adam on an input image through the differentiable Front, sigmoid surrogate of the binarization, the exact
-randomized-response likelihood of the observed bits, total-variation prior; He et al. 2019, as the MistNet paper).
+randomized-response likelihood of the observed bits, a total-variation prior and, for bits, a prior towards
+mid-grey; He et al. 2019, as the MistNet paper).
 Scored on held-out images no attack trained on (default: 4 embedded public-domain photos from scikit-image plus
 --synthetic private-domain synthetic images): SSIM as scikit-image's structural_similarity(gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=255), mean over RGB, and PSNR. Verdict: SSIM < 0.3, the
 MistNet paper's threshold, is unrecognisable.
 
+Utility: with --val DATA and --back MODEL (a MistNet model from `mistnet-cloud train`, trained at one of --cuts), each
+bits setting also scores that model on DATA's val split as `mistnet-cloud val` does, its Front's features crossing
+the codec under the setting's mechanism and ε: map50 and map50_95 (COCO) per row, and its mAP@.5 against ε in the
+plot. Float rows and other cuts have none; the 1bit row equals `mistnet-cloud val`.
+
 Writes to --out: report.csv and report.json (one row per cut, setting, attack: cut, setting, features,
-mechanism, epsilon, attack, ssim, psnr, ssim_min, ssim_max, verdict), ssim_vs_epsilon.png, grids/cut<k>-<setting>.png
-(top row originals, then one row per attack in --attacks order) and, with --save-reconstructions,
-pairs/cut<k>-<setting>-<attack>/<name>_orig.png and <name>_recon.png.
+mechanism, epsilon, attack, ssim, psnr, ssim_min, ssim_max, verdict, map50, map50_95), ssim_vs_epsilon.png,
+grids/cut<k>-<setting>.png (top row originals, then one row per attack in --attacks order) and, with
+--save-reconstructions, pairs/cut<k>-<setting>-<attack>/<name>_orig.png and <name>_recon.png.
 
 Without --weights the Front is randomly initialised from --seed: a random Front is not what MistNet deploys
 (it uses a pretrained one), and the report says so.
 
+The default (yolov5n, cuts 1 and 2, 64 px, 6 held-out images, 64 auxiliary ones) takes about 2 minutes on 2
+busy CPU cores; real runs want more decoder steps, more auxiliary images and larger images.
+
 Examples:
   mistnet-cloud privacy --out privacy-report
-  mistnet-cloud privacy --weights yolov5s.safetensors --cuts 1,2,4 --imgsz 128 --decoder-steps 1000 --opt-steps 500 --out report")]
+  mistnet-cloud privacy --mechanism rr --epsilons 2,1,0.5 --decoder-steps 200 --opt-steps 600 --out report
+  mistnet-cloud privacy --model yolov5s --weights yolov5s.safetensors --cuts 1,2,4 --imgsz 128 --aux-images 256 \\
+    --decoder-steps 1000 --opt-steps 1000 --threads 2 --out report
+  mistnet-cloud privacy --back runs/mistnet/model.safetensors --val data/synth/private-val.yaml --cuts 4 --out report")]
 pub struct Args {
     /// Directory for the report, plots and images (created if missing).
     #[arg(long)]
@@ -104,8 +116,8 @@ pub struct Args {
     /// Seed of everything random: a random-init Front, images, LDP noise, decoder init and batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// CPU threads of the sweep. Its tensors are small (a few 64 px images): on the shared 2-core box one
-    /// thread ran the default sweep several times faster than two, whose workers mostly wait on each other.
+    /// CPU threads (sets RAYON_NUM_THREADS). The sweep's tensors are small: on the shared 2-core box one
+    /// thread ran the default sweep 4x faster than two (123 s against 528 s), whose workers mostly wait.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Also write every original/reconstruction pair as PNGs under pairs/.
