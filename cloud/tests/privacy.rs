@@ -208,3 +208,11 @@ fn val_and_back_refuse_a_whole_model_and_a_cut_that_is_not_swept() {
     let alone = cloud(&["privacy", "--val", data, "--out", out.to_str().unwrap()]);
     assert!(!alone.status.success(), "--val needs --back");
 }
+
+#[test]
+fn zero_threads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cloud(&["privacy", "--threads", "0", "--out", dir.path().join("r").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--threads must be at least 1"), "{err}");
+}
