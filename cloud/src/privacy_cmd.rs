@@ -39,7 +39,7 @@ mechanism, epsilon, attack, ssim, psnr, ssim_min, ssim_max, verdict, map50, map5
 grids/cut<k>-<setting>.png (top row originals, then one row per attack in --attacks order) and, with
 --save-reconstructions, pairs/cut<k>-<setting>-<attack>/<name>_orig.png and <name>_recon.png.
 
-Without --weights the Front is randomly initialised from --seed: a random Front is not what MistNet deploys
+Without --weights (or --back) the Front is randomly initialised from --seed: a random Front is not what MistNet deploys
 (it uses a pretrained one), and the report says so.
 
 The default (yolov5n, cuts 1 and 2, 64 px, 6 held-out images, 64 auxiliary ones) takes about 2 minutes on 2
@@ -58,7 +58,8 @@ pub struct Args {
     /// Model config: a YAML file in the Ultralytics format, or yolov5n/s/m/l/x.
     #[arg(long, default_value = "yolov5n")]
     model: String,
-    /// Safetensors file(s) holding at least the Front's tensors (Ultralytics names). Default: random init.
+    /// Safetensors file(s) holding at least the Front's tensors (Ultralytics names). Default: --back if given,
+    /// else a random init.
     #[arg(long, num_args = 1..)]
     weights: Vec<PathBuf>,
     /// Cuts to evaluate (see `mistnet-cloud cuts`).
