@@ -11,6 +11,7 @@ use mistnet_cloud::privacy::decoder::DecoderConfig;
 use mistnet_cloud::privacy::observe::Weights;
 use mistnet_cloud::privacy::optimize::OptimizeConfig;
 use mistnet_cloud::privacy::report::write_outputs;
+use mistnet_cloud::privacy::utility::UtilityConfig;
 use mistnet_cloud::privacy::{Attack, EvalConfig, evaluate};
 
 #[derive(clap::Args)]
@@ -21,31 +22,44 @@ features as the unprotected reference. Settings swept per cut: float, 1bit (no n
 Attacks: `decoder` (an upsampling conv net trained with AdamW on auxiliary images encoded exactly as edges encode
 them: public-domain synthetic images and crops of photos disjoint from the held-out set) and `optimization`
 (Adam on an input image through the differentiable Front, sigmoid surrogate of the binarization, the exact
-randomized-response likelihood of the observed bits, total-variation prior; He et al. 2019, as the MistNet paper).
+randomized-response likelihood of the observed bits, a total-variation prior and, for bits, a prior towards
+mid-grey; He et al. 2019, as the MistNet paper).
 Scored on held-out images no attack trained on (default: 4 embedded public-domain photos from scikit-image plus
 --synthetic private-domain synthetic images): SSIM as scikit-image's structural_similarity(gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=255), mean over RGB, and PSNR. Verdict: SSIM < 0.3, the
 MistNet paper's threshold, is unrecognisable.
 
-Writes to --out: report.csv and report.json (one row per cut, setting, attack: cut, setting, features,
-mechanism, epsilon, attack, ssim, psnr, ssim_min, ssim_max, verdict), ssim_vs_epsilon.png, grids/cut<k>-<setting>.png
-(top row originals, then one row per attack in --attacks order) and, with --save-reconstructions,
-pairs/cut<k>-<setting>-<attack>/<name>_orig.png and <name>_recon.png.
+Utility: with --val DATA and --back MODEL (a MistNet model from `mistnet-cloud train`, trained at one of --cuts), each
+bits setting also scores that model on DATA's val split as `mistnet-cloud val` does, its Front's features crossing
+the codec under the setting's mechanism and ε: map50 and map50_95 (COCO) per row, and its mAP@.5 against ε in the
+plot. Float rows and other cuts have none; the 1bit row equals `mistnet-cloud val`.
 
-Without --weights the Front is randomly initialised from --seed: a random Front is not what MistNet deploys
+Writes to --out: report.csv and report.json (one row per cut, setting, attack: cut, setting, features,
+mechanism, epsilon, attack, ssim, psnr, ssim_min, ssim_max, verdict, map50, map50_95), ssim_vs_epsilon.png,
+grids/cut<k>-<setting>.png (top row originals, then one row per attack in --attacks order) and, with
+--save-reconstructions, pairs/cut<k>-<setting>-<attack>/<name>_orig.png and <name>_recon.png.
+
+Without --weights (or --back) the Front is randomly initialised from --seed: a random Front is not what MistNet deploys
 (it uses a pretrained one), and the report says so.
+
+The default (yolov5n, cuts 1 and 2, 64 px, 6 held-out images, 64 auxiliary ones) takes about 2 minutes on 2
+busy CPU cores; real runs want more decoder steps, more auxiliary images and larger images.
 
 Examples:
   mistnet-cloud privacy --out privacy-report
-  mistnet-cloud privacy --weights yolov5s.safetensors --cuts 1,2,4 --imgsz 128 --decoder-steps 1000 --opt-steps 500 --out report")]
+  mistnet-cloud privacy --mechanism rr --epsilons 2,1,0.5 --decoder-steps 200 --opt-steps 600 --out report
+  mistnet-cloud privacy --model yolov5s --weights yolov5s.safetensors --cuts 1,2,4 --imgsz 128 --aux-images 256 \\
+    --decoder-steps 1000 --opt-steps 1000 --threads 2 --out report
+  mistnet-cloud privacy --back runs/mistnet/model.safetensors --val data/synth/private-val.yaml --cuts 4 --out report")]
 pub struct Args {
     /// Directory for the report, plots and images (created if missing).
     #[arg(long)]
     out: PathBuf,
     /// Model config: a YAML file in the Ultralytics format, or yolov5n/s/m/l/x.
-    #[arg(long, default_value = "yolov5s")]
+    #[arg(long, default_value = "yolov5n")]
     model: String,
-    /// Safetensors file(s) holding at least the Front's tensors (Ultralytics names). Default: random init.
+    /// Safetensors file(s) holding at least the Front's tensors (Ultralytics names). Default: --back if given,
+    /// else a random init.
     #[arg(long, num_args = 1..)]
     weights: Vec<PathBuf>,
     /// Cuts to evaluate (see `mistnet-cloud cuts`).
@@ -93,19 +107,46 @@ pub struct Args {
     /// Weight of the total-variation prior of the optimization attack.
     #[arg(long, default_value_t = OptimizeConfig::default().tv_weight)]
     tv_weight: f64,
+    /// Weight of the optimization attack's prior towards mid-grey, mean((image - 0.5)^2), on bits settings only:
+    /// bits fix only the features' signs, and without it the image drifts to saturated colours.
+    #[arg(long, default_value_t = OptimizeConfig::default().grey_weight)]
+    grey_weight: f64,
     /// Slope k of the binarization surrogate sigmoid(k·x) of the optimization attack.
     #[arg(long, default_value_t = OptimizeConfig::default().sharpness)]
     sharpness: f64,
     /// Seed of everything random: a random-init Front, images, LDP noise, decoder init and batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// CPU threads (sets RAYON_NUM_THREADS). The sweep's tensors are small: on the shared 2-core box one
+    /// thread ran the default sweep 4x faster than two (123 s against 528 s), whose workers mostly wait.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Also write every original/reconstruction pair as PNGs under pairs/.
     #[arg(long)]
     save_reconstructions: bool,
+    /// Labelled dataset (Ultralytics YAML, COCO JSON or YOLO directory) whose val split scores
+    /// --back under every setting: adds the mAP cost of each ε (needs --back).
+    #[arg(long, value_name = "DATA", requires = "back")]
+    val: Option<PathBuf>,
+    /// A deployable MistNet model from `mistnet-cloud train` (a Back trained on binarized features
+    /// at one of --cuts) evaluated on --val; its Front must be the attacked one (--weights defaults to it).
+    #[arg(long, value_name = "MODEL", requires = "val")]
+    back: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let weights = if args.weights.is_empty() { Weights::RandomInit(args.seed) } else { Weights::Files(args.weights) };
+    if args.threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    // rayon's pool and candle's GEMM both size themselves from RAYON_NUM_THREADS (candle reads it
+    // at every matmul, so a local rayon pool alone leaves its GEMM splitting work for 2 threads).
+    // SAFETY: nothing else runs yet: no thread has been started and nothing reads the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
+    let weights = match (&args.back, args.weights.is_empty()) {
+        (_, false) => Weights::Files(args.weights),
+        (Some(back), true) => Weights::Files(vec![back.clone()]),
+        (None, true) => Weights::RandomInit(args.seed),
+    };
     if let Weights::RandomInit(seed) = weights {
         tracing::warn!(seed, "no --weights: attacking a RANDOMLY INITIALISED Front; MistNet uses a pretrained Front, so these numbers are not MistNet's");
     }
@@ -121,7 +162,8 @@ pub fn run(args: Args) -> Result<()> {
         synthetic: args.synthetic,
         aux_images: args.aux_images,
         decoder: DecoderConfig { width: args.decoder_width, steps: args.decoder_steps, batch: args.decoder_batch, lr: args.decoder_lr },
-        optimize: OptimizeConfig { steps: args.opt_steps, lr: args.opt_lr, tv_weight: args.tv_weight, sharpness: args.sharpness },
+        optimize: OptimizeConfig { steps: args.opt_steps, lr: args.opt_lr, tv_weight: args.tv_weight, grey_weight: args.grey_weight, sharpness: args.sharpness },
+        utility: args.val.zip(args.back).map(|(val, back)| UtilityConfig { val, back }),
         seed: args.seed,
     };
     let device = Device::cuda_if_available(0).context("cannot open the GPU")?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use mistnet::data::{BadDataPolicy, Dataset, Split};
+use mistnet::data::{BadDataPolicy, Split};
 use mistnet::model::deploy::Detector;
 use mistnet_cloud::fit::{EvalSet, parse_device};
 
@@ -51,15 +51,9 @@ pub fn run(args: Args) -> Result<()> {
     if imgsz == 0 || !imgsz.is_multiple_of(32) {
         anyhow::bail!("--imgsz must be a positive multiple of 32, got {imgsz}");
     }
-    let dataset = Dataset::open(&args.data)?;
     let split = if args.split == "train" { Split::Train } else { Split::Val };
     let policy = if args.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail };
-    let loaded = dataset.load(split, policy)?;
-    tracing::info!(summary = %loaded.summary, "dataset loaded");
-    if dataset.names() != detector.meta().names.as_slice() {
-        anyhow::bail!("the model's classes {:?} are not the dataset's {:?}", detector.meta().names, dataset.names());
-    }
-    let set = EvalSet::load(&loaded.samples, dataset.names(), imgsz)?;
+    let set = EvalSet::open(&args.data, split, policy, &detector, imgsz)?;
     let eval = set.evaluate(&detector, args.batch, &device)?;
     if let Some(path) = &args.save_json {
         let json = serde_json::to_string(&eval.detections)?;

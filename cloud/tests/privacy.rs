@@ -26,6 +26,7 @@ fn tiny(attacks: Vec<Attack>) -> EvalConfig {
         aux_images: 12,
         decoder: DecoderConfig { steps: 30, batch: 6, width: 16, ..DecoderConfig::default() },
         optimize: OptimizeConfig { steps: 40, ..OptimizeConfig::default() },
+        utility: None,
         seed: 3,
     }
 }
@@ -123,4 +124,95 @@ fn write_outputs_reports_an_unwritable_directory() {
     std::fs::write(&blocker, "not a directory").unwrap();
     let err = write_outputs(&eval, &blocker.join("out"), false).unwrap_err().to_string();
     assert!(err.contains("cannot write") && err.contains("file"), "{err}");
+}
+
+fn cloud(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mistnet-cloud")).args(args).env("RUST_LOG", "warn").output().unwrap()
+}
+
+fn cloud_ok(args: &[&str]) -> String {
+    let out = cloud(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A tiny synthetic dataset, a 1-epoch whole model (`pretrain`) and a 1-epoch MistNet model
+/// trained behind its Front at cut 1 (`train`), shared by the utility tests.
+struct UtilityWorld {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    pretrained: std::path::PathBuf,
+    trained: std::path::PathBuf,
+}
+
+fn utility_world() -> &'static UtilityWorld {
+    static WORLD: std::sync::OnceLock<UtilityWorld> = std::sync::OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        cloud_ok(&["synth", "--out", &p("synth"), "--images", "40", "--imgsz", "64", "--seed", "1", "--edges", "1"]);
+        let data = dir.path().join("synth/public.yaml");
+        let common = ["--data", data.to_str().unwrap(), "--imgsz", "64", "--epochs", "1", "--batch", "4", "--nbs", "4"];
+        cloud_ok(&[&["pretrain", "--model", "yolov5n", "--out", &p("pretrain")], &common[..]].concat());
+        let pretrained = dir.path().join("pretrain/model.safetensors");
+        let train = ["train", "--weights", pretrained.to_str().unwrap(), "--cut", "1", "--out", &p("train")];
+        cloud_ok(&[&train[..], &common[..]].concat());
+        let trained = dir.path().join("train/model.safetensors");
+        UtilityWorld { data, pretrained, trained, dir }
+    })
+}
+
+/// The cheapest sweep: one ε, the optimization attack for 2 steps, 32 px.
+const TINY_SWEEP: [&str; 12] =
+    ["privacy", "--cuts", "1", "--epsilons", "0.5", "--attacks", "optimization", "--opt-steps", "2", "--imgsz", "32", "--synthetic"];
+
+#[test]
+fn val_and_back_add_the_map_of_each_setting_and_noiseless_bits_score_as_val_does() {
+    let w = utility_world();
+    let out = w.dir.path().join("report-utility");
+    let (data, trained) = (w.data.to_str().unwrap(), w.trained.to_str().unwrap());
+    let stdout = cloud_ok(&[&TINY_SWEEP[..], &["0", "--val", data, "--back", trained, "--out", out.to_str().unwrap()]].concat());
+    assert!(!stdout.contains("RANDOMLY INITIALISED"), "--weights defaults to --back:\n{stdout}");
+    assert!(stdout.contains("mAP@.5"), "the table has the utility columns:\n{stdout}");
+
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["back"], trained);
+    let row = |setting: &str| json["rows"].as_array().unwrap().iter().find(|r| r["setting"] == setting).unwrap().clone();
+    assert!(row("float")["map50"].is_null(), "the Back takes bits: no mAP for float features");
+    let val: serde_json::Value = serde_json::from_str(cloud_ok(&["val", "--weights", trained, "--data", data, "--json"]).trim()).unwrap();
+    for key in ["map50", "map50_95"] {
+        let (noiseless, noisy) = (row("1bit")[key].as_f64().unwrap(), row("sue-eps0.5")[key].as_f64().unwrap());
+        assert!((noiseless - val[key].as_f64().unwrap()).abs() < 1e-9, "{key}: 1bit {noiseless} vs val {}", val[key]);
+        assert!((0.0..=1.0).contains(&noisy), "{key} at ε 0.5: {noisy}");
+    }
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(&header[header.len() - 2..], ["map50", "map50_95"]);
+    let col = header.iter().position(|c| *c == "map50").unwrap();
+    let float_line = csv.lines().find(|l| l.contains(",float,")).unwrap();
+    assert_eq!(float_line.split(',').nth(col), Some(""), "empty mAP for float: {float_line}");
+}
+
+#[test]
+fn val_and_back_refuse_a_whole_model_and_a_cut_that_is_not_swept() {
+    let w = utility_world();
+    let (data, out) = (w.data.to_str().unwrap(), w.dir.path().join("refused"));
+    let whole = cloud(&[&TINY_SWEEP[..], &["0", "--val", data, "--back", w.pretrained.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
+    let err = String::from_utf8_lossy(&whole.stderr);
+    assert!(!whole.status.success() && err.contains("whole model"), "{err}");
+    let mut args = TINY_SWEEP.to_vec();
+    args[2] = "2";
+    let other_cut = cloud(&[&args[..], &["0", "--val", data, "--back", w.trained.to_str().unwrap(), "--out", out.to_str().unwrap()]].concat());
+    let err = String::from_utf8_lossy(&other_cut.stderr);
+    assert!(!other_cut.status.success() && err.contains("add 1 to --cuts"), "{err}");
+    let alone = cloud(&["privacy", "--val", data, "--out", out.to_str().unwrap()]);
+    assert!(!alone.status.success(), "--val needs --back");
+}
+
+#[test]
+fn zero_threads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cloud(&["privacy", "--threads", "0", "--out", dir.path().join("r").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--threads must be at least 1"), "{err}");
 }

@@ -5,9 +5,11 @@
 //! COCO ids: image `k` of the split (0-based) has `image_id` k + 1; class `c` has
 //! `category_id` c + 1 (COCO ids are positive).
 
+use std::path::Path;
+
 use candle_core::{Device, Tensor};
 use mistnet::data::letterbox::{Letterbox, image_to_tensor, letterbox, read_rgb};
-use mistnet::data::{Label, Sample};
+use mistnet::data::{BadDataPolicy, Dataset, Label, Sample, Split};
 use mistnet::metrics::map::{CocoAnnotation, CocoCategory, CocoDetection, CocoDetections, CocoGroundTruth, CocoImage, CocoStats, YoloMap, coco_eval, yolo_map};
 use mistnet::metrics::{NmsConfig, non_max_suppression};
 use mistnet::model::deploy::Detector;
@@ -74,6 +76,22 @@ impl EvalSet {
         Ok(Self { images, names: names.to_vec() })
     }
 
+    /// The `split` of the labelled dataset at `data` (an Ultralytics YAML, COCO JSON or YOLO
+    /// directory), letterboxed to `imgsz`, for `detector`: the classes must be the model's.
+    pub fn open(data: &Path, split: Split, policy: BadDataPolicy, detector: &Detector, imgsz: u32) -> Result<Self, FitError> {
+        let dataset = Dataset::open(data)?;
+        let loaded = dataset.load(split, policy)?;
+        tracing::info!(summary = %loaded.summary, "dataset loaded");
+        if dataset.names() != detector.meta().names.as_slice() {
+            return Err(FitError::Config(format!(
+                "the model's classes {:?} are not the dataset's {:?}",
+                detector.meta().names,
+                dataset.names()
+            )));
+        }
+        Self::load(&loaded.samples, dataset.names(), imgsz)
+    }
+
     /// The ground truth in COCO form.
     pub fn ground_truth(&self) -> Result<CocoGroundTruth, FitError> {
         let mut annotations = Vec::new();
@@ -103,22 +121,38 @@ impl EvalSet {
 
     /// Runs `detector` over the split in batches of `batch` on `device` and scores it.
     pub fn evaluate(&self, detector: &Detector, batch: usize, device: &Device) -> Result<Evaluation, FitError> {
+        self.evaluate_with(detector, batch, |images| {
+            Ok(detector.predict(&images.to_device(device)?)?.to_device(&Device::Cpu)?)
+        })
+    }
+
+    /// Scores `predict` over the split in batches of `batch`: it maps letterboxed images
+    /// `[bs, 3, S, S]` (CPU) to `detector`'s decoded predictions (on the CPU). How the
+    /// predictions are made is up to the caller (the privacy evaluation adds randomized response
+    /// between the Front and the Back); `detector` gives the classes.
+    pub fn evaluate_with<E: From<FitError>>(
+        &self,
+        detector: &Detector,
+        batch: usize,
+        mut predict: impl FnMut(&Tensor) -> Result<Tensor, E>,
+    ) -> Result<Evaluation, E> {
         let nc = self.names.len();
         if detector.meta().names.len() != nc {
             return Err(FitError::Config(format!(
                 "the model has {} classes, the evaluation data {}",
                 detector.meta().names.len(),
                 nc
-            )));
+            ))
+            .into());
         }
         let nms = NmsConfig::default();
         let mut detections = Vec::new();
         for (b, chunk) in self.images.chunks(batch.max(1)).enumerate() {
             let inputs: Vec<&Tensor> = chunk.iter().map(|e| &e.image).collect();
-            let preds = detector.predict(&Tensor::stack(&inputs, 0)?.to_device(device)?)?.to_device(&Device::Cpu)?;
+            let preds = predict(&Tensor::stack(&inputs, 0).map_err(FitError::from)?)?;
             for (i, e) in chunk.iter().enumerate() {
-                let rows = preds.get(i)?.flatten_all()?.to_vec1::<f32>()?;
-                for d in non_max_suppression(&rows, nc, &nms)? {
+                let rows = preds.get(i).and_then(|p| p.flatten_all()?.to_vec1::<f32>()).map_err(FitError::from)?;
+                for d in non_max_suppression(&rows, nc, &nms).map_err(FitError::from)? {
                     let [x1, y1, x2, y2] = e.letterbox.to_original(d.bbox).map(f64::from);
                     detections.push(CocoDetection {
                         image_id: (b * batch.max(1) + i) as i64 + 1,
@@ -129,6 +163,10 @@ impl EvalSet {
                 }
             }
         }
+        Ok(self.score(detections)?)
+    }
+
+    fn score(&self, detections: Vec<CocoDetection>) -> Result<Evaluation, FitError> {
         let gt = self.ground_truth()?;
         let dets = CocoDetections::new("predictions", detections.clone())?;
         Ok(Evaluation { coco: coco_eval(&gt, &dets)?, yolo: yolo_map(&gt, &dets)?, detections })

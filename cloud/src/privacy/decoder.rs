@@ -5,8 +5,10 @@
 //! SiLU, and a 3×3 conv to RGB through a sigmoid.
 
 use candle_core::{DType, Tensor};
-use candle_nn::{AdamW, Conv2d, Conv2dConfig, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::ProgressBar;
+use mistnet::model::conv::ConvShape;
+use mistnet::model::gemm_conv;
 use mistnet::model::yolo::upsample_nearest;
 use rand::Rng;
 
@@ -25,32 +27,50 @@ pub struct DecoderConfig {
 
 impl Default for DecoderConfig {
     fn default() -> Self {
-        Self { width: 32, steps: 100, batch: 16, lr: 3e-3 }
+        Self { width: 32, steps: 60, batch: 8, lr: 3e-3 }
+    }
+}
+
+/// A 3×3 convolution with bias, through the project's im2col + GEMM convolution (whose CPU
+/// backward is much faster than candle's).
+struct Conv3x3 {
+    weight: Tensor,
+    bias: Tensor,
+    shape: ConvShape,
+}
+
+impl Conv3x3 {
+    fn new(vb: VarBuilder, c1: usize, c2: usize) -> candle_core::Result<Self> {
+        let shape = ConvShape::same(c1, c2, 3, 1);
+        Ok(Self { weight: vb.get((c2, c1, 3, 3), "weight")?, bias: vb.get((1, c2, 1, 1), "bias")?, shape })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        gemm_conv::conv2d(x, &self.weight, self.shape)?.broadcast_add(&self.bias)
     }
 }
 
 /// A trained inversion decoder.
 pub struct InversionDecoder {
-    convs: Vec<Conv2d>,
+    convs: Vec<Conv3x3>,
     /// Standardisation of the input features, from the training set: `(x − mean) / std`.
     mean: f64,
     std: f64,
 }
 
 impl InversionDecoder {
-    fn build(vb: &VarBuilder, in_channels: usize, stride: usize, width: usize) -> Result<Vec<Conv2d>, PrivacyError> {
+    fn build(vb: &VarBuilder, in_channels: usize, stride: usize, width: usize) -> Result<Vec<Conv3x3>, PrivacyError> {
         if !stride.is_power_of_two() || stride < 2 {
             return Err(PrivacyError::Config(format!("the decoder needs a power-of-two Front stride, got {stride}")));
         }
-        let cfg = Conv2dConfig { padding: 1, ..Default::default() };
-        let mut convs = vec![candle_nn::conv2d(in_channels, width, 3, cfg, vb.pp("stem"))?];
+        let mut convs = vec![Conv3x3::new(vb.pp("stem"), in_channels, width)?];
         let mut c = width;
         for i in 0..stride.trailing_zeros() {
             let next = (c / 2).max(16);
-            convs.push(candle_nn::conv2d(c, next, 3, cfg, vb.pp(format!("up{i}")))?);
+            convs.push(Conv3x3::new(vb.pp(format!("up{i}")), c, next)?);
             c = next;
         }
-        convs.push(candle_nn::conv2d(c, 3, 3, cfg, vb.pp("head"))?);
+        convs.push(Conv3x3::new(vb.pp("head"), c, 3)?);
         Ok(convs)
     }
 
@@ -90,9 +110,9 @@ pub fn train(
     let mut rng = stream(seed, "decoder");
     let mut named: Vec<_> = varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, var) in &named {
-        // Biases too: U(±1/√fan_in) of their conv would need the weight's shape; zero is as good.
-        if var.rank() == 4 { uniform_fan_in(var, &mut rng)? } else { var.set(&var.zeros_like()?)? }
+    for (name, var) in &named {
+        // Biases start at zero (U(±1/√fan_in) of their conv would need the weight's shape).
+        if name.ends_with(".weight") { uniform_fan_in(var, &mut rng)? } else { var.set(&var.zeros_like()?)? }
     }
     let mean = features.mean_all()?.to_scalar::<f32>()? as f64;
     let std = (features.affine(1.0, -mean)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64).sqrt().max(1e-6);

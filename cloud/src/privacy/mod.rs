@@ -10,8 +10,9 @@
 //!   differentiable Front (He et al. 2019, as the MistNet paper does), with a sigmoid surrogate
 //!   of the binarization, the exact randomized-response likelihood and a total-variation prior.
 //!
-//! [`sweep::evaluate`] runs every (cut, setting, attack); [`report`] writes the table, CSV,
-//! JSON, image grids and the SSIM-against-ε plot. [`photos`] holds the embedded photographs.
+//! [`sweep::evaluate`] runs every (cut, setting, attack) and, with a trained model, the mAP
+//! each setting leaves ([`utility`]); [`report`] writes the table, CSV, JSON, image grids and
+//! the SSIM-against-ε plot. [`photos`] holds the embedded photographs.
 
 pub mod decoder;
 pub mod images;
@@ -21,6 +22,7 @@ pub mod optimize;
 pub mod photos;
 pub mod report;
 pub mod sweep;
+pub mod utility;
 
 use std::fmt;
 use std::str::FromStr;
@@ -86,6 +88,8 @@ pub enum PrivacyError {
     Metric(#[from] mistnet::metrics::ImageQualityError),
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    #[error(transparent)]
+    Fit(#[from] crate::fit::FitError),
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -96,7 +96,6 @@ pub struct CutModel {
     pub cut: usize,
     pub edge: Front,
     pub attacker: UnfoldedFront,
-    front_hash: FrontHash,
 }
 
 /// Loads the Fronts of `cuts` from one store, so every cut shares the same weights.
@@ -121,9 +120,7 @@ pub fn load_fronts(specs: &[LayerSpec], cuts: &[usize], weights: &Weights, devic
     cuts.iter()
         .zip(attackers)
         .map(|(&cut, attacker)| {
-            let edge = Front::load(specs, cut, &store, device)?;
-            let front_hash = FrontHash::from_str(edge.hash())?;
-            Ok(CutModel { cut, edge, attacker, front_hash })
+            Ok(CutModel { cut, edge: Front::load(specs, cut, &store, device)?, attacker })
         })
         .collect()
 }
@@ -133,24 +130,30 @@ impl CutModel {
     /// `[N, C, h, w]` f32 tensor (0/1 for bits). Noise is drawn from `rng`.
     pub fn observe(&self, images: &Tensor, setting: &Setting, rng: &mut CodecRng) -> Result<Tensor, PrivacyError> {
         let features = self.edge.forward(images)?;
-        let privacy = match setting {
-            Setting::Float => return Ok(features),
-            Setting::Bits(p) => *p,
-        };
-        let params = EncodeParams {
-            privacy,
-            encoding: Encoding::Packed,
-            zstd_level: Some(DEFAULT_ZSTD_LEVEL),
-            cut: u16::try_from(self.cut).map_err(|_| PrivacyError::Config(format!("cut {} does not fit the wire format", self.cut)))?,
-            front_hash: self.front_hash,
-        };
-        let (n, c, h, w) = features.dims4()?;
-        let mut received = Vec::with_capacity(n * c * h * w);
-        for i in 0..n {
-            let values = features.get(i)?.flatten_all()?.to_vec1::<f32>()?;
-            let message = codec::encode(&values, &[1, c, h, w], &params, rng)?;
-            received.extend(codec::decode(&message, &DecodeLimits::default())?.bits.to_f32());
+        match setting {
+            Setting::Float => Ok(features),
+            Setting::Bits(privacy) => through_codec(&self.edge, &features, *privacy, rng),
         }
-        Ok(Tensor::from_vec(received, (n, c, h, w), images.device())?)
     }
+}
+
+/// What the cloud decodes from `front`'s float `features` (`[N, C, h, w]`) sent under
+/// `privacy`: binarized, randomized (noise from `rng`), packed, zstd, one wire message per
+/// image as edges send them, then decoded to 0/1 as f32, on the features' device.
+pub fn through_codec(front: &Front, features: &Tensor, privacy: Privacy, rng: &mut CodecRng) -> Result<Tensor, PrivacyError> {
+    let params = EncodeParams {
+        privacy,
+        encoding: Encoding::Packed,
+        zstd_level: Some(DEFAULT_ZSTD_LEVEL),
+        cut: u16::try_from(front.cut()).map_err(|_| PrivacyError::Config(format!("cut {} does not fit the wire format", front.cut())))?,
+        front_hash: FrontHash::from_str(front.hash())?,
+    };
+    let (n, c, h, w) = features.dims4()?;
+    let mut received = Vec::with_capacity(n * c * h * w);
+    for i in 0..n {
+        let values = features.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+        let message = codec::encode(&values, &[1, c, h, w], &params, rng)?;
+        received.extend(codec::decode(&message, &DecodeLimits::default())?.bits.to_f32());
+    }
+    Ok(Tensor::from_vec(received, (n, c, h, w), features.device())?)
 }

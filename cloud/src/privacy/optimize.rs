@@ -1,9 +1,10 @@
 //! The optimization attack (He et al. 2019, as the MistNet paper runs it): gradient descent
 //! (Adam) on an input image so that the differentiable Front's features explain the observed
-//! ones, plus a total-variation prior.
+//! ones, plus a total-variation prior and, for bits, a prior towards mid-grey.
 //!
 //! The image is `sigmoid(z)` (so it stays in 0..1), starting from grey (`z = 0`). Float features
-//! are matched by mean squared error. For bits, the binarization `x > 0` is replaced by its
+//! are matched by mean squared error relative to the observed features' mean square (so one
+//! prior weight fits every cut and set of weights). For bits, the binarization `x > 0` is replaced by its
 //! surrogate `σ(k·x)` and the loss is the exact negative log-likelihood of the observed bits
 //! under the mechanism: a bit is 1 with probability `q = p₀ + (p₁ − p₀)·σ(k·x)`, where `p₁`,
 //! `p₀` are the probabilities that an input 1 / 0 comes out as 1 (the attacker knows ε).
@@ -23,13 +24,16 @@ pub struct OptimizeConfig {
     pub lr: f64,
     /// Weight of the total-variation prior.
     pub tv_weight: f64,
+    /// Weight of the prior pulling pixels towards mid-grey, `mean((image − ½)²)`, for bits only:
+    /// they fix only the signs of the features, float features pin the image down.
+    pub grey_weight: f64,
     /// Slope `k` of the binarization surrogate `σ(k·x)`.
     pub sharpness: f64,
 }
 
 impl Default for OptimizeConfig {
     fn default() -> Self {
-        Self { steps: 60, lr: 0.1, tv_weight: 0.05, sharpness: 10.0 }
+        Self { steps: 300, lr: 0.1, tv_weight: 0.15, grey_weight: 1.0, sharpness: 10.0 }
     }
 }
 
@@ -41,10 +45,11 @@ fn total_variation(x: &Tensor) -> candle_core::Result<Tensor> {
     dx + dy
 }
 
-/// How far the Front's features `f` are from the `observed` ones under `setting`.
-fn feature_loss(f: &Tensor, observed: &Tensor, setting: &Setting, sharpness: f64) -> candle_core::Result<Tensor> {
+/// How far the Front's features `f` are from the `observed` ones under `setting`; `scale` is
+/// the observed features' mean square.
+fn feature_loss(f: &Tensor, observed: &Tensor, setting: &Setting, sharpness: f64, scale: f64) -> candle_core::Result<Tensor> {
     match setting {
-        Setting::Float => (f - observed)?.sqr()?.mean_all(),
+        Setting::Float => (f - observed)?.sqr()?.mean_all()? / scale,
         Setting::Bits(privacy) => {
             let (p1, p0) = (privacy.prob_one(true), privacy.prob_one(false));
             let soft = candle_nn::ops::sigmoid(&(f * sharpness)?)?;
@@ -66,10 +71,15 @@ pub fn invert(
 ) -> Result<Tensor, PrivacyError> {
     let z = Var::zeros(image_dims, candle_core::DType::F32, observed.device())?;
     let mut opt = AdamW::new(vec![z.clone()], ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
+    let scale = f64::from(observed.sqr()?.mean_all()?.to_scalar::<f32>()?).max(1e-12);
     for _ in 0..cfg.steps {
         let image = candle_nn::ops::sigmoid(z.as_tensor())?;
         let f = front.forward(&image)?;
-        let loss = (feature_loss(&f, observed, setting, cfg.sharpness)? + (total_variation(&image)? * cfg.tv_weight)?)?;
+        let mut prior = (total_variation(&image)? * cfg.tv_weight)?;
+        if let Setting::Bits(_) = setting {
+            prior = (prior + (image.affine(1.0, -0.5)?.sqr()?.mean_all()? * cfg.grey_weight)?)?;
+        }
+        let loss = (feature_loss(&f, observed, setting, cfg.sharpness, scale)? + prior)?;
         opt.backward_step(&loss)?;
         progress.inc(1);
     }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::observe::{Setting, Weights};
 use super::sweep::{EvalConfig, Evaluation};
 use super::{Attack, PrivacyError, SSIM_UNRECOGNISABLE};
+use crate::fit::Metrics;
 use crate::plot::{LinePlot, Series};
 
 /// One scored (cut, setting, attack): means over the held-out images.
@@ -30,6 +31,11 @@ pub struct Row {
     pub ssim_min: f64,
     pub ssim_max: f64,
     pub verdict: String,
+    /// COCO mAP@.5 of the trained model (`--back`) on `--val` under this setting, at the
+    /// model's cut; `None` for other cuts, float features or without `--back`.
+    pub map50: Option<f64>,
+    /// COCO mAP@[.5:.95], as `map50`.
+    pub map50_95: Option<f64>,
 }
 
 /// The verdict on a mean SSIM, by the MistNet paper's threshold.
@@ -53,7 +59,15 @@ impl Row {
             ssim_min: ssims.iter().copied().fold(f64::INFINITY, f64::min),
             ssim_max: ssims.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             verdict: verdict(ssim).into(),
+            map50: None,
+            map50_95: None,
         }
+    }
+
+    /// Records the trained model's mAP under this row's setting.
+    pub fn set_utility(&mut self, metrics: Option<&Metrics>) {
+        self.map50 = metrics.map(|m| m.map50);
+        self.map50_95 = metrics.map(|m| m.map50_95);
     }
 
     /// `cut<k>-<setting>-<attack>`: the row's directory and file-name key.
@@ -78,12 +92,16 @@ pub struct Report {
     pub ssim_threshold: f64,
     /// Mean SSIM of a fixed guess (the mean auxiliary image), ignoring the features.
     pub baseline_ssim: Option<f64>,
+    /// The trained model whose mAP the rows carry (`--back`), and its labelled data (`--val`).
+    pub back: Option<String>,
+    pub val: Option<String>,
     pub rows: Vec<Row>,
 }
 
 /// Column names of `report.csv`, in order.
-pub const CSV_COLUMNS: [&str; 11] =
-    ["cut", "setting", "features", "mechanism", "epsilon", "attack", "ssim", "psnr", "ssim_min", "ssim_max", "verdict"];
+pub const CSV_COLUMNS: [&str; 13] = [
+    "cut", "setting", "features", "mechanism", "epsilon", "attack", "ssim", "psnr", "ssim_min", "ssim_max", "verdict", "map50", "map50_95",
+];
 
 impl Report {
     pub fn new(cfg: &EvalConfig, heldout: &[String], baseline_ssim: Option<f64>, rows: Vec<Row>) -> Self {
@@ -98,19 +116,33 @@ impl Report {
             aux_images: cfg.aux_images,
             ssim_threshold: SSIM_UNRECOGNISABLE,
             baseline_ssim,
+            back: cfg.utility.as_ref().map(|u| u.back.display().to_string()),
+            val: cfg.utility.as_ref().map(|u| u.val.display().to_string()),
             rows,
         }
     }
 
-    /// The CSV text: a header of [`CSV_COLUMNS`], one line per row (ε empty when there is none).
+    /// The CSV text: a header of [`CSV_COLUMNS`], one line per row (ε and mAP empty when there is none).
     pub fn csv(&self) -> String {
         let mut out = CSV_COLUMNS.join(",") + "\n";
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
         for r in &self.rows {
             let eps = r.epsilon.map(|e| e.to_string()).unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{},{},{},{},{eps},{},{:.6},{:.4},{:.6},{:.6},{}",
-                r.cut, r.setting, r.features, r.mechanism, r.attack, r.ssim, r.psnr, r.ssim_min, r.ssim_max, r.verdict
+                "{},{},{},{},{eps},{},{:.6},{:.4},{:.6},{:.6},{},{},{}",
+                r.cut,
+                r.setting,
+                r.features,
+                r.mechanism,
+                r.attack,
+                r.ssim,
+                r.psnr,
+                r.ssim_min,
+                r.ssim_max,
+                r.verdict,
+                opt(r.map50),
+                opt(r.map50_95)
             );
         }
         out
@@ -126,37 +158,64 @@ impl Report {
         if let Some(b) = self.baseline_ssim {
             let _ = writeln!(out, "blind guess (mean auxiliary image, features ignored): SSIM {b:.3}");
         }
-        let _ = writeln!(out, "{:>3}  {:<14} {:<13} {:>6} {:>8}  {:>13}  verdict (SSIM < {} = unrecognisable)", "cut", "setting", "attack", "SSIM", "PSNR dB", "SSIM min-max", self.ssim_threshold);
+        if let (Some(back), Some(val)) = (&self.back, &self.val) {
+            let _ = writeln!(out, "utility: mAP of {back} on the val split of {val}, features through each setting");
+        }
+        let utility = self.back.is_some();
+        let map_head = if utility { format!("{:>7} {:>9}  ", "mAP@.5", "mAP@.5:.95") } else { String::new() };
+        let _ = writeln!(
+            out,
+            "{:>3}  {:<14} {:<13} {:>6} {:>8}  {:>13}  {map_head}verdict (SSIM < {} = unrecognisable)",
+            "cut", "setting", "attack", "SSIM", "PSNR dB", "SSIM min-max", self.ssim_threshold
+        );
         for r in &self.rows {
+            let map = match (utility, r.map50, r.map50_95) {
+                (false, _, _) => String::new(),
+                (true, Some(a), Some(b)) => format!("{a:>7.4} {b:>10.4}  "),
+                (true, _, _) => format!("{:>7} {:>10}  ", "-", "-"),
+            };
             let _ = writeln!(
                 out,
-                "{:>3}  {:<14} {:<13} {:>6.3} {:>8.2}  {:>5.3} - {:>5.3}  {}",
+                "{:>3}  {:<14} {:<13} {:>6.3} {:>8.2}  {:>5.3} - {:>5.3}  {map}{}",
                 r.cut, r.setting, r.attack, r.ssim, r.psnr, r.ssim_min, r.ssim_max, r.verdict
             );
         }
         out
     }
 
-    /// SSIM against ε: one curve per (cut, attack), with the 0.3 line.
+    /// SSIM against ε: one curve per (cut, attack), with the 0.3 line; with a trained model
+    /// also its mAP@.5 against ε (utility) and, dashed, its mAP@.5 without noise.
     pub fn plot(&self) -> LinePlot {
         let mut series: Vec<Series> = Vec::new();
-        for r in self.rows.iter().filter(|r| r.epsilon.is_some()) {
-            let name = format!("cut {} {}", r.cut, r.attack);
-            let point = (r.epsilon.expect("filtered"), r.ssim);
-            match series.iter_mut().find(|s| s.name == name) {
-                Some(s) => s.points.push(point),
-                None => series.push(Series { name, points: vec![point] }),
+        let mut add = |name: String, point: (f64, f64)| match series.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series { name, points: vec![point] }),
+        };
+        for r in &self.rows {
+            if let Some(eps) = r.epsilon {
+                add(format!("cut {} {} SSIM", r.cut, r.attack), (eps, r.ssim));
+            }
+        }
+        let mut hlines = vec![(self.ssim_threshold, format!("SSIM {} (unrecognisable below)", self.ssim_threshold))];
+        // mAP is per setting, the same on each attack's row: take the first attack's.
+        let first_attack = self.rows.first().map(|r| r.attack.clone());
+        for r in self.rows.iter().filter(|r| Some(&r.attack) == first_attack.as_ref()) {
+            match (r.epsilon, r.map50) {
+                (Some(eps), Some(map)) => add(format!("cut {} mAP@.5 (utility)", r.cut), (eps, map)),
+                (None, Some(map)) => hlines.push((map, format!("cut {} mAP@.5 without noise: {map:.3}", r.cut))),
+                _ => {}
             }
         }
         for s in &mut series {
             s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
+        let y_label = if self.back.is_some() { "SSIM of reconstruction / mAP@.5" } else { "SSIM of reconstruction" };
         LinePlot {
             title: format!("Model inversion against {} features ({})", self.mechanism, self.model),
             x_label: "ε".into(),
-            y_label: "SSIM of reconstruction".into(),
+            y_label: y_label.into(),
             series,
-            hlines: vec![(self.ssim_threshold, format!("SSIM {} (unrecognisable below)", self.ssim_threshold))],
+            hlines,
         }
     }
 }

@@ -17,6 +17,7 @@ use super::init::stream;
 use super::observe::{CutModel, Setting, Weights, load_fronts};
 use super::optimize::{self, OptimizeConfig};
 use super::report::{Report, Row};
+use super::utility::{Utility, UtilityConfig};
 use super::{Attack, PrivacyError};
 
 /// What to evaluate.
@@ -38,6 +39,8 @@ pub struct EvalConfig {
     pub aux_images: usize,
     pub decoder: DecoderConfig,
     pub optimize: OptimizeConfig,
+    /// A trained model and labelled data: adds the mAP of each setting at the model's cut.
+    pub utility: Option<UtilityConfig>,
     pub seed: u64,
 }
 
@@ -81,6 +84,10 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
     let specs = ModelConfig::load(&cfg.model)?.layers()?;
     let settings = Setting::sweep(cfg.mechanism, &cfg.epsilons)?;
     let fronts = load_fronts(&specs, &cfg.cuts, &cfg.weights, device)?;
+    let utility = match &cfg.utility {
+        Some(u) => Some(load_utility(u, &cfg.model, &fronts, device)?),
+        None => None,
+    };
     let heldout = images::heldout(cfg.images.as_deref(), cfg.synthetic, cfg.imgsz, cfg.seed)?;
     let aux = images::auxiliary(cfg.aux_images, cfg.imgsz, cfg.seed)?;
     let heldout_t = heldout.tensor(device)?;
@@ -93,12 +100,20 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
         None => None,
     };
 
-    progress.set_length(cfg.total_steps());
+    // The utility evaluation: every bits setting once, over the val split.
+    let utility_units = utility.as_ref().map_or(0, |u| (settings.len() - 1) * u.len());
+    progress.set_length(cfg.total_steps() + utility_units as u64);
     let mut outcomes = Vec::new();
     for front in &fronts {
         for setting in &settings {
             let name = setting.name();
             progress.set_message(format!("cut {} {name}", front.cut));
+            let metrics = match (&utility, setting) {
+                (Some(u), Setting::Bits(privacy)) if u.front().cut() == front.cut => {
+                    Some(u.measure(*privacy, &mut noise_rng(cfg.seed, front.cut, &name, "utility"), progress)?)
+                }
+                _ => None,
+            };
             let observed = front.observe(&heldout_t, setting, &mut noise_rng(cfg.seed, front.cut, &name, "heldout"))?;
             for &attack in &cfg.attacks {
                 let recon = match attack {
@@ -113,13 +128,31 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
                         optimize::invert(&front.attacker, &observed, setting, heldout_t.dims4()?, &cfg.optimize, progress)?
                     }
                 };
-                outcomes.push(score(front, setting, attack, &recon, &heldout)?);
+                let mut outcome = score(front, setting, attack, &recon, &heldout)?;
+                outcome.row.set_utility(metrics.as_ref());
+                outcomes.push(outcome);
             }
         }
     }
     progress.finish_with_message("done");
     let report = Report::new(cfg, &heldout.names, baseline_ssim, outcomes.iter().map(|o| o.row.clone()).collect());
     Ok(Evaluation { report, heldout, outcomes })
+}
+
+/// Loads the trained model of `cfg`; its Front must be the attacked one at its cut.
+fn load_utility(cfg: &UtilityConfig, model: &str, fronts: &[CutModel], device: &Device) -> Result<Utility, PrivacyError> {
+    let utility = Utility::load(cfg, device)?;
+    let cut = utility.front().cut();
+    let attacked = fronts.iter().find(|f| f.cut == cut).ok_or_else(|| {
+        PrivacyError::Config(format!("--back {} was trained at cut {cut}: add {cut} to --cuts", cfg.back.display()))
+    })?;
+    if attacked.edge.hash() != utility.front().hash() {
+        return Err(PrivacyError::Config(format!(
+            "the attacked Front (--model {model}, --weights) is not the Front of --back {}: give the --model the Back was trained with and the same weights (--weights defaults to --back)",
+            cfg.back.display()
+        )));
+    }
+    Ok(utility)
 }
 
 fn noise_rng(seed: u64, cut: usize, setting: &str, purpose: &str) -> mistnet::codec::CodecRng {

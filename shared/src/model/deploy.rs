@@ -109,11 +109,22 @@ impl Detector {
     /// Decoded predictions `[bs, N, nc + 5]` (xywh in input pixels, objectness, class scores) for
     /// letterboxed images `[bs, 3, H, W]` with values in 0..1.
     pub fn predict(&self, images: &Tensor) -> Result<Tensor, ModelError> {
-        let input = match &self.front {
-            Some(front) => binarize(&front.forward(images)?)?,
-            None => images.clone(),
-        };
-        let out = self.back.forward_t(&input, false)?;
+        match &self.front {
+            Some(front) => self.predict_back(&binarize(&front.forward(images)?)?),
+            None => self.predict_back(images),
+        }
+    }
+
+    /// The Front of a MistNet model; `None` for a whole model.
+    pub fn front(&self) -> Option<&Front> {
+        self.front.as_ref()
+    }
+
+    /// Decoded predictions as [`Detector::predict`]'s, from what the Back takes: the 0/1
+    /// features of a MistNet model (as the cloud receives them, possibly with randomized
+    /// response), or the images of a whole model.
+    pub fn predict_back(&self, input: &Tensor) -> Result<Tensor, ModelError> {
+        let out = self.back.forward_t(input, false)?;
         Ok(self.back.detect().decode(&out.raw)?)
     }
 }
