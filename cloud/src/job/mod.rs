@@ -38,92 +38,70 @@ mistnet-cloud job --out runs/big --model yolov5s --imgsz 320 --images 4000 --edg
 pub struct Args {
     /// Run directory (created; must be empty or absent).
     #[arg(long, default_value = "runs/job")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Use this dataset directory instead of generating one. It must be laid out as `synth` writes it:
     /// public.yaml, private/edge-<k>.yaml for k = 0..edges-1, private.yaml and private-val.yaml.
     #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    pub data: Option<PathBuf>,
     /// Images to generate over all splits (see `mistnet-cloud synth --help`).
     #[arg(long, default_value_t = 600)]
-    images: usize,
+    pub images: usize,
     /// Letterbox size in pixels for every phase (a multiple of 32).
     #[arg(long, default_value_t = 128)]
-    imgsz: u32,
+    pub imgsz: u32,
     /// Edge agents, one process each, one private shard each.
     #[arg(long, default_value_t = 2)]
-    edges: usize,
+    pub edges: usize,
     /// Model config: yolov5n/s/m/l/x or an Ultralytics YAML file.
     #[arg(long, default_value = "yolov5n")]
-    model: String,
+    pub model: String,
     /// Split point in Plato's convention: edges run modules 0..cut-1.
     #[arg(long, default_value_t = DEFAULT_CUT)]
-    cut: usize,
+    pub cut: usize,
     /// A pretrained deployable model (`pretrain`'s model.safetensors) to use instead of pretraining.
     #[arg(long)]
-    weights: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
     /// Epochs of pretraining on the public split.
     #[arg(long, default_value_t = 20)]
-    pretrain_epochs: usize,
+    pub pretrain_epochs: usize,
     /// Epochs of MistNet training and of the centralized baseline (the same for both).
     #[arg(long, default_value_t = 20)]
-    epochs: usize,
+    pub epochs: usize,
     /// Batch size of every training phase (also the nominal batch: no accumulation).
     #[arg(long, default_value_t = 16)]
-    batch: usize,
+    pub batch: usize,
     /// The fewest warmup iterations of every training phase (default: YOLOv5's 100); lower it for tiny runs.
     #[arg(long, value_name = "N")]
-    warmup_min_iters: Option<usize>,
+    pub warmup_min_iters: Option<usize>,
     #[arg(long, default_value = "sue", long_help = MECHANISM_HELP)]
-    mechanism: Mechanism,
+    pub mechanism: Mechanism,
     #[arg(long, default_value_t = 4.0, long_help = EPSILON_HELP)]
-    epsilon: f64,
+    pub epsilon: f64,
     /// Decoder-attack training steps of the privacy phase (default: `privacy`'s).
     #[arg(long)]
-    decoder_steps: Option<usize>,
+    pub decoder_steps: Option<usize>,
     /// Optimization-attack steps of the privacy phase (default: `privacy`'s).
     #[arg(long)]
-    opt_steps: Option<usize>,
+    pub opt_steps: Option<usize>,
     /// Skip the privacy phase.
     #[arg(long)]
-    skip_privacy: bool,
+    pub skip_privacy: bool,
     /// Seed of the generated data and of training.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// CPU threads of each training phase; each edge process uses one. More threads only help on
     /// an otherwise idle machine: candle's CPU workers spin-wait for each other, so on busy cores
     /// extra threads make training several times slower.
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    pub threads: usize,
     /// Device of the training phases: cpu, or cuda:N (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
-    device: String,
-}
-
-/// What the flags ask for, validated.
-pub struct JobConfig {
-    pub out: PathBuf,
-    pub data: Option<PathBuf>,
-    pub images: usize,
-    pub imgsz: u32,
-    pub edges: usize,
-    pub model: String,
-    pub cut: usize,
-    pub weights: Option<PathBuf>,
-    pub pretrain_epochs: usize,
-    pub epochs: usize,
-    pub batch: usize,
-    pub warmup_min_iters: Option<usize>,
-    pub privacy: Privacy,
-    pub decoder_steps: Option<usize>,
-    pub opt_steps: Option<usize>,
-    pub skip_privacy: bool,
-    pub seed: u64,
-    pub threads: usize,
     pub device: String,
 }
 
 impl Args {
-    fn validate(self) -> Result<JobConfig> {
+    /// Checks the flags before anything starts.
+    fn validate(&self) -> Result<()> {
         if self.imgsz == 0 || !self.imgsz.is_multiple_of(32) {
             bail!("--imgsz must be a positive multiple of 32, got {}", self.imgsz);
         }
@@ -139,37 +117,18 @@ impl Args {
         if self.mechanism == Mechanism::None {
             bail!("--mechanism none sends features without privacy; the job demonstrates a private setting (use sue, rr or oue)");
         }
+        Privacy::new(self.mechanism, Some(self.epsilon))?;
         if std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("--out {} is not empty: choose a new directory", self.out.display());
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
-        Ok(JobConfig {
-            privacy: Privacy::new(self.mechanism, Some(self.epsilon))?,
-            out: self.out,
-            data: self.data,
-            images: self.images,
-            imgsz: self.imgsz,
-            edges: self.edges,
-            model: self.model,
-            cut: self.cut,
-            weights: self.weights,
-            pretrain_epochs: self.pretrain_epochs,
-            epochs: self.epochs,
-            batch: self.batch,
-            warmup_min_iters: self.warmup_min_iters,
-            decoder_steps: self.decoder_steps,
-            opt_steps: self.opt_steps,
-            skip_privacy: self.skip_privacy,
-            seed: self.seed,
-            threads: self.threads,
-            device: self.device,
-        })
+        Ok(())
     }
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let config = args.validate()?;
-    phases::Job::new(config)?.run()
+    args.validate()?;
+    phases::Job::new(args)?.run()
 }

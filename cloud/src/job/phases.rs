@@ -13,7 +13,7 @@ use mistnet_cloud::store::FeatureStore;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use super::JobConfig;
+use super::Args;
 use super::summary::{Summary, Timing};
 use super::supervisor::{Handle, Supervisor, check, log_tail, sibling_binary};
 
@@ -23,7 +23,7 @@ const SERVE_STOP: Duration = Duration::from_secs(30);
 
 /// One run of the job: its settings, the two binaries, the children and the phase timings.
 pub struct Job {
-    config: JobConfig,
+    config: Args,
     cloud: PathBuf,
     edge: PathBuf,
     sup: Supervisor,
@@ -32,7 +32,7 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(config: JobConfig) -> Result<Self> {
+    pub fn new(config: Args) -> Result<Self> {
         let (cloud, edge) = (sibling_binary("mistnet-cloud")?, sibling_binary("mistnet-edge")?);
         std::fs::create_dir_all(config.out.join("logs")).with_context(|| format!("cannot create {}", config.out.display()))?;
         Ok(Job { config, cloud, edge, sup: Supervisor::with_signal_handler()?, timings: Vec::new(), started: Instant::now() })
@@ -69,8 +69,8 @@ impl Job {
             c.imgsz,
             c.cut,
             c.edges,
-            c.privacy.mechanism().name(),
-            c.privacy.epsilon().unwrap_or(f64::INFINITY),
+            c.mechanism.name(),
+            c.epsilon,
             c.out.display()
         );
         let data = self.data()?;
@@ -227,7 +227,7 @@ impl Job {
     /// Runs every edge to completion; returns how many samples their shards hold.
     fn edges(&mut self, data: &Path, addr: &str, tokens: &Path) -> Result<usize> {
         let expected = (0..self.config.edges).map(|k| count_train_images(&data.join(format!("private/edge-{k}.yaml")))).sum::<Result<usize>>()?;
-        let what = format!("{} edge processes stream {expected} samples ({} ε={})", self.config.edges, self.config.privacy.mechanism().name(), self.config.privacy.epsilon().unwrap_or(f64::NAN));
+        let what = format!("{} edge processes stream {expected} samples ({} ε={})", self.config.edges, self.config.mechanism.name(), self.config.epsilon);
         self.phase("edges", &what, |job| {
             let c = &job.config;
             let mut handles = Vec::new();
@@ -245,9 +245,9 @@ impl Job {
                     "--data",
                     path(&data.join(format!("private/{name}.yaml")))?,
                     "--mechanism",
-                    c.privacy.mechanism().name(),
+                    c.mechanism.name(),
                     "--epsilon",
-                    &c.privacy.epsilon().map_or(String::new(), |e| e.to_string()),
+                    &c.epsilon.to_string(),
                     "--cache",
                     path(&job.dir("edges").join(&name))?,
                 ]);
@@ -289,12 +289,10 @@ impl Job {
         let c = &self.config;
         let mut args = self.training_args("train", &data.join("private-val.yaml"), &out, epochs)?;
         args.extend(
-            ["--weights", path(&export.join("model.safetensors"))?, "--cut", &c.cut.to_string(), "--store", path(&self.dir("store"))?, "--mechanism", c.privacy.mechanism().name()]
+            ["--weights", path(&export.join("model.safetensors"))?, "--cut", &c.cut.to_string(), "--store", path(&self.dir("store"))?, "--mechanism", c.mechanism.name()]
                 .map(String::from),
         );
-        if let Some(e) = c.privacy.epsilon() {
-            args.extend(["--epsilon".to_string(), e.to_string()]);
-        }
+        args.extend(["--epsilon".to_string(), c.epsilon.to_string()]);
         self.phase("train", &format!("the Back on the stored features, {epochs} epochs"), |job| job.train_child("train", args, &out, epochs))?;
         Ok(out.join("model.safetensors"))
     }
@@ -373,9 +371,9 @@ impl Job {
             "--cuts",
             &c.cut.to_string(),
             "--mechanism",
-            c.privacy.mechanism().name(),
+            c.mechanism.name(),
             "--epsilons",
-            &c.privacy.epsilon().map_or(String::new(), |e| e.to_string()),
+            &c.epsilon.to_string(),
             "--imgsz",
             &c.imgsz.to_string(),
             "--seed",
@@ -385,7 +383,7 @@ impl Job {
         .to_vec();
         let steps = [("--decoder-steps", c.decoder_steps), ("--opt-steps", c.opt_steps)];
         let args: Vec<String> = args.into_iter().chain(steps.into_iter().filter_map(|(flag, n)| Some([flag.to_string(), n?.to_string()])).flatten()).collect();
-        self.phase("privacy", &format!("model-inversion attacks at cut {}: float, 1-bit, ε={}", c.cut, c.privacy.epsilon().unwrap_or(f64::NAN)), |job| {
+        self.phase("privacy", &format!("model-inversion attacks at cut {}: float, 1-bit, ε={}", c.cut, c.epsilon), |job| {
             let cmd = job.cloud_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
             job.run_child("privacy", cmd, spinner("privacy"), |_| {})
         })?;

@@ -12,7 +12,7 @@ use mistnet_cloud::plot::{LinePlot, Series};
 use mistnet_cloud::store::FeatureStore;
 use serde::Serialize;
 
-use super::JobConfig;
+use super::Args;
 
 /// Wall time of one phase.
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +75,7 @@ pub struct Summary {
 impl Summary {
     /// Gathers the summary; fails unless every expected sample is stored exactly once.
     pub fn collect(
-        config: &JobConfig,
+        config: &Args,
         store: &Path,
         expected: usize,
         map: Vec<(String, Metrics)>,
@@ -96,8 +96,8 @@ impl Summary {
             imgsz: config.imgsz,
             cut: config.cut,
             edges: config.edges,
-            mechanism: config.privacy.mechanism().name().to_string(),
-            epsilon: config.privacy.epsilon(),
+            mechanism: config.mechanism.name().to_string(),
+            epsilon: Some(config.epsilon),
             samples_expected: expected,
             samples_stored: samples.len(),
             bytes_per_sample: Bytes { elements, wire, f16: elements * 2, f32: elements * 4 },
