@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch reference for `cargo bench -p mistnet-cloud --bench train_step` (cloud/benches/train_step.rs).
 
-One training step of the YOLOv5 (7.0) Back on CPU -- modules cut+1..24 of yolov5s fed with random features
-of layer `cut`'s output shape ([8, 128, 80, 80] at cut 4, 640 px, batch 8) -- timed per phase:
+One training step of the YOLOv5 (7.0) Back on CPU -- modules cut..24 of yolov5s, as `load_back` builds it, fed
+with random features of layer cut-1's output shape ([8, 128, 80, 80] at cut 4, 640 px, batch 8) -- timed per
+phase:
 
   forward    the Back in train mode (BatchNorm batch statistics, running stats updated), Detect's raw outputs
   loss       YOLOv5 ComputeLoss (build_targets with anchor_t, the two neighbouring cells, CIoU box loss,
@@ -178,18 +179,19 @@ def build_model(size, nc=80):
 
 
 class Back(nn.Module):
-    """Modules cut+1..24, fed the output of layer `cut` (BaseModel._forward_once from there on)."""
+    """Modules cut..24, fed the output of layer cut-1 (BaseModel._forward_once from there on), as the Rust
+    `load_back` splits: the Front is modules 0..cut-1."""
 
     def __init__(self, layers, froms, cut):
         super().__init__()
         self.cut = cut
-        self.layers = nn.ModuleList(layers[cut + 1:])
-        self.froms = froms[cut + 1:]
+        self.layers = nn.ModuleList(layers[cut:])
+        self.froms = froms[cut:]
 
     def forward(self, feats):
-        y = {self.cut: feats}
+        y = {self.cut - 1: feats}
         x = feats
-        for i, (m, f) in enumerate(zip(self.layers, self.froms), self.cut + 1):
+        for i, (m, f) in enumerate(zip(self.layers, self.froms), self.cut):
             if f != -1:
                 x = y[f] if isinstance(f, int) else [x if j == -1 else y[j] for j in f]
             x = m(x)
@@ -335,13 +337,13 @@ def main():
     layers, froms, ch = build_model(args.model_size)
     back = Back(layers, froms, args.cut).train()
     det = back.layers[-1]
-    # the cut's output stride: the product of the strides of layers 0..cut
+    # the Front's output stride: the product of the strides of layers 0..cut-1
     stride = 1
-    for m in layers[:args.cut + 1]:
+    for m in layers[:args.cut]:
         conv = m.conv if isinstance(m, Conv) else None
         stride *= conv.stride[0] if conv is not None else 1
     hw, bs = args.imgsz // stride, args.batch
-    feats = torch.rand(bs, ch[args.cut], hw, hw)
+    feats = torch.rand(bs, ch[args.cut - 1], hw, hw)
     targets = synthetic_targets(bs)
 
     nl, nc, nbs = det.nl, det.nc, 64
@@ -356,7 +358,7 @@ def main():
     opt = smart_optimizer(back, hyp["lr0"], hyp["momentum"], decay)
     n_params = sum(1 for _ in back.parameters())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: yolov5{args.model_size} Back at cut "
-          f"{args.cut}: features [{bs}, {ch[args.cut]}, {hw}, {hw}], {args.imgsz} px, {n_params} parameters")
+          f"{args.cut}: features [{bs}, {ch[args.cut - 1]}, {hw}, {hw}], {args.imgsz} px, {n_params} parameters")
 
     totals = [0.0] * 4
     for it in range(args.iters + 1):
