@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet_cloud::fit::Metrics;
 use mistnet_cloud::fit::report::read_results;
-use mistnet_cloud::store::FeatureStore;
+use mistnet_cloud::store::segment;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
@@ -255,7 +255,8 @@ impl Job {
                 set_threads(&mut cmd, 1);
                 handles.push(job.sup.spawn(&name, cmd, &job.log(&name))?);
             }
-            let bar = ProgressBar::new(expected as u64).with_style(bar_style("edges → store"));
+            // Progress without re-reading the store: edges finished, and the bytes its segments hold.
+            let bar = ProgressBar::new(c.edges as u64).with_style(bar_style("edges done"));
             let store = job.dir("store");
             let mut pending: Vec<&Handle> = handles.iter().collect();
             while !pending.is_empty() {
@@ -267,9 +268,8 @@ impl Job {
                     }
                 }
                 pending = still;
-                if let Ok(s) = FeatureStore::open(&store) {
-                    bar.set_position(s.len() as u64);
-                }
+                bar.set_position((c.edges - pending.len()) as u64);
+                bar.set_message(format!("{:.1} MB stored", stored_bytes(&store) as f64 / 1e6));
                 std::thread::sleep(Duration::from_millis(250));
             }
             bar.finish_and_clear();
@@ -389,6 +389,12 @@ impl Job {
         })?;
         Ok(out)
     }
+}
+
+/// Bytes in the store's segment files (0 while it has none).
+fn stored_bytes(store: &Path) -> u64 {
+    let segments = segment::list(store).unwrap_or_default();
+    segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 
 /// Caps candle's and rayon's threads in a child.
