@@ -55,7 +55,7 @@ impl Conv {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = gemm_conv::conv2d(x, &self.weight, self.shape)?;
-        self.bn.forward_t(&y, train)?.silu()
+        self.bn.forward_silu_t(&y, train)
     }
 
     /// Folds the eval-mode BatchNorm into the convolution.

@@ -5,6 +5,7 @@
 //! checkpoints load unchanged.
 
 pub mod batch_norm;
+pub mod bn_silu;
 pub mod c3;
 pub mod config;
 pub mod conv;
