@@ -9,7 +9,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::ProgressBar;
 use mistnet::model::conv::ConvShape;
 use mistnet::model::gemm_conv;
-use mistnet::model::yolo::upsample_nearest;
+use mistnet::model::upsample::upsample_nearest;
 use rand::Rng;
 
 use super::PrivacyError;

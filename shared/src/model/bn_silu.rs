@@ -8,8 +8,10 @@
 //! `x̂ = (x − μ)/σ`, `z = γx̂ + β`, `y = z·s(z)`, `∂z = ∂y·s(z)(1 + z(1 − s(z)))`,
 //! `∂β = Σ∂z`, `∂γ = Σ∂z·x̂`, `∂x = γ/(σM)·(M∂z − ∂β − x̂∂γ)` over the `M = N·H·W` values of a channel.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::kernels::{cpu_f32, lane_sum, silu_and_slope, storage_f32};
 
 /// Whether `forward` handles these tensors (CPU, f32); other devices use candle's ops.
 pub fn supported(x: &Tensor) -> bool {
@@ -29,37 +31,12 @@ pub fn forward(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(
     let (n, c, h, w) = x.dims4()?;
     let stats = {
         let (storage, layout) = x.storage_and_layout();
-        channel_stats(f32_slice(&storage, layout, "batch-norm input")?, n, c, h * w)
+        channel_stats(storage_f32(&storage, layout, "batch-norm input")?, n, c, h * w)
     };
     let inv_std = stats.var.iter().map(|v| (1.0 / (*v as f64 + eps).sqrt()) as f32).collect();
     let op = BnSilu { mean: stats.mean.clone(), inv_std };
     let y = x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     Ok((y, stats))
-}
-
-fn f32_slice<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let Storage::Cpu(CpuStorage::F32(v)) = storage else { candle_core::bail!("{what} must be f32 on the CPU") };
-    cpu_slice(v, layout, what)
-}
-
-fn cpu_slice<'a>(v: &'a [f32], layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what} must be contiguous"),
-    }
-}
-
-/// `Σ f(aᵢ, bᵢ)` with eight independent accumulators, so that it vectorises.
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&a, &b)| f(a, b)).sum();
-    for (ca, cb) in ca.zip(cb) {
-        for ((acc, &a), &b) in acc.iter_mut().zip(ca).zip(cb) {
-            *acc += f(a, b);
-        }
-    }
-    (acc.iter().sum::<f32>() + rest) as f64
 }
 
 /// Two-pass mean and biased variance per channel; plane sums in f32, their totals in f64.
@@ -76,38 +53,6 @@ fn channel_stats(x: &[f32], n: usize, c: usize, plane: usize) -> BatchStats {
         })
         .unzip();
     BatchStats { mean, var }
-}
-
-/// `eˣ` without branches or calls, so that loops over it vectorise: Cephes' `expf` (range
-/// reduction by ln 2, degree-6 polynomial, relative error below 2e-7), clamped to finite results.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer held in the low bits.
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_2e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
-    let e = p * r * r + r + 1.0;
-    let k = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    e * f32::from_bits(((k + 127) << 23) as u32)
-}
-
-#[inline(always)]
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + exp(-z))
-}
-
-/// `silu(z)` and `∂silu/∂z`.
-#[inline(always)]
-fn silu_and_slope(z: f32) -> (f32, f32) {
-    let s = sigmoid(z);
-    (z * s, s * (1.0 + z * (1.0 - s)))
 }
 
 struct BnSilu {
@@ -141,10 +86,7 @@ impl CustomOp3 for BnSilu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
-            candle_core::bail!("batch-norm input, weight and bias must be f32")
-        };
-        let (x, w, b) = (cpu_slice(x, l1, "batch-norm input")?, cpu_slice(w, l2, "batch-norm weight")?, cpu_slice(b, l3, "batch-norm bias")?);
+        let (x, w, b) = (cpu_f32(s1, l1, "batch-norm input")?, cpu_f32(s2, l2, "batch-norm weight")?, cpu_f32(s3, l3, "batch-norm bias")?);
         let (_, c, h, wd) = l1.shape().dims4()?;
         if w.len() != c || b.len() != c || self.mean.len() != c {
             candle_core::bail!("batch-norm over {c} channels got weight {}, bias {}", w.len(), b.len());
@@ -169,10 +111,10 @@ impl CustomOp3 for BnSilu {
         let (gs, gl) = grad.storage_and_layout();
         let (ws, wl) = weight.storage_and_layout();
         let (bs, bl) = bias.storage_and_layout();
-        let x = f32_slice(&xs, xl, "batch-norm input")?;
-        let g = f32_slice(&gs, gl, "batch-norm output gradient")?;
-        let gamma = f32_slice(&ws, wl, "batch-norm weight")?;
-        let affine = self.affine(gamma, f32_slice(&bs, bl, "batch-norm bias")?);
+        let x = storage_f32(&xs, xl, "batch-norm input")?;
+        let g = storage_f32(&gs, gl, "batch-norm output gradient")?;
+        let gamma = storage_f32(&ws, wl, "batch-norm weight")?;
+        let affine = self.affine(gamma, storage_f32(&bs, bl, "batch-norm bias")?);
         // ∂z from ∂y (recomputing z = a·x + b) into `dx`, with its sums Σ∂z and Σ∂z·(x − μ) per plane.
         let mut dx = vec![0f32; x.len()];
         let plane_sums: Vec<(f64, f64)> = dx
@@ -262,15 +204,5 @@ mod tests {
                 assert!(e < 1e-4, "{name} gradient {n}×{c}×{h}×{w}: {e}");
             }
         }
-    }
-
-    /// The branch-free `exp` agrees with the standard library's over the whole clamped range.
-    #[test]
-    fn exp_is_accurate() {
-        let (worst, at) = (-86_900..=87_900)
-            .map(|i| i as f32 * 1e-3)
-            .map(|x| (((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs(), x))
-            .fold((0f64, 0f32), |a, b| if b.0 > a.0 { b } else { a });
-        assert!(worst < 2e-7, "worst relative error {worst:e} at {at}");
     }
 }

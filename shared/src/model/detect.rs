@@ -6,11 +6,13 @@
 //! `obj, cls = σ(t)`, concatenated over levels in (anchor, y, x) order. `model.24.anchors` holds
 //! the anchors in grid units (pixels / stride), as Ultralytics stores them.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use candle_nn::{Init, VarBuilder};
 
 use super::conv::ConvShape;
 use super::gemm_conv;
+use super::kernels::{cpu_f32, lane_sum, storage_f32};
 
 #[derive(Debug, Clone)]
 pub struct Detect {
@@ -61,7 +63,7 @@ impl Detect {
             .map(|(x, (w, b))| {
                 let (bs, _, ny, nx) = x.dims4()?;
                 let shape = ConvShape::same(x.dim(1)?, w.dim(0)?, 1, 1);
-                let c = gemm_conv::conv2d(x, w, shape)?.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+                let c = add_channel_bias(&gemm_conv::conv2d(x, w, shape)?, b)?;
                 c.reshape((bs, self.na, self.nc + 5, ny, nx))?.permute((0, 1, 3, 4, 2))?.contiguous()
             })
             .collect()
@@ -85,5 +87,75 @@ impl Detect {
             levels.push(Tensor::cat(&[&xy, &wh, &rest], 4)?.reshape((bs, na * ny * nx, no))?);
         }
         Tensor::cat(&levels, 1)
+    }
+}
+
+/// `x + b` with `b` per channel of `[n, c, h, w]`. On CPU f32 one op whose bias gradient is a
+/// direct sum per channel; candle's broadcast backward is a strided `sum_keepdim`, slow on the
+/// 255-channel head outputs.
+fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op2(&b.contiguous()?, ChannelBias)
+    } else {
+        x.broadcast_add(&b.reshape((1, (), 1, 1))?)
+    }
+}
+
+struct ChannelBias;
+
+impl CustomOp2 for ChannelBias {
+    fn name(&self) -> &'static str {
+        "mistnet-channel-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (cpu_f32(s1, l1, "bias input")?, cpu_f32(s2, l2, "bias")?);
+        let (_, c, h, w) = l1.shape().dims4()?;
+        if b.len() != c {
+            candle_core::bail!("bias of {} values for {c} channels", b.len());
+        }
+        let mut y = x.to_vec();
+        y.par_chunks_mut(h * w).enumerate().for_each(|(p, y)| y.iter_mut().for_each(|v| *v += b[p % c]));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, c, h, w) = x.dims4()?;
+        let db = {
+            let (storage, layout) = grad.storage_and_layout();
+            let g = storage_f32(&storage, layout, "bias output gradient")?;
+            let mut db = vec![0f64; c];
+            for (p, plane) in g.chunks(h * w).enumerate() {
+                db[p % c] += lane_sum(plane, plane, |a, _| a);
+            }
+            db.into_iter().map(|v| v as f32).collect::<Vec<_>>()
+        };
+        Ok((Some(grad.clone()), Some(Tensor::from_vec(db, c, x.device())?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+
+    /// The CPU bias op agrees with candle's broadcast add, values and both gradients.
+    #[test]
+    fn channel_bias_matches_broadcast_add() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 3, 7), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 5, &dev).unwrap()).unwrap();
+        let ours = add_channel_bias(&x, &b).unwrap();
+        let theirs = x.broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap()).unwrap();
+        let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(max((&ours - &theirs).unwrap()), 0.0);
+        let probe = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+        let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [x.as_tensor(), b.as_tensor()] {
+            assert!(max((g1.get(v).unwrap() - g2.get(v).unwrap()).unwrap()) < 1e-5);
+        }
     }
 }

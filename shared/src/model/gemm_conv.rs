@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::ConvShape;
+use super::kernels::cpu_f32;
 use super::planes::{col2im, im2col};
 
 /// `conv2d(x, w)` with this module's backward on CPU f32; candle's conv2d elsewhere.
@@ -55,14 +56,6 @@ impl Geometry {
     }
     fn out_len(&self) -> usize {
         self.shape.c2 * self.ho * self.wo
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("{what} must be f32") };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what} must be contiguous"),
     }
 }
 
@@ -111,7 +104,7 @@ impl CustomOp2 for Conv {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let geo = Geometry::new(self.shape, l1.dims())?;
-        let (x, w) = (slice(s1, l1, "conv input")?, slice(s2, l2, "conv weight")?);
+        let (x, w) = (cpu_f32(s1, l1, "conv input")?, cpu_f32(s2, l2, "conv weight")?);
         let (m, c_in, kk) = geo.group();
         let hw = geo.ho * geo.wo;
         let mut y = vec![0f32; geo.n * geo.out_len()];
@@ -148,7 +141,7 @@ impl CustomOp2 for InputGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = l1.dims()[0];
         let geo = Geometry::new(self.shape, &[n, self.shape.c1, self.h, self.w])?;
-        let (gy, w) = (slice(s1, l1, "conv output gradient")?, slice(s2, l2, "conv weight")?);
+        let (gy, w) = (cpu_f32(s1, l1, "conv output gradient")?, cpu_f32(s2, l2, "conv weight")?);
         let (m, c_in, kk) = geo.group();
         let hw = geo.ho * geo.wo;
         let plane = geo.h * geo.w;
@@ -183,7 +176,7 @@ impl CustomOp2 for WeightGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let geo = Geometry::new(self.shape, l1.dims())?;
-        let (x, gy) = (slice(s1, l1, "conv input")?, slice(s2, l2, "conv output gradient")?);
+        let (x, gy) = (cpu_f32(s1, l1, "conv input")?, cpu_f32(s2, l2, "conv output gradient")?);
         let (m, c_in, kk) = geo.group();
         let hw = geo.ho * geo.wo;
         let plane = geo.h * geo.w;

@@ -12,9 +12,11 @@ pub mod conv;
 pub mod deploy;
 pub mod detect;
 pub mod gemm_conv;
+pub mod kernels;
 pub mod planes;
 pub mod split;
 pub mod sppf;
+pub mod upsample;
 pub mod weights;
 pub mod yolo;
 

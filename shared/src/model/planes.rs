@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::ConvShape;
+use super::kernels::silu;
+use super::upsample;
 
 /// One image: `c` planes of `h × w` values, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,7 +194,7 @@ pub(crate) fn col2im(col: &[f32], c: usize, h: usize, w: usize, shape: &ConvShap
     }
 }
 
-/// `row = silu(row + bias) (+ residual)`, vectorised with a fast exp (relative error < 4e-7, about 2 ulp).
+/// `row = silu(row + bias) (+ residual)`, vectorised through `kernels::silu`.
 fn bias_silu(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -236,26 +238,6 @@ fn bias_silu_body(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
     }
 }
 
-#[inline(always)]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + fast_exp(-x))
-}
-
-/// exp(x) by range reduction to `2^n · e^f`, |f| ≤ ln2/2, and a degree-6 polynomial; branch-free
-/// so that it vectorises.
-#[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to the nearest integer
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let f = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 /// Max-pool with kernel `k` (odd), stride 1, padding `k/2` (padding never wins: -inf).
 pub fn max_pool_same(x: &Planes, k: usize) -> Planes {
     let r = k / 2;
@@ -284,29 +266,9 @@ pub fn max_pool_same(x: &Planes, k: usize) -> Planes {
 /// Nearest-neighbour upsampling by an integer factor.
 pub fn upsample_nearest(x: &Planes, scale: usize) -> Planes {
     let (h, w) = (x.h * scale, x.w * scale);
-    let mut out = Vec::with_capacity(x.c * h * w);
-    for plane in x.data.chunks(x.h * x.w) {
-        for y in 0..h {
-            let src = &plane[(y / scale) * x.w..(y / scale + 1) * x.w];
-            out.extend((0..w).map(|xx| src[xx / scale]));
-        }
+    let mut out = vec![0f32; x.c * h * w];
+    for (src, dst) in x.data.chunks(x.h * x.w).zip(out.chunks_mut(h * w)) {
+        upsample::plane(src, x.w, scale, dst);
     }
     Planes::new(x.c, h, w, out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_exp_is_accurate() {
-        let mut worst = 0f32;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let rel = ((fast_exp(x) - x.exp()) / x.exp()).abs();
-            worst = worst.max(rel);
-            x += 0.0137;
-        }
-        assert!(worst < 4e-7, "worst relative error {worst}"); // about 2 ulp of f32
-    }
 }

@@ -17,8 +17,9 @@ use super::config::{INPUT, LayerKind, LayerSpec};
 use super::conv::{Conv, ConvShape, FoldedConv};
 use super::planes::{self, Planes};
 use super::sppf::{FoldedSppf, Sppf};
+use super::upsample::upsample_nearest;
 use super::weights::ParamStore;
-use super::yolo::{Layer, Yolo, run_graph, upsample_nearest};
+use super::yolo::{Layer, Yolo, run_graph};
 use super::ModelError;
 
 /// The default cut of Plato's and Sedna's MistNet.

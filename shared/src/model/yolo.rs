@@ -12,6 +12,7 @@ use super::config::{INPUT, LayerKind, LayerSpec};
 use super::conv::{Conv, ConvShape};
 use super::detect::Detect;
 use super::sppf::Sppf;
+use super::upsample::upsample_nearest;
 
 /// One trainable layer.
 #[derive(Debug, Clone)]
@@ -49,17 +50,6 @@ impl Layer {
             Layer::Detect(_) => candle_core::bail!("the Detect head has no single output tensor"),
         }
     }
-}
-
-/// Nearest-neighbour upsampling by an integer factor.
-///
-/// Built from a broadcast rather than candle's `upsample_nearest2d`, whose backward in candle
-/// 0.11 overwrites the gradient already accumulated for its input instead of adding to it
-/// (huggingface/candle PR #3507): YOLOv5's upsampled layers 10 and 14 also feed a Concat, and
-/// their gradients came out wrong.
-pub fn upsample_nearest(x: &Tensor, scale: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    x.reshape((n, c, h, 1, w, 1))?.broadcast_as((n, c, h, scale, w, scale))?.reshape((n, c, h * scale, w * scale))
 }
 
 /// Runs layers `first..` of a graph over `input` (the output of layer `first − 1`, or the image).
@@ -181,26 +171,5 @@ impl Yolo {
         let last = self.specs.len() - 1;
         let layers = if keep_all { outs[self.first..last].to_vec() } else { Vec::new() };
         Ok(YoloOutput { raw, layers })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use candle_core::{Device, Var};
-
-    use super::*;
-
-    #[test]
-    fn upsample_gradient_adds_to_the_other_uses_of_its_input() {
-        // y = sum(up(x) · a) + sum(x · b): dy/dx = 2×2 block sums of a, plus b.
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::arange(0f32, 8.0, &dev).unwrap().reshape((1, 2, 2, 2)).unwrap()).unwrap();
-        let a = Tensor::arange(0f32, 32.0, &dev).unwrap().reshape((1, 2, 4, 4)).unwrap();
-        let b = Tensor::full(100f32, (1, 2, 2, 2), &dev).unwrap();
-        let up = upsample_nearest(x.as_tensor(), 2).unwrap();
-        let y = ((up * &a).unwrap().sum_all().unwrap() + (x.as_tensor() * &b).unwrap().sum_all().unwrap()).unwrap();
-        let g = y.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        // Channel 0 of a: rows 0..4 = 0..16; block (0,0) = 0+1+4+5 = 10, (0,1) = 18, (1,0) = 42, (1,1) = 50.
-        assert_eq!(&g[..4], &[110.0, 118.0, 142.0, 150.0]);
     }
 }
