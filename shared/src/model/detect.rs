@@ -61,10 +61,8 @@ impl Detect {
         xs.iter()
             .zip(&self.convs)
             .map(|(x, (w, b))| {
-                let (bs, _, ny, nx) = x.dims4()?;
                 let shape = ConvShape::same(x.dim(1)?, w.dim(0)?, 1, 1);
-                let c = add_channel_bias(&gemm_conv::conv2d(x, w, shape)?, b)?;
-                c.reshape((bs, self.na, self.nc + 5, ny, nx))?.permute((0, 1, 3, 4, 2))?.contiguous()
+                head_layout(&gemm_conv::conv2d(x, w, shape)?, b, self.na)
             })
             .collect()
     }
@@ -90,48 +88,72 @@ impl Detect {
     }
 }
 
-/// `x + b` with `b` per channel of `[n, c, h, w]`. On CPU f32 one op whose bias gradient is a
-/// direct sum per channel; candle's broadcast backward is a strided `sum_keepdim`, slow on the
-/// 255-channel head outputs.
-fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `[bs, na·no, ny, nx]` plus the bias `b` per channel, as `[bs, na, ny, nx, no]`. On CPU f32
+/// one op with a direct backward; built from candle's ops, the broadcast bias and the permuted
+/// copy cost a strided `sum_keepdim` and a single-threaded strided copy of the head's gradient.
+fn head_layout(x: &Tensor, b: &Tensor, na: usize) -> Result<Tensor> {
+    let (bs, c, ny, nx) = x.dims4()?;
+    if !c.is_multiple_of(na) {
+        candle_core::bail!("Detect output of {c} channels is not {na} anchors × outputs");
+    }
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op2(&b.contiguous()?, ChannelBias)
+        x.contiguous()?.apply_op2(&b.contiguous()?, HeadLayout { na })
     } else {
-        x.broadcast_add(&b.reshape((1, (), 1, 1))?)
+        let x = x.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+        x.reshape((bs, na, c / na, ny, nx))?.permute((0, 1, 3, 4, 2))?.contiguous()
     }
 }
 
-struct ChannelBias;
+struct HeadLayout {
+    na: usize,
+}
 
-impl CustomOp2 for ChannelBias {
+impl CustomOp2 for HeadLayout {
     fn name(&self) -> &'static str {
-        "mistnet-channel-bias"
+        "mistnet-detect-head-layout"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, b) = (cpu_f32(s1, l1, "bias input")?, cpu_f32(s2, l2, "bias")?);
-        let (_, c, h, w) = l1.shape().dims4()?;
+        let (x, b) = (cpu_f32(s1, l1, "Detect convolution output")?, cpu_f32(s2, l2, "Detect bias")?);
+        let (bs, c, ny, nx) = l1.shape().dims4()?;
         if b.len() != c {
-            candle_core::bail!("bias of {} values for {c} channels", b.len());
+            candle_core::bail!("Detect bias of {} values for {c} channels", b.len());
         }
-        let mut y = x.to_vec();
-        y.par_chunks_mut(h * w).enumerate().for_each(|(p, y)| y.iter_mut().for_each(|v| *v += b[p % c]));
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        let (no, hw) = (c / self.na, ny * nx);
+        // One [hw, no] block per (image, anchor), the transpose of its [no, hw] input block plus bias.
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw * no).zip(x.par_chunks(no * hw)).enumerate().for_each(|(ba, (y, x))| {
+            let bias = &b[(ba % self.na) * no..][..no];
+            for (o, (row, &bo)) in x.chunks(hw).zip(bias).enumerate() {
+                for (p, &v) in row.iter().enumerate() {
+                    y[p * no + o] = v + bo;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((bs, self.na, ny, nx, no))))
     }
 
     fn bwd(&self, x: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (_, c, h, w) = x.dims4()?;
-        let db = {
-            let (storage, layout) = grad.storage_and_layout();
-            let g = storage_f32(&storage, layout, "bias output gradient")?;
-            let mut db = vec![0f64; c];
-            for (p, plane) in g.chunks(h * w).enumerate() {
-                db[p % c] += lane_sum(plane, plane, |a, _| a);
+        let (bs, c, ny, nx) = x.dims4()?;
+        let (no, hw) = (c / self.na, ny * nx);
+        let (storage, layout) = grad.storage_and_layout();
+        let g = storage_f32(&storage, layout, "Detect output gradient")?;
+        let mut gx = vec![0f32; g.len()];
+        gx.par_chunks_mut(no * hw).zip(g.par_chunks(hw * no)).for_each(|(gx, g)| {
+            for (o, row) in gx.chunks_mut(hw).enumerate() {
+                for (p, v) in row.iter_mut().enumerate() {
+                    *v = g[p * no + o];
+                }
             }
-            db.into_iter().map(|v| v as f32).collect::<Vec<_>>()
-        };
-        Ok((Some(grad.clone()), Some(Tensor::from_vec(db, c, x.device())?)))
+        });
+        let plane_sums: Vec<f64> = gx.par_chunks(hw).map(|p| lane_sum(p, p, |a, _| a)).collect();
+        let mut gb = vec![0f64; c];
+        for (ch, s) in plane_sums.into_iter().enumerate() {
+            gb[ch % c] += s;
+        }
+        let gb = gb.into_iter().map(|v| v as f32).collect::<Vec<_>>();
+        Ok((Some(Tensor::from_vec(gx, (bs, c, ny, nx), x.device())?), Some(Tensor::from_vec(gb, c, x.device())?)))
     }
 }
 
@@ -141,14 +163,22 @@ mod tests {
 
     use super::*;
 
-    /// The CPU bias op agrees with candle's broadcast add, values and both gradients.
+    /// The CPU op agrees with candle's broadcast add, reshape and permute: values and both gradients.
     #[test]
-    fn channel_bias_matches_broadcast_add() {
+    fn head_layout_matches_candle_ops() {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 3, 7), &dev).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 5, &dev).unwrap()).unwrap();
-        let ours = add_channel_bias(&x, &b).unwrap();
-        let theirs = x.broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap()).unwrap();
+        let (na, no) = (3, 4);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, na * no, 3, 5), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, na * no, &dev).unwrap()).unwrap();
+        let ours = head_layout(&x, &b, na).unwrap();
+        let theirs = x
+            .broadcast_add(&b.reshape((1, (), 1, 1)).unwrap())
+            .unwrap()
+            .reshape((2, na, no, 3, 5))
+            .unwrap()
+            .permute((0, 1, 3, 4, 2))
+            .unwrap();
+        assert_eq!(ours.dims(), &[2, na, 3, 5, no]);
         let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(max((&ours - &theirs).unwrap()), 0.0);
         let probe = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
