@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{cpu_f32, lane_sum, silu_and_slope, storage_f32};
+use super::kernels::{cpu_f32, lane_sum, par_fill, silu_and_slope, storage_f32};
 
 /// Whether `forward` handles these tensors (CPU, f32); other devices use candle's ops.
 pub fn supported(x: &Tensor) -> bool {
@@ -93,10 +93,9 @@ impl CustomOp3 for BnSilu {
         }
         let affine = self.affine(w, b);
         let plane = h * wd;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().for_each(|(i, (y, x))| {
+        let (y, _) = par_fill(x.len(), plane, |i, y| {
             let (a, b) = affine[i % c];
-            for (y, &x) in y.iter_mut().zip(x) {
+            for (y, &x) in y.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
                 *y = silu_and_slope(a * x + b).0;
             }
         });
@@ -116,21 +115,16 @@ impl CustomOp3 for BnSilu {
         let gamma = storage_f32(&ws, wl, "batch-norm weight")?;
         let affine = self.affine(gamma, storage_f32(&bs, bl, "batch-norm bias")?);
         // ∂z from ∂y (recomputing z = a·x + b) into `dx`, with its sums Σ∂z and Σ∂z·(x − μ) per plane.
-        let mut dx = vec![0f32; x.len()];
-        let plane_sums: Vec<(f64, f64)> = dx
-            .par_chunks_mut(plane)
-            .enumerate()
-            .map(|(p, dz)| {
-                let ch = p % c;
-                let (a, b) = affine[ch];
-                let (x, g) = (&x[p * plane..(p + 1) * plane], &g[p * plane..(p + 1) * plane]);
-                for ((dz, &x), &g) in dz.iter_mut().zip(x).zip(g) {
-                    *dz = g * silu_and_slope(a * x + b).1;
-                }
-                let mean = self.mean[ch];
-                (lane_sum(dz, dz, |d, _| d), lane_sum(dz, x, |d, x| d * (x - mean)))
-            })
-            .collect();
+        let (mut dx, plane_sums) = par_fill(x.len(), plane, |p, dz| {
+            let ch = p % c;
+            let (a, b) = affine[ch];
+            let (x, g) = (&x[p * plane..(p + 1) * plane], &g[p * plane..(p + 1) * plane]);
+            for ((dz, &x), &g) in dz.iter_mut().zip(x).zip(g) {
+                *dz = g * silu_and_slope(a * x + b).1;
+            }
+            let mean = self.mean[ch];
+            (lane_sum(dz, dz, |d, _| d), lane_sum(dz, x, |d, x| d * (x - mean)))
+        });
         // ∂β = Σ∂z and ∂γ = Σ∂z·x̂ per channel.
         let (mut d_bias, mut d_weight) = (vec![0f64; c], vec![0f64; c]);
         for (p, (s_dz, s_dz_centered)) in plane_sums.into_iter().enumerate() {

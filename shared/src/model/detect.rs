@@ -12,7 +12,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::conv::ConvShape;
 use super::gemm_conv;
-use super::kernels::{cpu_f32, lane_sum, storage_f32};
+use super::kernels::{cpu_f32, lane_sum, par_fill, storage_f32};
 
 #[derive(Debug, Clone)]
 pub struct Detect {
@@ -121,8 +121,8 @@ impl CustomOp2 for HeadLayout {
         }
         let (no, hw) = (c / self.na, ny * nx);
         // One [hw, no] block per (image, anchor), the transpose of its [no, hw] input block plus bias.
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw * no).zip(x.par_chunks(no * hw)).enumerate().for_each(|(ba, (y, x))| {
+        let (y, _) = par_fill(x.len(), hw * no, |ba, y| {
+            let x = &x[ba * no * hw..(ba + 1) * no * hw];
             let bias = &b[(ba % self.na) * no..][..no];
             for (o, (row, &bo)) in x.chunks(hw).zip(bias).enumerate() {
                 for (p, &v) in row.iter().enumerate() {
@@ -139,8 +139,8 @@ impl CustomOp2 for HeadLayout {
         let (no, hw) = (c / self.na, ny * nx);
         let (storage, layout) = grad.storage_and_layout();
         let g = storage_f32(&storage, layout, "Detect output gradient")?;
-        let mut gx = vec![0f32; g.len()];
-        gx.par_chunks_mut(no * hw).zip(g.par_chunks(hw * no)).for_each(|(gx, g)| {
+        let (gx, _) = par_fill(g.len(), no * hw, |i, gx| {
+            let g = &g[i * hw * no..(i + 1) * hw * no];
             for (o, row) in gx.chunks_mut(hw).enumerate() {
                 for (p, v) in row.iter_mut().enumerate() {
                     *v = g[p * no + o];

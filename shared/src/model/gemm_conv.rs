@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::ConvShape;
-use super::kernels::cpu_f32;
+use super::kernels::{cpu_f32, par_fill};
 use super::planes::{col2im, im2col};
 
 /// `conv2d(x, w)` with this module's backward on CPU f32; candle's conv2d elsewhere.
@@ -107,8 +107,8 @@ impl CustomOp2 for Conv {
         let (x, w) = (cpu_f32(s1, l1, "conv input")?, cpu_f32(s2, l2, "conv weight")?);
         let (m, c_in, kk) = geo.group();
         let hw = geo.ho * geo.wo;
-        let mut y = vec![0f32; geo.n * geo.out_len()];
-        y.par_chunks_mut(geo.out_len()).zip(x.par_chunks(geo.in_len())).for_each(|(y, x)| {
+        let (y, _) = par_fill(geo.n * geo.out_len(), geo.out_len(), |i, y| {
+            let x = &x[i * geo.in_len()..(i + 1) * geo.in_len()];
             let mut buf = Vec::new();
             for gi in 0..self.shape.g {
                 let col = columns(&geo, &x[gi * c_in * geo.h * geo.w..(gi + 1) * c_in * geo.h * geo.w], &mut buf);
@@ -145,8 +145,8 @@ impl CustomOp2 for InputGrad {
         let (m, c_in, kk) = geo.group();
         let hw = geo.ho * geo.wo;
         let plane = geo.h * geo.w;
-        let mut gx = vec![0f32; n * geo.in_len()];
-        gx.par_chunks_mut(geo.in_len()).zip(gy.par_chunks(geo.out_len())).for_each(|(gx, gy)| {
+        let (gx, _) = par_fill(n * geo.in_len(), geo.in_len(), |i, gx| {
+            let gy = &gy[i * geo.out_len()..(i + 1) * geo.out_len()];
             let mut gcol = Vec::new();
             for gi in 0..self.shape.g {
                 let gx_group = &mut gx[gi * c_in * plane..(gi + 1) * c_in * plane];

@@ -1,7 +1,10 @@
 //! What the CPU custom ops share: slices of their storages, and small loops written so that
 //! they vectorise.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, Layout, Result, Storage};
+use rayon::prelude::*;
 
 /// The f32 values a contiguous CPU storage holds under `layout`; `what` names it in errors.
 pub fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -16,6 +19,27 @@ pub fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Resu
 pub fn storage_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let Storage::Cpu(storage) = storage else { candle_core::bail!("{what} must be on the CPU") };
     cpu_f32(storage, layout, what)
+}
+
+/// A new `len`-value buffer written in parallel: `fill(i, chunk)` gets the `i`-th run of `chunk`
+/// values, zeroed by the thread that fills it, and its results are returned in order. (Zeroing
+/// the whole buffer first, as `vec![0.0; len]` does, runs on one thread and leaves the other
+/// idle: a few percent of a training step on two.)
+pub fn par_fill<R: Send>(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) -> R + Sync) -> (Vec<f32>, Vec<R>) {
+    let mut v = Vec::with_capacity(len);
+    let results = v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .map(|(i, c)| {
+            c.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `c` was initialised on the line above.
+            let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            fill(i, c)
+        })
+        .collect();
+    // SAFETY: the chunks cover `0..len`, and each was initialised above.
+    unsafe { v.set_len(len) };
+    (v, results)
 }
 
 /// `Σ f(aᵢ, bᵢ)` with eight independent accumulators, so that it vectorises.
@@ -81,5 +105,15 @@ mod tests {
             .map(|x| (((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs(), x))
             .fold((0f64, 0f32), |a, b| if b.0 > a.0 { b } else { a });
         assert!(worst < 2e-7, "worst relative error {worst:e} at {at}");
+    }
+
+    #[test]
+    fn par_fill_covers_every_value_in_order() {
+        let (v, firsts) = par_fill(10, 3, |i, c| {
+            c.iter_mut().enumerate().for_each(|(j, x)| *x += (i * 3 + j) as f32);
+            i
+        });
+        assert_eq!(v, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+        assert_eq!(firsts, vec![0, 1, 2, 3]);
     }
 }

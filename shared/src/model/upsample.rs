@@ -7,9 +7,8 @@
 //! YOLOv5's upsampled layers 10 and 14 also feed a Concat, and their gradients came out wrong.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::kernels::{cpu_f32, storage_f32};
+use super::kernels::{cpu_f32, par_fill, storage_f32};
 
 /// `[n, c, h, w]` → `[n, c, h·scale, w·scale]`, each value repeated over a `scale × scale` block.
 pub fn upsample_nearest(x: &Tensor, scale: usize) -> Result<Tensor> {
@@ -43,8 +42,7 @@ impl CustomOp1 for Upsample {
         let x = cpu_f32(s, l, "upsample input")?;
         let (n, c, h, w) = l.shape().dims4()?;
         let k = self.scale;
-        let mut y = vec![0f32; x.len() * k * k];
-        y.par_chunks_mut(h * w * k * k).zip(x.par_chunks(h * w)).for_each(|(dst, src)| plane(src, w, k, dst));
+        let (y, _) = par_fill(x.len() * k * k, h * w * k * k, |i, dst| plane(&x[i * h * w..(i + 1) * h * w], w, k, dst));
         Ok((CpuStorage::F32(y), Shape::from((n, c, h * k, w * k))))
     }
 
@@ -54,8 +52,8 @@ impl CustomOp1 for Upsample {
         let k = self.scale;
         let (storage, layout) = grad.storage_and_layout();
         let g = storage_f32(&storage, layout, "upsample output gradient")?;
-        let mut gx = vec![0f32; n * c * h * w];
-        gx.par_chunks_mut(h * w).zip(g.par_chunks(h * w * k * k)).for_each(|(gx, g)| {
+        let (gx, _) = par_fill(n * c * h * w, h * w, |i, gx| {
+            let g = &g[i * h * w * k * k..(i + 1) * h * w * k * k];
             for (y, row) in g.chunks(w * k).enumerate() {
                 let dst = &mut gx[(y / k) * w..(y / k + 1) * w];
                 for (d, block) in dst.iter_mut().zip(row.chunks(k)) {
