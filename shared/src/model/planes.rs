@@ -240,27 +240,32 @@ fn bias_silu_body(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
 
 /// Max-pool with kernel `k` (odd), stride 1, padding `k/2` (padding never wins: -inf).
 pub fn max_pool_same(x: &Planes, k: usize) -> Planes {
-    let r = k / 2;
     let (h, w) = (x.h, x.w);
-    let mut rows = vec![0f32; x.data.len()];
+    let mut rows = vec![0f32; h * w];
     let mut out = vec![0f32; x.data.len()];
-    for (src, dst) in x.data.chunks(h * w).zip(rows.chunks_mut(h * w)) {
-        for y in 0..h {
-            for xx in 0..w {
-                let (lo, hi) = (xx.saturating_sub(r), (xx + r + 1).min(w));
-                dst[y * w + xx] = src[y * w + lo..y * w + hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            }
-        }
-    }
-    for (src, dst) in rows.chunks(h * w).zip(out.chunks_mut(h * w)) {
-        for y in 0..h {
-            let (lo, hi) = (y.saturating_sub(r), (y + r + 1).min(h));
-            for xx in 0..w {
-                dst[y * w + xx] = (lo..hi).map(|yy| src[yy * w + xx]).fold(f32::NEG_INFINITY, f32::max);
-            }
-        }
+    for (src, dst) in x.data.chunks(h * w).zip(out.chunks_mut(h * w)) {
+        max_pool_plane(src, h, w, k, &mut rows, dst);
     }
     Planes::new(x.c, h, w, out)
+}
+
+/// The window maximum of one `h × w` plane, separably: `rows` gets each value's maximum over its
+/// row window, `dst` the maximum of those over the column window (edges clamp the windows, as
+/// padding with -inf does).
+pub(crate) fn max_pool_plane(src: &[f32], h: usize, w: usize, k: usize, rows: &mut [f32], dst: &mut [f32]) {
+    let r = k / 2;
+    for y in 0..h {
+        for xx in 0..w {
+            let (lo, hi) = (xx.saturating_sub(r), (xx + r + 1).min(w));
+            rows[y * w + xx] = src[y * w + lo..y * w + hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        }
+    }
+    for y in 0..h {
+        let (lo, hi) = (y.saturating_sub(r), (y + r + 1).min(h));
+        for xx in 0..w {
+            dst[y * w + xx] = (lo..hi).map(|yy| rows[yy * w + xx]).fold(f32::NEG_INFINITY, f32::max);
+        }
+    }
 }
 
 /// Nearest-neighbour upsampling by an integer factor.
