@@ -18,7 +18,7 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<()> {
-    mistnet::memory::keep_freed_memory();
+    mistnet::runtime::init();
     let model = std::env::var("MISTNET_BENCH_MODEL").unwrap_or_else(|_| "yolov5s".into());
     let (cut, imgsz, bs, iters) = (env("MISTNET_BENCH_CUT", 4), env("MISTNET_BENCH_IMGSZ", 640), env("MISTNET_BENCH_BATCH", 8), env("MISTNET_BENCH_ITERS", 3));
     let device = Device::Cpu;

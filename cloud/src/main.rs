@@ -57,7 +57,7 @@ mod train_cmd;
 mod val;
 
 fn main() -> Result<()> {
-    mistnet::memory::keep_freed_memory();
+    mistnet::runtime::init();
     mistnet::logging::init();
     match Cli::parse().command {
         Command::Cuts(args) => cuts::run(args),

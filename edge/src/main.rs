@@ -27,7 +27,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    mistnet::memory::keep_freed_memory();
+    mistnet::runtime::init();
     mistnet::logging::init();
     match Cli::parse().command {
         Command::Extract(args) => extract::run(args),

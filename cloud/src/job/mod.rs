@@ -89,9 +89,8 @@ pub struct Args {
     /// Seed of the generated data and of training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// CPU threads of each training phase; each edge process uses one. More threads only help on
-    /// an otherwise idle machine: candle's CPU workers spin-wait for each other, so on busy cores
-    /// extra threads make training several times slower.
+    /// CPU threads (rayon's pool) of each training phase; each edge process uses one. The default
+    /// suits a machine shared with other work; on idle cores, give training the cores it has.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Device of the training phases: cpu, or cuda:N (needs a build with `--features cuda`).

@@ -397,9 +397,9 @@ fn stored_bytes(store: &Path) -> u64 {
     segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 
-/// Caps candle's and rayon's threads in a child.
+/// Caps a child's compute threads (rayon's pool; candle's own pool stays inline, `runtime::init`).
 fn set_threads(cmd: &mut Command, threads: usize) {
-    cmd.env("CANDLE_NUM_THREADS", threads.to_string()).env("RAYON_NUM_THREADS", threads.to_string());
+    cmd.env("RAYON_NUM_THREADS", threads.to_string());
 }
 
 fn path(p: &Path) -> Result<&str> {
