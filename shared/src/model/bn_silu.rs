@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{cpu_f32, lane_sum, par_fill, silu_and_slope, storage_f32};
+use super::kernels::{cpu_f32, lane_sum, par_fill, silu_and_slope, storage_f32, widest};
 
 /// Whether `forward` handles these tensors (CPU, f32); other devices use candle's ops.
 pub fn supported(x: &Tensor) -> bool {
@@ -95,9 +95,11 @@ impl CustomOp3 for BnSilu {
         let plane = h * wd;
         let (y, _) = par_fill(x.len(), plane, |i, y| {
             let (a, b) = affine[i % c];
-            for (y, &x) in y.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
-                *y = silu_and_slope(a * x + b).0;
-            }
+            widest(|| {
+                for (y, &x) in y.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
+                    *y = silu_and_slope(a * x + b).0;
+                }
+            })
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -119,11 +121,13 @@ impl CustomOp3 for BnSilu {
             let ch = p % c;
             let (a, b) = affine[ch];
             let (x, g) = (&x[p * plane..(p + 1) * plane], &g[p * plane..(p + 1) * plane]);
-            for ((dz, &x), &g) in dz.iter_mut().zip(x).zip(g) {
-                *dz = g * silu_and_slope(a * x + b).1;
-            }
             let mean = self.mean[ch];
-            (lane_sum(dz, dz, |d, _| d), lane_sum(dz, x, |d, x| d * (x - mean)))
+            widest(|| {
+                for ((dz, &x), &g) in dz.iter_mut().zip(x).zip(g) {
+                    *dz = g * silu_and_slope(a * x + b).1;
+                }
+                (lane_sum(dz, dz, |d, _| d), lane_sum(dz, x, |d, x| d * (x - mean)))
+            })
         });
         // ∂β = Σ∂z and ∂γ = Σ∂z·x̂ per channel.
         let (mut d_bias, mut d_weight) = (vec![0f64; c], vec![0f64; c]);
@@ -140,9 +144,11 @@ impl CustomOp3 for BnSilu {
             let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
             let k = gamma[ch] * inv_std / count;
             let (sb, sw) = (d_bias[ch], d_weight[ch]);
-            for (dx, &x) in dx.iter_mut().zip(&x[p * plane..(p + 1) * plane]) {
-                *dx = k * (count * *dx - sb - (x - mean) * inv_std * sw);
-            }
+            widest(|| {
+                for (dx, &x) in dx.iter_mut().zip(&x[p * plane..(p + 1) * plane]) {
+                    *dx = k * (count * *dx - sb - (x - mean) * inv_std * sw);
+                }
+            })
         });
         let dev = weight.device();
         Ok((

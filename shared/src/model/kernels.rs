@@ -21,6 +21,37 @@ pub fn storage_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Res
     cpu_f32(storage, layout, what)
 }
 
+/// Runs `f` compiled for the widest vector unit the CPU has: AVX-512, AVX2 with FMA, or the
+/// build's baseline (SSE2 on x86-64). `f` and what it calls should be `#[inline(always)]` loops,
+/// so that they are compiled into the wide versions.
+#[inline(always)]
+pub fn widest<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F.
+            return unsafe { with_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// A new `len`-value buffer written in parallel: `fill(i, chunk)` gets the `i`-th run of `chunk`
 /// values, zeroed by the thread that fills it, and its results are returned in order. (Zeroing
 /// the whole buffer first, as `vec![0.0; len]` does, runs on one thread and leaves the other
@@ -43,6 +74,7 @@ pub fn par_fill<R: Send>(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f3
 }
 
 /// `Σ f(aᵢ, bᵢ)` with eight independent accumulators, so that it vectorises.
+#[inline(always)]
 pub fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));

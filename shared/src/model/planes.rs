@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::ConvShape;
-use super::kernels::silu;
+use super::kernels::{silu, widest};
 use super::upsample;
 
 /// One image: `c` planes of `h × w` values, row-major.
@@ -196,30 +196,7 @@ pub(crate) fn col2im(col: &[f32], c: usize, h: usize, w: usize, shape: &ConvShap
 
 /// `row = silu(row + bias) (+ residual)`, vectorised through `kernels::silu`.
 fn bias_silu(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F.
-            return unsafe { bias_silu_avx512(row, bias, residual) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA.
-            return unsafe { bias_silu_avx2(row, bias, residual) };
-        }
-    }
-    bias_silu_body(row, bias, residual)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn bias_silu_avx512(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
-    bias_silu_body(row, bias, residual)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn bias_silu_avx2(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
-    bias_silu_body(row, bias, residual)
+    widest(|| bias_silu_body(row, bias, residual))
 }
 
 #[inline(always)]
