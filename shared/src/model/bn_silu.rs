@@ -95,7 +95,7 @@ impl CustomOp3 for BnSilu {
         let plane = h * wd;
         let (y, _) = par_fill(x.len(), plane, |i, y| {
             let (a, b) = affine[i % c];
-            widest(|| {
+            widest(#[inline(always)] || {
                 for (y, &x) in y.iter_mut().zip(&x[i * plane..(i + 1) * plane]) {
                     *y = silu_and_slope(a * x + b).0;
                 }
@@ -122,7 +122,7 @@ impl CustomOp3 for BnSilu {
             let (a, b) = affine[ch];
             let (x, g) = (&x[p * plane..(p + 1) * plane], &g[p * plane..(p + 1) * plane]);
             let mean = self.mean[ch];
-            widest(|| {
+            widest(#[inline(always)] || {
                 for ((dz, &x), &g) in dz.iter_mut().zip(x).zip(g) {
                     *dz = g * silu_and_slope(a * x + b).1;
                 }
@@ -144,7 +144,7 @@ impl CustomOp3 for BnSilu {
             let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
             let k = gamma[ch] * inv_std / count;
             let (sb, sw) = (d_bias[ch], d_weight[ch]);
-            widest(|| {
+            widest(#[inline(always)] || {
                 for (dx, &x) in dx.iter_mut().zip(&x[p * plane..(p + 1) * plane]) {
                     *dx = k * (count * *dx - sb - (x - mean) * inv_std * sw);
                 }

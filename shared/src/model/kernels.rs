@@ -22,8 +22,8 @@ pub fn storage_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Res
 }
 
 /// Runs `f` compiled for the widest vector unit the CPU has: AVX-512, AVX2 with FMA, or the
-/// build's baseline (SSE2 on x86-64). `f` and what it calls should be `#[inline(always)]` loops,
-/// so that they are compiled into the wide versions.
+/// build's baseline (SSE2 on x86-64). Mark the closure `#[inline(always)]`, and what it calls:
+/// a closure left out of line is compiled once, for the baseline.
 #[inline(always)]
 pub fn widest<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

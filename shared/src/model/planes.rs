@@ -196,7 +196,7 @@ pub(crate) fn col2im(col: &[f32], c: usize, h: usize, w: usize, shape: &ConvShap
 
 /// `row = silu(row + bias) (+ residual)`, vectorised through `kernels::silu`.
 fn bias_silu(row: &mut [f32], bias: f32, residual: Option<&[f32]>) {
-    widest(|| bias_silu_body(row, bias, residual))
+    widest(#[inline(always)] || bias_silu_body(row, bias, residual))
 }
 
 #[inline(always)]
