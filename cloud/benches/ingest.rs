@@ -49,7 +49,7 @@ fn main() {
     // A random-init yolov5s Front: the server needs weights to serve, and their values do not matter here.
     let weights = tmp.path().join("yolov5s-front.safetensors");
     let specs = ModelConfig::load("yolov5s").unwrap().layers().unwrap();
-    let params = ParamStore::fresh();
+    let params = ParamStore::fresh(0);
     let front = Front::load(&specs, CUT, &params, &Device::Cpu).unwrap();
     params.save(&weights).unwrap();
     let shape = [1usize, front.out_channels(), IMGSZ / front.out_stride(), IMGSZ / front.out_stride()];

@@ -23,7 +23,7 @@ fn main() -> Result<()> {
     let (cut, imgsz, bs, iters) = (env("MISTNET_BENCH_CUT", 4), env("MISTNET_BENCH_IMGSZ", 640), env("MISTNET_BENCH_BATCH", 8), env("MISTNET_BENCH_ITERS", 3));
     let device = Device::Cpu;
     let specs = ModelConfig::load(&model)?.layers()?;
-    let store = ParamStore::fresh();
+    let store = ParamStore::fresh(0);
     let back = load_back(&specs, cut, &store, &device)?;
     let input = &specs[cut - 1];
     let hw = imgsz / input.stride;

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = match (&args.weights, args.run.resume) {
         (_, true) => ParamStore::open(&[&checkpoint]).with_context(|| format!("--resume needs {}", checkpoint.display()))?,
         (Some(w), false) => ParamStore::open(&[w])?,
-        (None, false) => ParamStore::fresh(),
+        (None, false) => ParamStore::fresh(config.seed),
     };
     let model = Yolo::load(store.var_builder(&config.device), &specs, 0, BatchNormConfig::default())?;
     if args.weights.is_none() && !args.run.resume {

@@ -69,7 +69,7 @@ pub fn run(args: Args) -> Result<()> {
     let (store, fresh) = if args.run.resume {
         (ParamStore::open(&[&checkpoint]).with_context(|| format!("--resume needs {}", checkpoint.display()))?, false)
     } else if args.fresh_back {
-        (ParamStore::fresh(), true)
+        (ParamStore::fresh(config.seed), true)
     } else {
         (ParamStore::open(&[&args.weights])?, false)
     };

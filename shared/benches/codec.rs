@@ -30,7 +30,7 @@ struct Input {
 fn load() -> Input {
     let root = env!("CARGO_MANIFEST_DIR");
     let specs = ModelConfig::load(&format!("{root}/../models/yolov5s.yaml")).unwrap().layers().unwrap();
-    let front = Front::load(&specs, CUT, &ParamStore::fresh(), &Device::Cpu).unwrap();
+    let front = Front::load(&specs, CUT, &ParamStore::fresh(0), &Device::Cpu).unwrap();
     let img = read_rgb(format!("{root}/tests/fixtures/images/astronaut.png").as_ref()).unwrap();
     let image = image_to_tensor(&letterbox(&img, 640).0, &Device::Cpu).unwrap();
     let features = front.forward(&image).unwrap();

@@ -73,7 +73,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("yolov5s-front.safetensors");
     let specs = ModelConfig::load("yolov5s").unwrap().layers().unwrap();
-    let store = ParamStore::fresh();
+    let store = ParamStore::fresh(0);
     Yolo::load(store.var_builder(&Device::Cpu), &specs, 0, BatchNormConfig::default()).unwrap();
     let front: std::collections::BTreeMap<_, _> =
         store.tensors().into_iter().filter(|(k, _)| front_prefixes(4).iter().any(|p| k.starts_with(p))).collect();

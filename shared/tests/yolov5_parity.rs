@@ -137,7 +137,7 @@ fn invalid_cut_names_the_valid_ones() {
 fn weights_for_another_config_are_refused() {
     // yolov5s weights shapes differ from yolov5n: a fresh yolov5s store saved, then loaded as yolov5n.
     let specs_s = ModelConfig::load("yolov5s").unwrap().layers().unwrap();
-    let fresh = ParamStore::fresh();
+    let fresh = ParamStore::fresh(0);
     Yolo::load(fresh.var_builder(&Device::Cpu), &specs_s, 0, BatchNormConfig::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("s.safetensors");

@@ -228,7 +228,7 @@ pub fn initialize_detect_biases(store: &ParamStore, model: &Yolo) -> Result<(), 
 /// reference that a Back trained on binarized features is measured against.
 pub fn save_untrained_back(weights: &Path, cut: usize, out: &Path) -> Result<(), FitError> {
     let meta = DeployMeta::read(weights)?;
-    let store = ParamStore::fresh();
+    let store = ParamStore::fresh(0);
     let back = mistnet::model::load_back(&meta.specs()?, cut, &store, &Device::Cpu)?;
     initialize_detect_biases(&store, &back)?;
     let mut all = store.tensors();

@@ -1,6 +1,6 @@
-//! Seeded parameter initialisation. candle's CPU random generator cannot be seeded, so every
-//! randomly initialised tensor of the evaluation (a random-init Front, the decoder) is drawn
-//! here from ChaCha8, making a run reproducible for its `--seed`.
+//! Seeded initialisation of the attack's decoder (a `VarMap` of its own; the Front's store is
+//! seeded by `ParamStore::fresh`). candle's CPU random generator cannot be seeded, so the
+//! decoder's tensors are drawn here from ChaCha8, making a run reproducible for its `--seed`.
 
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};

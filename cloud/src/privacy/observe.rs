@@ -11,7 +11,6 @@ use mistnet::codec::{self, CodecRng, DEFAULT_ZSTD_LEVEL, DecodeLimits, EncodePar
 use mistnet::model::{Front, LayerSpec, ParamStore, UnfoldedFront};
 
 use super::PrivacyError;
-use super::init::{stream, uniform_fan_in};
 
 /// What crosses the network in one evaluated setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,21 +101,12 @@ pub struct CutModel {
 pub fn load_fronts(specs: &[LayerSpec], cuts: &[usize], weights: &Weights, device: &Device) -> Result<Vec<CutModel>, PrivacyError> {
     let store = match weights {
         Weights::Files(paths) => ParamStore::open(paths)?,
-        Weights::RandomInit(_) => ParamStore::fresh(),
+        Weights::RandomInit(seed) => ParamStore::fresh(*seed),
     };
     let attackers = cuts
         .iter()
         .map(|&cut| UnfoldedFront::load(specs, cut, &store, device))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Weights::RandomInit(seed) = weights {
-        let mut rng = stream(*seed, "front-init");
-        for (name, t) in store.tensors() {
-            if name.ends_with(".conv.weight") {
-                // The store's tensors are variables shared with the layers: set them in place.
-                uniform_fan_in(&candle_core::Var::from_tensor(&t)?, &mut rng)?;
-            }
-        }
-    }
     cuts.iter()
         .zip(attackers)
         .map(|(&cut, attacker)| {

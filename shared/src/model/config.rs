@@ -318,7 +318,7 @@ mod tests {
             ("yolov5x", 86_749_405),
         ] {
             let specs = ModelConfig::load(name).unwrap().layers().unwrap();
-            let store = ParamStore::fresh();
+            let store = ParamStore::fresh(0);
             Yolo::load(store.var_builder(&Device::Cpu), &specs, 0, BatchNormConfig::default()).unwrap();
             let n: usize = store.trainable().iter().map(|(_, v)| v.elem_count()).sum();
             assert_eq!(n, expected, "{name}");

@@ -198,7 +198,7 @@ mod tests {
     fn unfolded_front_computes_the_folded_front_and_has_image_gradients() {
         let specs = ModelConfig::load("yolov5n").unwrap().layers().unwrap();
         let dev = Device::Cpu;
-        let store = ParamStore::fresh();
+        let store = ParamStore::fresh(0);
         // Non-trivial BatchNorm statistics, so that folding matters.
         let unfolded = UnfoldedFront::load(&specs, 4, &store, &dev).unwrap();
         for (name, t) in store.tensors() {
