@@ -7,6 +7,7 @@ use candle_core::{D, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use super::bn_silu;
+use super::kernels::on_cpu_f32;
 
 /// BatchNorm hyper-parameters.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +74,7 @@ impl BatchNorm2d {
 
     /// `silu(forward_t(x))`, as one fused operation in train mode on CPU f32 (`bn_silu`).
     pub fn forward_silu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || !bn_silu::supported(x) {
+        if !train || !on_cpu_f32(x) {
             return self.forward_t(x, train)?.silu();
         }
         let count = self.train_count(x)?;

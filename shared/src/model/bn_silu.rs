@@ -8,15 +8,10 @@
 //! `x̂ = (x − μ)/σ`, `z = γx̂ + β`, `y = z·s(z)`, `∂z = ∂y·s(z)(1 + z(1 − s(z)))`,
 //! `∂β = Σ∂z`, `∂γ = Σ∂z·x̂`, `∂x = γ/(σM)·(M∂z − ∂β − x̂∂γ)` over the `M = N·H·W` values of a channel.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{cpu_f32, lane_sum, par_fill, silu_and_slope, storage_f32, widest};
-
-/// Whether `forward` handles these tensors (CPU, f32); other devices use candle's ops.
-pub fn supported(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
 
 /// Per-channel batch statistics: mean and biased variance over (N, H, W).
 pub struct BatchStats {

@@ -12,7 +12,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::conv::ConvShape;
 use super::gemm_conv;
-use super::kernels::{cpu_f32, lane_sum, par_fill, storage_f32};
+use super::kernels::{cpu_f32, lane_sum, on_cpu_f32, par_fill, storage_f32};
 
 #[derive(Debug, Clone)]
 pub struct Detect {
@@ -96,7 +96,7 @@ fn head_layout(x: &Tensor, b: &Tensor, na: usize) -> Result<Tensor> {
     if !c.is_multiple_of(na) {
         candle_core::bail!("Detect output of {c} channels is not {na} anchors × outputs");
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if on_cpu_f32(x) {
         x.contiguous()?.apply_op2(&b.contiguous()?, HeadLayout { na })
     } else {
         let x = x.broadcast_add(&b.reshape((1, (), 1, 1))?)?;

@@ -7,16 +7,16 @@
 //! stride-1 convolutions. Images run in parallel on rayon's pool. Other devices and dtypes use
 //! candle's own conv2d.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::ConvShape;
-use super::kernels::{cpu_f32, par_fill};
+use super::kernels::{cpu_f32, on_cpu_f32, par_fill};
 use super::planes::{col2im, im2col};
 
 /// `conv2d(x, w)` with this module's backward on CPU f32; candle's conv2d elsewhere.
 pub fn conv2d(x: &Tensor, w: &Tensor, shape: ConvShape) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+    if on_cpu_f32(x) && on_cpu_f32(w) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv { shape })
     } else {
         x.conv2d(w, shape.p, shape.s, 1, shape.g)
@@ -209,7 +209,7 @@ impl CustomOp2 for WeightGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();

@@ -3,8 +3,13 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, Layout, Result, Storage};
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
+
+/// Whether `t` is f32 on the CPU: what the custom ops handle; other tensors go through candle's ops.
+pub fn on_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
 
 /// The f32 values a contiguous CPU storage holds under `layout`; `what` names it in errors.
 pub fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {

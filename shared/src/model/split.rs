@@ -8,12 +8,13 @@
 //! Front, so exactly one tensor crosses the network. For YOLOv5 the valid cuts are 1..=5 (layer 4
 //! is also the neck's skip input, so cut 5 still sends one tensor; cut 6 would need layers 4 and 5).
 
-use candle_core::{DType, Device, Result as CandleResult, Tensor};
+use candle_core::{Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::c3::{C3, FoldedC3};
 use super::config::{INPUT, LayerKind, LayerSpec};
+use super::kernels::on_cpu_f32;
 use super::conv::{Conv, ConvShape, FoldedConv};
 use super::planes::{self, Planes};
 use super::sppf::{FoldedSppf, Sppf};
@@ -106,7 +107,7 @@ impl Front {
     /// Runs layers `0..cut` on an image batch `[bs, 3, H, W]` (values in 0..1). On the CPU, f32
     /// batches take the fused path ([`planes`]), one image at a time; elsewhere candle's ops.
     pub fn forward(&self, image: &Tensor) -> CandleResult<Tensor> {
-        if image.device().is_cpu() && image.dtype() == DType::F32 {
+        if on_cpu_f32(image) {
             return self.forward_fused(image);
         }
         self.forward_candle(image)

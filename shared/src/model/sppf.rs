@@ -7,12 +7,12 @@
 //! devices it is built from differentiable primitives: pad with -inf, then `maximum` over
 //! `narrow`ed views.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::conv::{Conv, ConvShape, FoldedConv};
-use super::kernels::{cpu_f32, par_fill, storage_f32};
+use super::kernels::{cpu_f32, on_cpu_f32, par_fill, storage_f32};
 use super::planes::{self, Planes, max_pool_plane};
 
 /// Max-pool with kernel `k` (odd), stride 1 and padding `k / 2` filled with -inf: output size = input size.
@@ -20,7 +20,7 @@ pub fn max_pool_same(x: &Tensor, k: usize) -> Result<Tensor> {
     if k.is_multiple_of(2) {
         candle_core::bail!("max_pool_same needs an odd kernel, got {k}");
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if on_cpu_f32(x) {
         return x.contiguous()?.apply_op1(MaxPool { k });
     }
     let p = k / 2;
@@ -148,7 +148,7 @@ impl FoldedSppf {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     use super::*;
 

@@ -6,13 +6,13 @@
 //! already accumulated for its input instead of adding to it (huggingface/candle PR #3507):
 //! YOLOv5's upsampled layers 10 and 14 also feed a Concat, and their gradients came out wrong.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::kernels::{cpu_f32, par_fill, storage_f32};
+use super::kernels::{cpu_f32, on_cpu_f32, par_fill, storage_f32};
 
 /// `[n, c, h, w]` → `[n, c, h·scale, w·scale]`, each value repeated over a `scale × scale` block.
 pub fn upsample_nearest(x: &Tensor, scale: usize) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if on_cpu_f32(x) {
         return x.contiguous()?.apply_op1(Upsample { scale });
     }
     let (n, c, h, w) = x.dims4()?;
