@@ -42,25 +42,43 @@ impl Letterbox {
     }
 }
 
+impl Letterbox {
+    /// The geometry [`letterbox`] uses for an image of `original` (width, height) pixels in a
+    /// `size`×`size` canvas. It depends on the two sizes alone, so whoever knows an image's size
+    /// (the trainer reading the feature store) places its boxes exactly as the edge did.
+    /// `original` must be at least 1×1.
+    pub fn fit(original: (u32, u32), size: u32) -> Letterbox {
+        let (w0, h0) = original;
+        let ratio = (size as f32 / w0 as f32).min(size as f32 / h0 as f32);
+        let new_w = ((w0 as f32 * ratio).round() as u32).clamp(1, size);
+        let new_h = ((h0 as f32 * ratio).round() as u32).clamp(1, size);
+        let dw = (size - new_w) as f32 / 2.0;
+        let dh = (size - new_h) as f32 / 2.0;
+        let left = (dw - 0.1).round();
+        let top = (dh - 0.1).round();
+        Letterbox { ratio, pad: (left, top), original, size: (size, size) }
+    }
+
+    /// Width and height of the resized image inside the canvas.
+    pub fn content(&self) -> (u32, u32) {
+        let (w0, h0) = self.original;
+        let (size_w, size_h) = self.size;
+        (((w0 as f32 * self.ratio).round() as u32).clamp(1, size_w), ((h0 as f32 * self.ratio).round() as u32).clamp(1, size_h))
+    }
+}
+
 /// Resizes `img` into a `size`×`size` canvas keeping its aspect ratio, padding evenly with 114
 /// (YOLOv5's `letterbox(..., auto=False)`; the odd pixel of padding goes right/bottom).
 pub fn letterbox(img: &RgbImage, size: u32) -> (RgbImage, Letterbox) {
-    let (w0, h0) = img.dimensions();
-    let ratio = (size as f32 / w0 as f32).min(size as f32 / h0 as f32);
-    let new_w = ((w0 as f32 * ratio).round() as u32).clamp(1, size);
-    let new_h = ((h0 as f32 * ratio).round() as u32).clamp(1, size);
-    let dw = (size - new_w) as f32 / 2.0;
-    let dh = (size - new_h) as f32 / 2.0;
-    let left = (dw - 0.1).round() as u32;
-    let top = (dh - 0.1).round() as u32;
-    let resized = if (new_w, new_h) == (w0, h0) {
+    let info = Letterbox::fit(img.dimensions(), size);
+    let (new_w, new_h) = info.content();
+    let resized = if (new_w, new_h) == img.dimensions() {
         img.clone()
     } else {
         image::imageops::resize(img, new_w, new_h, FilterType::Triangle)
     };
     let mut canvas = RgbImage::from_pixel(size, size, Rgb([PAD_VALUE; 3]));
-    image::imageops::replace(&mut canvas, &resized, left as i64, top as i64);
-    let info = Letterbox { ratio, pad: (left as f32, top as f32), original: (w0, h0), size: (size, size) };
+    image::imageops::replace(&mut canvas, &resized, info.pad.0 as i64, info.pad.1 as i64);
     (canvas, info)
 }
 
