@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference for `cargo bench -p mistnet-cloud --bench train_step` (cloud/benches/train_step.rs).
+"""PyTorch reference for `cargo bench -p mistnet-train --bench train_step` (cloud/train/benches/train_step.rs).
 
 One training step of the YOLOv5 (7.0) Back on CPU -- modules cut..24 of yolov5s, as `load_back` builds it, fed
 with random features of layer cut-1's output shape ([8, 128, 80, 80] at cut 4, 640 px, batch 8) -- timed per

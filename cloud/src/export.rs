@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         cut: args.cut,
         binarized_cut: meta.binarized_cut,
         front: FileEntry { file: "front.safetensors".into(), sha256: front.hash().to_string(), tensors: front_tensors.len() },
-        model: FileEntry { file: "model.safetensors".into(), sha256: hash_tensors(all.iter())?, tensors: all.len() },
+        model: FileEntry { file: "model.safetensors".into(), sha256: hash_tensors(all.iter())?.to_string(), tensors: all.len() },
     };
     let path = args.out.join("manifest.json");
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n").with_context(|| format!("cannot write {}", path.display()))?;

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use mistnet::model::batch_norm::BatchNormConfig;
 use mistnet::model::deploy::{DeployMeta, model_yaml, specs_for};
 use mistnet::model::{ParamStore, Yolo};
-use mistnet_cloud::fit::images::ImageSet;
-use mistnet_cloud::fit::{self, EvalSet, Trainee, checkpoint_path, initialize_detect_biases};
+use mistnet_train::fit::images::ImageSet;
+use mistnet_train::fit::{self, EvalSet, Trainee, checkpoint_path, initialize_detect_biases};
 
 use crate::run_flags::RunFlags;
 

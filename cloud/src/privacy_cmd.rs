@@ -1,5 +1,5 @@
 //! `mistnet-cloud privacy`: model-inversion attacks on the features edges send, SSIM/PSNR
-//! against ε per cut, with a report (see [`mistnet_cloud::privacy`]).
+//! against ε per cut, with a report (see [`mistnet_privacy`]).
 
 use std::path::PathBuf;
 
@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::codec::{MECHANISM_HELP, Mechanism};
-use mistnet_cloud::privacy::decoder::DecoderConfig;
-use mistnet_cloud::privacy::observe::Weights;
-use mistnet_cloud::privacy::optimize::OptimizeConfig;
-use mistnet_cloud::privacy::report::write_outputs;
-use mistnet_cloud::privacy::utility::UtilityConfig;
-use mistnet_cloud::privacy::{Attack, EvalConfig, evaluate};
+use mistnet_privacy::decoder::DecoderConfig;
+use mistnet_privacy::observe::Weights;
+use mistnet_privacy::optimize::OptimizeConfig;
+use mistnet_privacy::report::write_outputs;
+use mistnet_privacy::utility::UtilityConfig;
+use mistnet_privacy::{Attack, EvalConfig, evaluate};
 
 #[derive(clap::Args)]
 #[command(after_help = "\

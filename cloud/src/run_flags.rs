@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use mistnet::data::{BadDataPolicy, Dataset, LoadedSplit, Split};
-use mistnet_cloud::fit::{FitConfig, parse_device};
-use mistnet_cloud::train::{Hyp, LrDecay, optimizer::NOMINAL_BATCH};
+use mistnet_train::fit::{FitConfig, parse_device};
+use mistnet_train::train::{Hyp, LrDecay, optimizer::NOMINAL_BATCH};
 
 #[derive(clap::Args)]
 pub struct RunFlags {

@@ -31,10 +31,21 @@ pub struct Args {
     /// Number of private per-edge splits.
     #[arg(long, default_value_t = SynthConfig::default().edges)]
     edges: usize,
+    /// Size of the private splits' images (the edges' and the held-out split) as WIDTHxHEIGHT, e.g. 224x128:
+    /// drawn at --imgsz square, then resized, as non-square camera photos. Default: --imgsz square.
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    private_size: Option<(u32, u32)>,
+}
+
+/// `WIDTHxHEIGHT` in pixels.
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once('x').ok_or_else(|| format!("expected WIDTHxHEIGHT, e.g. 224x128, got {s:?}"))?;
+    let side = |v: &str| v.parse::<u32>().map_err(|_| format!("{v:?} is not a pixel count in {s:?}"));
+    Ok((side(w)?, side(h)?))
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let cfg = SynthConfig { images: args.images, imgsz: args.imgsz, seed: args.seed, edges: args.edges };
+    let cfg = SynthConfig { images: args.images, imgsz: args.imgsz, seed: args.seed, edges: args.edges, private_size: args.private_size };
     let start = Instant::now();
     let manifest = generate(&cfg, &args.out)?;
     println!("{:<16} {:<8} {:>6}  objects per class ({})", "split", "domain", "images", manifest.classes.join(", "));

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet::codec::{DecodeLimits, EPSILON_HELP, FrontHash, MECHANISM_HELP, Mechanism, Privacy, decode};
+use mistnet::codec::{DecodeLimits, EPSILON_HELP, MECHANISM_HELP, Mechanism, Privacy, decode};
+use mistnet::encoder::{EdgeEncoder, WireSettings};
 use mistnet::model::deploy::{DeployMeta, model_yaml, specs_for};
 use mistnet::model::{DEFAULT_CUT, Front, ParamStore, load_back};
-use mistnet_cloud::fit::{self, EvalSet, FeatureSet, Trainee, checkpoint_path, initialize_detect_biases};
-use mistnet_cloud::store::FeatureStore;
+use mistnet_train::fit::{self, EvalSet, FeatureSet, Trainee, checkpoint_path, initialize_detect_biases};
+use mistnet_store::FeatureStore;
 
 use crate::run_flags::RunFlags;
 
@@ -86,7 +87,8 @@ pub fn run(args: Args) -> Result<()> {
                     .expect("valid template")
                     .progress_chars("=> "),
             );
-            let features = FeatureSet::extract(&train.samples, &front, config.imgsz, privacy, config.seed, || bar.inc(1))?;
+            let encoder = EdgeEncoder::new(front.clone(), config.imgsz, WireSettings::packed(privacy))?;
+            let features = FeatureSet::extract(&train.samples, &encoder, config.seed, || bar.inc(1))?;
             bar.finish_and_clear();
             tracing::info!(samples = train.samples.len(), cut = args.cut, front = %front.hash(), mechanism = args.mechanism.name(), epsilon = ?args.epsilon, "features extracted");
             features
@@ -105,7 +107,7 @@ pub fn run(args: Args) -> Result<()> {
 fn stored_features(dir: &std::path::Path, front: &Front) -> Result<FeatureSet> {
     let samples = FeatureStore::open(dir)?.samples()?;
     anyhow::ensure!(!samples.is_empty(), "the feature store {} holds no samples", dir.display());
-    let hash: FrontHash = front.hash().parse()?;
+    let hash = front.hash();
     for s in &samples {
         let header = decode(&s.features, &DecodeLimits::default())
             .with_context(|| format!("stored sample {}/{}", s.edge, s.sample_id))?

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use mistnet::data::{BadDataPolicy, Split};
 use mistnet::model::deploy::Detector;
-use mistnet_cloud::fit::{EvalSet, parse_device};
+use mistnet_train::fit::{EvalSet, parse_device};
 
 #[derive(clap::Args)]
 #[command(after_help = "A MistNet model (from `train`) runs as the edge would at test time: the Front, binarization \

@@ -50,7 +50,7 @@ fn synth_writes_a_loadable_dataset() {
 fn partition_covers_every_image_once_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    generate(&SynthConfig { images: 60, imgsz: 32, seed: 1, edges: 2 }, &data).unwrap();
+    generate(&SynthConfig { images: 60, imgsz: 32, seed: 1, edges: 2, private_size: None }, &data).unwrap();
     // private.yaml's train split spans two directories with the same file names.
     let source = data.join("private.yaml");
     let out = dir.path().join("iid");
@@ -102,7 +102,7 @@ fn partition_covers_every_image_once_and_is_deterministic() {
 fn partition_fails_on_bad_data_unless_told_to_skip() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    generate(&SynthConfig { images: 20, imgsz: 32, seed: 2, edges: 1 }, &data).unwrap();
+    generate(&SynthConfig { images: 20, imgsz: 32, seed: 2, edges: 1, private_size: None }, &data).unwrap();
     let label = data.join("public/train/labels/000003.txt");
     fs::write(&label, "0 0.5 0.5 0.1\n").unwrap();
     let source = data.join("public.yaml");
@@ -120,7 +120,7 @@ fn partition_fails_on_bad_data_unless_told_to_skip() {
 fn partition_reads_coco() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    generate(&SynthConfig { images: 20, imgsz: 32, seed: 4, edges: 1 }, &data).unwrap();
+    generate(&SynthConfig { images: 20, imgsz: 32, seed: 4, edges: 1, private_size: None }, &data).unwrap();
     let images: Vec<PathBuf> = (0..4).map(|i| data.join(format!("public/train/images/{i:06}.png"))).collect();
     let entries: Vec<String> = (0..4).map(|i| format!(r#"{{"id": {i}, "file_name": "{i:06}.png", "width": 32, "height": 32}}"#)).collect();
     let json = dir.path().join("coco.json");

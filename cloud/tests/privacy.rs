@@ -6,11 +6,11 @@ use std::process::Command;
 use candle_core::Device;
 use indicatif::ProgressBar;
 use mistnet::codec::Mechanism;
-use mistnet_cloud::privacy::decoder::DecoderConfig;
-use mistnet_cloud::privacy::observe::Weights;
-use mistnet_cloud::privacy::optimize::OptimizeConfig;
-use mistnet_cloud::privacy::report::{CSV_COLUMNS, write_outputs};
-use mistnet_cloud::privacy::{Attack, EvalConfig, evaluate};
+use mistnet_privacy::decoder::DecoderConfig;
+use mistnet_privacy::observe::Weights;
+use mistnet_privacy::optimize::OptimizeConfig;
+use mistnet_privacy::report::{CSV_COLUMNS, write_outputs};
+use mistnet_privacy::{Attack, EvalConfig, evaluate};
 
 fn tiny(attacks: Vec<Attack>) -> EvalConfig {
     EvalConfig {

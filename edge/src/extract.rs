@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet::data::letterbox::{image_to_tensor, is_image, letterbox, read_rgb};
-use mistnet::codec::{ENCODING_HELP, Encoding, encode};
+use mistnet::codec::{ENCODING_HELP, Encoding, Privacy};
+use mistnet::data::letterbox::{is_image, read_rgb};
+use mistnet::encoder::{EdgeEncoder, WireSettings};
 use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore};
 
 use crate::privatize::PrivacyArgs;
@@ -50,19 +51,18 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
     }
     let images = list_images(&args.input)?;
-    if args.encoding.is_some() {
-        args.privacy.privacy()?; // refuse bad privacy flags before loading anything
-    }
-    let device = Device::Cpu;
+    // Bad privacy flags are refused before anything loads; without --encoding nothing is encoded.
+    let wire = match args.encoding {
+        Some(encoding) => args.privacy.wire(encoding)?,
+        None => WireSettings::packed(Privacy::none()),
+    };
     let specs = ModelConfig::load(&args.model)?.layers()?;
     let store = ParamStore::open(&args.weights)?;
-    let front = Front::load(&specs, args.cut, &store, &device)?;
+    let front = Front::load(&specs, args.cut, &store, &Device::Cpu)?;
     drop(store);
     tracing::info!(model = %args.model, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
-    let mut encoder = match args.encoding {
-        Some(e) => Some((args.privacy.encode_params(e, front.cut(), front.hash())?, args.privacy.rng()?)),
-        None => None,
-    };
+    let encoder = EdgeEncoder::new(front, args.imgsz, wire)?;
+    let mut rng = args.privacy.rng()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
 
     let bar = ProgressBar::new(images.len() as u64).with_style(
@@ -74,32 +74,28 @@ pub fn run(args: Args) -> Result<()> {
         let stem = path.file_stem().and_then(|s| s.to_str()).context("image name is not valid UTF-8")?;
         bar.set_message(stem.to_string());
         let img = read_rgb(path).map_err(anyhow::Error::msg)?;
-        let (boxed, lb) = letterbox(&img, args.imgsz);
-        let features = front.forward(&image_to_tensor(&boxed, &device)?)?;
-        let out = match encoder.as_mut() {
-            Some((params, rng)) => {
-                let message = encode(&features.flatten_all()?.to_vec1::<f32>()?, features.dims(), params, rng)?;
-                let out = args.out.join(format!("{stem}.mnf"));
-                write_atomically(&out, &message)?;
-                out
-            }
-            None => {
-                let metadata = HashMap::from([
-                    ("cut".to_string(), front.cut().to_string()),
-                    ("front_hash".to_string(), front.hash().to_string()),
-                    ("imgsz".to_string(), args.imgsz.to_string()),
-                    ("source".to_string(), path.display().to_string()),
-                    ("letterbox_ratio".to_string(), lb.ratio.to_string()),
-                    ("letterbox_pad".to_string(), format!("{},{}", lb.pad.0, lb.pad.1)),
-                    ("original_size".to_string(), format!("{},{}", lb.original.0, lb.original.1)),
-                ]);
-                let out = args.out.join(format!("{stem}.safetensors"));
-                let bytes = safetensors::serialize([("features", &features)], Some(metadata))?;
-                write_atomically(&out, &bytes)?;
-                out
-            }
+        let features = encoder.features(&img)?;
+        let out = if args.encoding.is_some() {
+            let out = args.out.join(format!("{stem}.mnf"));
+            write_atomically(&out, &encoder.encode_features(&features.tensor, &mut rng)?)?;
+            out
+        } else {
+            let (front, lb) = (encoder.front(), features.letterbox);
+            let metadata = HashMap::from([
+                ("cut".to_string(), front.cut().to_string()),
+                ("front_hash".to_string(), front.hash().to_string()),
+                ("imgsz".to_string(), args.imgsz.to_string()),
+                ("source".to_string(), path.display().to_string()),
+                ("letterbox_ratio".to_string(), lb.ratio.to_string()),
+                ("letterbox_pad".to_string(), format!("{},{}", lb.pad.0, lb.pad.1)),
+                ("original_size".to_string(), format!("{},{}", lb.original.0, lb.original.1)),
+            ]);
+            let out = args.out.join(format!("{stem}.safetensors"));
+            let bytes = safetensors::serialize([("features", &features.tensor)], Some(metadata))?;
+            write_atomically(&out, &bytes)?;
+            out
         };
-        tracing::debug!(image = %path.display(), shape = ?features.dims(), out = %out.display(), "extracted");
+        tracing::debug!(image = %path.display(), shape = ?features.tensor.dims(), out = %out.display(), "extracted");
         bar.inc(1);
     }
     bar.finish_and_clear();

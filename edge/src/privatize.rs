@@ -1,11 +1,9 @@
 //! The edge's privacy flags (`--mechanism`, `--epsilon`, `--encoding`, `--zstd-level`, `--seed`)
-//! turned into codec parameters and a noise generator.
+//! turned into wire settings and a noise generator.
 
 use anyhow::{Result, bail};
-use mistnet::codec::{
-    CodecRng, DEFAULT_ZSTD_LEVEL, EPSILON_HELP, EncodeParams, Encoding, FrontHash, MECHANISM_HELP,
-    Mechanism, Privacy, os_rng, seeded_rng,
-};
+use mistnet::codec::{CodecRng, DEFAULT_ZSTD_LEVEL, EPSILON_HELP, Encoding, MECHANISM_HELP, Mechanism, Privacy, os_rng, seeded_rng};
+use mistnet::encoder::WireSettings;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PrivacyArgs {
@@ -36,15 +34,9 @@ impl PrivacyArgs {
         Ok(Privacy::new(self.mechanism, self.epsilon)?)
     }
 
-    /// Codec parameters for features made by the Front with `front_hash` at `cut`.
-    pub fn encode_params(&self, encoding: Encoding, cut: usize, front_hash: &str) -> Result<EncodeParams> {
-        Ok(EncodeParams {
-            privacy: self.privacy()?,
-            encoding,
-            zstd_level: (self.zstd_level != 0).then_some(self.zstd_level),
-            cut: u16::try_from(cut)?,
-            front_hash: front_hash.parse::<FrontHash>()?,
-        })
+    /// How the features leave the edge, serialized in `encoding`.
+    pub fn wire(&self, encoding: Encoding) -> Result<WireSettings> {
+        Ok(WireSettings { privacy: self.privacy()?, encoding, zstd_level: (self.zstd_level != 0).then_some(self.zstd_level) })
     }
 
     /// The noise generator: OS-seeded ChaCha20 unless `--seed` was given.

@@ -14,7 +14,8 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use mistnet::codec::{
     DecodeLimits, EncodeParams, Encoding, FrontHash, Mechanism, Privacy, Stats, binarize, decode, encode, seeded_rng,
 };
-use mistnet::data::letterbox::{image_to_tensor, letterbox, read_rgb};
+use mistnet::data::letterbox::{letterbox, read_rgb};
+use mistnet::model::image_to_tensor;
 use mistnet::model::{Front, ModelConfig, ParamStore};
 
 const EPSILONS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];

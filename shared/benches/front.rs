@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::Device;
-use mistnet::data::letterbox::{image_to_tensor, letterbox, read_rgb};
+use mistnet::data::letterbox::{letterbox, read_rgb};
+use mistnet::model::image_to_tensor;
 use mistnet::model::split::front_prefixes;
 use mistnet::model::weights::save_tensors;
 use mistnet::model::{Front, ModelConfig, ParamStore, Yolo, batch_norm::BatchNormConfig};

@@ -6,9 +6,10 @@
 //! - [`codec`]: what leaves an edge: binarization, randomized-response LDP, bit packing, zstd, the wire format.
 //! - [`logging`]: the tracing set-up both binaries share.
 //! - [`runtime`]: the process-wide allocator and thread settings both binaries apply.
-pub mod codec;
-pub mod data;
+pub use mistnet_codec as codec;
+pub use mistnet_data as data;
+pub mod encoder;
 pub mod logging;
 pub mod runtime;
-pub mod metrics;
+pub use mistnet_metrics as metrics;
 pub mod model;

@@ -11,7 +11,7 @@ use mistnet::data::{BadDataPolicy, Dataset, Split};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-const SMALL: SynthConfig = SynthConfig { images: 40, imgsz: 64, seed: 11, edges: 2 };
+const SMALL: SynthConfig = SynthConfig { images: 40, imgsz: 64, seed: 11, edges: 2, private_size: None };
 
 /// Every file under `root`, by relative path, with the root's path replaced in text files.
 fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -121,4 +121,24 @@ fn private_images_are_darker_than_public_ones() {
     };
     let (public, private) = (brightness(Domain::Public), brightness(Domain::Private));
     assert!(private < public * 0.85, "mean brightness: public {public:.1}, private {private:.1}");
+}
+
+#[test]
+fn private_size_gives_non_square_private_images_with_the_square_labels() {
+    let (square, wide) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    generate(&SMALL, square.path()).unwrap();
+    let manifest = generate(&SynthConfig { private_size: Some((96, 40)), ..SMALL }, wide.path()).unwrap();
+    assert_eq!(manifest.private_size, Some((96, 40)));
+    for (yaml, size) in [("private/edge-0.yaml", (96, 40)), ("private-val.yaml", (96, 40)), ("public.yaml", (64, 64))] {
+        let load = |root: &Path| Dataset::open(&root.join(yaml)).unwrap().load(Split::Train, BadDataPolicy::Fail).unwrap().samples;
+        let (a, b) = (load(square.path()), load(wide.path()));
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(b.size, size, "{yaml}");
+            assert_eq!(image::image_dimensions(&b.image_path).unwrap(), size);
+            assert_eq!(a.labels, b.labels, "{yaml}: normalized labels survive the resize");
+        }
+    }
+    let bad = generate(&SynthConfig { private_size: Some((4, 40)), ..SMALL }, &wide.path().join("bad")).unwrap_err();
+    assert!(bad.to_string().contains("--private-size"), "{bad}");
 }

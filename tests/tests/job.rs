@@ -52,7 +52,7 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     let score = |name: &str| map.iter().find(|m| m["model"] == name).unwrap_or_else(|| panic!("no {name} in {map:?}"))["map50"].as_f64().unwrap();
     let heldout = out.join("data/private-val.yaml");
     let untrained = dir.path().join("untrained.safetensors");
-    mistnet_cloud::fit::save_untrained_back(Path::new(PRETRAINED), 4, &untrained).unwrap();
+    mistnet_train::fit::save_untrained_back(Path::new(PRETRAINED), 4, &untrained).unwrap();
     let before = val_map50(&untrained, &heldout);
     assert!(score("mistnet") > before + 0.1, "MistNet mAP@.5 {} against untrained {before}", score("mistnet"));
     assert!((score("mistnet") - val_map50(&out.join("train/model.safetensors"), &heldout)).abs() < 1e-9);

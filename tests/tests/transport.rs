@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mistnet::codec::{EncodeParams, Encoding, FrontHash, HEADER_LEN, Mechanism, Privacy, encode, seeded_rng};
 use mistnet::data::synth::{SynthConfig, generate};
-use mistnet_cloud::store::{FeatureStore, segment};
+use mistnet_store::{FeatureStore, segment};
 use mistnet_e2e::{Proc, free_port, start_cloud, start_edge, wait_until};
 use mistnet_proto::pb::{
     self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient, ingest_status_client::IngestStatusClient,
@@ -32,7 +32,7 @@ fn token(edge: &str) -> String {
 fn setup(edges: usize, images: usize) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
-    let manifest = generate(&SynthConfig { images, imgsz: 64, seed: 7, edges }, &root.join("data")).unwrap();
+    let manifest = generate(&SynthConfig { images, imgsz: 64, seed: 7, edges, private_size: None }, &root.join("data")).unwrap();
     let mut data: Vec<PathBuf> = manifest.yamls.iter().filter(|p| p.to_string_lossy().contains("edge")).map(|p| root.join("data").join(p)).collect();
     data.sort();
     assert_eq!(data.len(), edges, "one YAML per edge in {:?}", manifest.yamls);

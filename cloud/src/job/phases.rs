@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet_cloud::fit::Metrics;
-use mistnet_cloud::fit::report::read_results;
-use mistnet_cloud::store::segment;
+use mistnet_train::fit::Metrics;
+use mistnet_train::fit::report::read_results;
+use mistnet_store::segment;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mistnet::codec::{DecodeLimits, decode};
-use mistnet_cloud::fit::Metrics;
-use mistnet_cloud::fit::report::read_results;
-use mistnet_cloud::plot::{LinePlot, Series};
-use mistnet_cloud::store::FeatureStore;
+use mistnet_train::fit::Metrics;
+use mistnet_train::fit::report::read_results;
+use mistnet_train::plot::{LinePlot, Series};
+use mistnet_store::FeatureStore;
 use serde::Serialize;
 
 use super::Args;

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
-use mistnet::codec::{FrontHash, Shape};
+use mistnet::codec::Shape;
 use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore, config::EMBEDDED_CONFIGS, split::front_prefixes};
-use mistnet_cloud::store::{StoreLimits, StoreWriter};
+use mistnet_store::{StoreLimits, StoreWriter};
 use mistnet_proto::pb::{
     self, feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer,
     ingest_status_server::IngestStatusServer,
@@ -232,7 +232,7 @@ fn load_front(args: &Args) -> Result<(pb::GetFrontResponse, Expected)> {
     let weights = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).context("cannot serialize the Front's weights")?;
     let side = args.imgsz as usize / front.out_stride();
     let expected = Expected {
-        front_hash: front.hash().parse::<FrontHash>()?,
+        front_hash: front.hash(),
         cut: u16::try_from(args.cut).context("--cut is too large")?,
         shape: Shape::from_dims(&[1, front.out_channels(), side, side])?,
         nc: config.nc,

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mistnet_cloud::store::{EdgeLedger, Outcome, StoreWriter};
+use mistnet_store::{EdgeLedger, Outcome, StoreWriter};
 use mistnet_proto::pb::{self, feature_upload_server::FeatureUpload, front_distribution_server::FrontDistribution, ingest_status_server::IngestStatus};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;

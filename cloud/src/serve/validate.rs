@@ -3,7 +3,7 @@
 
 use mistnet::codec::{DecodeLimits, FrontHash, Shape, decode};
 use mistnet::data::Label;
-use mistnet_cloud::store::Upload;
+use mistnet_store::Upload;
 use mistnet_proto::pb;
 
 /// Longest sample id accepted, in bytes.

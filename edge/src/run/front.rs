@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use mistnet::codec::FrontHash;
 use mistnet::model::{Front, ModelConfig, ParamStore};
 use mistnet_proto::MAX_MESSAGE_BYTES;
 use mistnet_proto::pb::{self, front_distribution_client::FrontDistributionClient};
@@ -26,27 +27,30 @@ pub async fn fetch(cloud: &Cloud, channel: Channel, cache: &Path) -> Result<Serv
         .await
         .map_err(|s| anyhow::anyhow!("GetFront refused: {}: {}", s.code(), s.message()))?
         .into_inner();
-    let dir = cache.join("front").join(&reply.front_hash);
+    // The hash names a cache directory: only 64 hex digits are accepted, so no server can make the
+    // edge write or remove anything outside the cache.
+    let served_hash: FrontHash = reply.front_hash.parse().with_context(|| format!("the cloud sent a malformed Front hash {:?}", reply.front_hash))?;
+    let dir = cache.join("front").join(served_hash.to_string());
     if !reply.weights.is_empty() {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         write_atomic(&dir.join("model.yaml"), reply.model_yaml.as_bytes())?;
         write_atomic(&dir.join("front.safetensors"), &reply.weights)?;
-        write_atomic(&cache.join("front").join("LATEST"), reply.front_hash.as_bytes())?;
+        write_atomic(&cache.join("front").join("LATEST"), served_hash.to_string().as_bytes())?;
     }
     let yaml = std::fs::read_to_string(dir.join("model.yaml")).with_context(|| format!("Front cache {} is incomplete", dir.display()))?;
     let specs = ModelConfig::from_yaml(&yaml)?.layers()?;
     let store = ParamStore::open(&[dir.join("front.safetensors")])?;
     let front = Front::load(&specs, reply.cut as usize, &store, &Device::Cpu)?;
-    if front.hash() != reply.front_hash {
+    if front.hash() != served_hash {
         let _ = std::fs::remove_dir_all(&dir);
-        bail!("the Front in {} hashes to {}, the cloud says {}; removed the cache entry, run again", dir.display(), front.hash(), reply.front_hash);
+        bail!("the Front in {} hashes to {}, the cloud says {served_hash}; removed the cache entry, run again", dir.display(), front.hash());
     }
     Ok(ServedFront { front, imgsz: reply.imgsz })
 }
 
 fn latest_cached(cache: &Path) -> Option<String> {
-    let hash = std::fs::read_to_string(cache.join("front").join("LATEST")).ok()?;
-    cache.join("front").join(hash.trim()).join("front.safetensors").exists().then(|| hash.trim().to_string())
+    let hash: FrontHash = std::fs::read_to_string(cache.join("front").join("LATEST")).ok()?.trim().parse().ok()?;
+    cache.join("front").join(hash.to_string()).join("front.safetensors").exists().then(|| hash.to_string())
 }
 
 /// Writes through a temporary file and a rename, so a crash leaves the old file or the new one.

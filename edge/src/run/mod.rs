@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::codec::{ENCODING_HELP, Encoding};
 use mistnet::data::{BadDataPolicy, Dataset, Sample, Split};
+use mistnet::encoder::EdgeEncoder;
 use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient};
 
 use crate::privatize::PrivacyArgs;
@@ -83,10 +84,10 @@ pub fn run(args: Args) -> Result<()> {
         let stored = list_stored(&cloud, channel).await?;
         anyhow::Ok((served, stored))
     })?;
-    let params = args.privacy.encode_params(args.encoding, served.front.cut(), served.front.hash())?;
-    let spool_dir = spool::dir(&args.cache, served.front.hash(), &params);
-    tracing::info!(samples = total, already_stored = stored.len(), front = %served.front.hash(), "starting");
-    let spooled = spool::prepare(samples, &stored, &served, &params, &mut args.privacy.rng()?, &spool_dir)?;
+    let encoder = EdgeEncoder::new(served.front, served.imgsz, args.privacy.wire(args.encoding)?)?;
+    let spool_dir = spool::dir(&args.cache, &encoder);
+    tracing::info!(samples = total, already_stored = stored.len(), front = %encoder.front().hash(), "starting");
+    let spooled = spool::prepare(samples, &stored, &encoder, &mut args.privacy.rng()?, &spool_dir)?;
 
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{spinner} upload [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet::codec::{CodecRng, EncodeParams, encode};
+use mistnet::codec::CodecRng;
 use mistnet::data::Sample;
-use mistnet::data::letterbox::{image_to_tensor, letterbox, read_rgb};
+use mistnet::encoder::EdgeEncoder;
 use sha2::{Digest, Sha256};
 
-use super::front::{ServedFront, write_atomic};
+use super::front::write_atomic;
 
 /// A sample ready to send: its id, spooled message and labels.
 #[derive(Debug, Clone)]
@@ -21,18 +21,18 @@ pub struct Spooled {
     pub sample: Sample,
 }
 
-/// The spool directory of one Front and encoding setting.
-pub fn dir(cache: &Path, front_hash: &str, params: &EncodeParams) -> PathBuf {
+/// The spool directory of one Front and wire setting.
+pub fn dir(cache: &Path, encoder: &EdgeEncoder) -> PathBuf {
+    let params = encoder.params();
     let eps = params.privacy.epsilon().map_or("none".to_string(), |e| e.to_string());
-    cache.join("spool").join(front_hash).join(format!("{}-{eps}-{}", params.privacy.mechanism(), params.encoding))
+    cache.join("spool").join(params.front_hash.to_string()).join(format!("{}-{eps}-{}", params.privacy.mechanism(), params.encoding))
 }
 
 /// Extracts and encodes every sample not spooled yet (skipping `done`, already stored in the cloud).
 pub fn prepare(
     samples: Vec<(String, Sample)>,
     done: &std::collections::HashSet<String>,
-    served: &ServedFront,
-    params: &EncodeParams,
+    encoder: &EdgeEncoder,
     rng: &mut CodecRng,
     spool: &Path,
 ) -> Result<Vec<Spooled>> {
@@ -45,13 +45,10 @@ pub fn prepare(
     for (sample_id, sample) in todo {
         let message = spool.join(format!("{}.mnf", hex::encode(Sha256::digest(sample_id.as_bytes()))));
         if !message.exists() {
-            let img = read_rgb(&sample.image_path).map_err(anyhow::Error::msg)?;
-            let (boxed, _) = letterbox(&img, served.imgsz);
-            let features = served.front.forward(&image_to_tensor(&boxed, &candle_core::Device::Cpu)?)?;
-            let values = features.flatten_all()?.to_vec1::<f32>()?;
-            let bytes = encode(&values, features.dims(), params, rng)
+            let encoded = encoder
+                .encode_sample(&sample, rng)
                 .with_context(|| format!("cannot encode the features of {}", sample.image_path.display()))?;
-            write_atomic(&message, &bytes)?;
+            write_atomic(&message, &encoded.message)?;
         }
         out.push(Spooled { sample_id, message, sample });
         bar.inc(1);
@@ -59,4 +56,3 @@ pub fn prepare(
     bar.finish_and_clear();
     Ok(out)
 }
-

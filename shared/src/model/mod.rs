@@ -12,6 +12,7 @@ pub mod conv;
 pub mod deploy;
 pub mod detect;
 pub mod gemm_conv;
+pub mod input;
 pub mod kernels;
 pub mod planes;
 pub mod split;
@@ -21,6 +22,7 @@ pub mod weights;
 pub mod yolo;
 
 pub use config::{LayerKind, LayerSpec, ModelConfig};
+pub use input::image_to_tensor;
 pub use split::{DEFAULT_CUT, Front, UnfoldedFront, check_cut, load_back, valid_cuts};
 pub use weights::ParamStore;
 pub use yolo::{Yolo, YoloOutput};

@@ -11,6 +11,8 @@
 use candle_core::{Device, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::codec::FrontHash;
+
 use super::batch_norm::BatchNormConfig;
 use super::c3::{C3, FoldedC3};
 use super::config::{INPUT, LayerKind, LayerSpec};
@@ -68,7 +70,7 @@ pub struct Front {
     specs: Vec<LayerSpec>,
     layers: Vec<FrontLayer>,
     cut: usize,
-    hash: String,
+    hash: FrontHash,
 }
 
 impl Front {
@@ -89,9 +91,10 @@ impl Front {
         self.cut
     }
 
-    /// SHA-256 (hex) of the unfolded Front tensors it was built from: names, shapes and values.
-    pub fn hash(&self) -> &str {
-        &self.hash
+    /// SHA-256 of the unfolded Front tensors it was built from: names, shapes and values
+    /// (`docs/wire-format.md` gives the byte recipe). Every wire message carries it.
+    pub fn hash(&self) -> FrontHash {
+        self.hash
     }
 
     /// Channels of the tensor sent to the cloud.

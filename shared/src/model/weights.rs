@@ -18,6 +18,7 @@ use candle_nn::{Init, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+use crate::codec::FrontHash;
 use sha2::{Digest, Sha256};
 
 use super::ModelError;
@@ -125,7 +126,7 @@ impl ParamStore {
 
     /// SHA-256 over the handed-out tensors whose names start with one of `prefixes`
     /// (name, shape and little-endian f32 bytes, in name order), as lowercase hex.
-    pub fn hash(&self, prefixes: &[String]) -> Result<String, ModelError> {
+    pub fn hash(&self, prefixes: &[String]) -> Result<FrontHash, ModelError> {
         hash_tensors(self.tensors().iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str()))))
     }
 
@@ -135,8 +136,9 @@ impl ParamStore {
     }
 }
 
-/// SHA-256 of named tensors (name, dims, f32 LE bytes), in the iteration order given.
-pub fn hash_tensors<'a>(tensors: impl Iterator<Item = (&'a String, &'a Tensor)>) -> Result<String, ModelError> {
+/// SHA-256 of named tensors (name, dims, f32 LE bytes), in the iteration order given: the Front
+/// hash for the Front's tensors.
+pub fn hash_tensors<'a>(tensors: impl Iterator<Item = (&'a String, &'a Tensor)>) -> Result<FrontHash, ModelError> {
     let mut h = Sha256::new();
     for (name, t) in tensors {
         h.update((name.len() as u64).to_le_bytes());
@@ -150,7 +152,7 @@ pub fn hash_tensors<'a>(tensors: impl Iterator<Item = (&'a String, &'a Tensor)>)
             h.update(v.to_le_bytes());
         }
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(FrontHash(h.finalize().into()))
 }
 
 /// Writes named tensors to `path` through a temporary file, fsync and rename.

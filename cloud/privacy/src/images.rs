@@ -1,0 +1,116 @@
+//! The two image sets of an evaluation: the held-out images the attacks are scored on
+//! (embedded photos or a directory, plus private-domain synthetic images) and the attacker's
+//! auxiliary images (public-domain synthetic images and random crops of other photos), disjoint
+//! by construction. Every image is brought to `imgsz × imgsz` by letterboxing, as edges do.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use image::imageops::FilterType;
+use mistnet::data::letterbox::{is_image, letterbox, read_rgb};
+use mistnet::model::image_to_tensor;
+use mistnet::data::synth::{self, Domain};
+use rand::Rng;
+
+use super::PrivacyError;
+use super::init::stream;
+use super::photos;
+
+/// Named images, all `imgsz × imgsz`.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pub names: Vec<String>,
+    pub images: Vec<RgbImage>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// The images as one `[N, 3, imgsz, imgsz]` tensor in 0..1.
+    pub fn tensor(&self, device: &Device) -> Result<Tensor, PrivacyError> {
+        let parts = self.images.iter().map(|i| image_to_tensor(i, device)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    fn push(&mut self, name: String, image: RgbImage) {
+        self.names.push(name);
+        self.images.push(image);
+    }
+}
+
+fn decode_embedded(name: &str, bytes: &[u8]) -> Result<RgbImage, PrivacyError> {
+    image::load_from_memory(bytes)
+        .map(|i| i.to_rgb8())
+        .map_err(|e| PrivacyError::Image { path: format!("embedded photo {name}"), message: e.to_string() })
+}
+
+/// The held-out set: the images in `dir` (sorted by name) or, without one, the embedded
+/// held-out photos; then `synthetic` private-domain synthetic images.
+pub fn heldout(dir: Option<&Path>, synthetic: usize, imgsz: u32, seed: u64) -> Result<ImageSet, PrivacyError> {
+    let mut set = ImageSet { names: Vec::new(), images: Vec::new() };
+    match dir {
+        Some(dir) => {
+            let entries = std::fs::read_dir(dir)
+                .map_err(|e| PrivacyError::Image { path: dir.display().to_string(), message: format!("cannot list: {e}") })?;
+            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_image(p)).collect();
+            paths.sort();
+            if paths.is_empty() {
+                return Err(PrivacyError::Image { path: dir.display().to_string(), message: "holds no images".into() });
+            }
+            for p in paths {
+                let img = read_rgb(&p).map_err(|message| PrivacyError::Image { path: p.display().to_string(), message })?;
+                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                set.push(name, letterbox(&img, imgsz).0);
+            }
+        }
+        None => {
+            for (name, bytes) in photos::HELDOUT {
+                set.push(name.to_string(), letterbox(&decode_embedded(name, bytes)?, imgsz).0);
+            }
+        }
+    }
+    let mut rng = stream(seed, "heldout-synthetic");
+    for i in 0..synthetic {
+        let drawn = synth::render(Domain::Private, &[1.0; 5], imgsz, &mut rng)
+            .map_err(|e| PrivacyError::Config(e.to_string()))?;
+        set.push(format!("synthetic-{i}"), drawn.image);
+    }
+    if set.is_empty() {
+        return Err(PrivacyError::Config("no held-out images: give --images DIR or --synthetic N > 0".into()));
+    }
+    Ok(set)
+}
+
+/// The attacker's auxiliary set: `count` images, alternately a public-domain synthetic image and
+/// a random square crop (a quarter to all of the side) of one of the embedded auxiliary photos.
+pub fn auxiliary(count: usize, imgsz: u32, seed: u64) -> Result<ImageSet, PrivacyError> {
+    let photos = photos::AUX.iter().map(|(n, b)| decode_embedded(n, b)).collect::<Result<Vec<_>, _>>()?;
+    let mut rng = stream(seed, "auxiliary");
+    let mut set = ImageSet { names: Vec::new(), images: Vec::new() };
+    for i in 0..count {
+        if i % 2 == 0 {
+            let drawn = synth::render(Domain::Public, &[1.0; 5], imgsz, &mut rng).map_err(|e| PrivacyError::Config(e.to_string()))?;
+            set.push(format!("aux-synthetic-{i}"), drawn.image);
+        } else {
+            let k = rng.random_range(0..photos.len());
+            let photo = &photos[k];
+            let side = photo.width().min(photo.height());
+            let crop = rng.random_range(side / 4..=side);
+            let (x, y) = (rng.random_range(0..=photo.width() - crop), rng.random_range(0..=photo.height() - crop));
+            let cropped = image::imageops::crop_imm(photo, x, y, crop, crop).to_image();
+            let mut img = image::imageops::resize(&cropped, imgsz, imgsz, FilterType::Triangle);
+            if rng.random_bool(0.5) {
+                image::imageops::flip_horizontal_in_place(&mut img);
+            }
+            set.push(format!("aux-{}-{i}", photos::AUX[k].0), img);
+        }
+    }
+    Ok(set)
+}

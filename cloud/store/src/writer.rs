@@ -1,0 +1,320 @@
+//! The ingest side of the store: one writer thread appends records and fsyncs them in batches
+//! (group commit) before any of them is acknowledged; it alone decides duplicates, quotas and
+//! the ε budget, so those decisions are serial and exact.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use mistnet_data::Label;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ledger::Index;
+use super::record::{Record, RecordKind};
+use super::segment::{self, SEGMENT_MAGIC, segment_name};
+use super::StoreError;
+
+/// Policy and tuning of a writer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreLimits {
+    /// Refuse an upload that would take an edge's ε (basic composition) past this.
+    pub epsilon_budget: Option<f64>,
+    /// Refuse new samples of an edge past this many.
+    pub max_samples_per_edge: Option<u64>,
+    /// Start a new segment file once the current one reaches this size.
+    pub segment_bytes: u64,
+    /// Most records per fsync.
+    pub max_batch: usize,
+    /// Uploads waiting for the writer; senders wait when it is full (backpressure).
+    pub queue: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self { epsilon_budget: None, max_samples_per_edge: None, segment_bytes: 256 << 20, max_batch: 256, queue: 256 }
+    }
+}
+
+/// A validated sample to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upload {
+    pub edge: String,
+    pub sample_id: String,
+    /// ε of the message's mechanism; `+inf` for mechanism none.
+    pub epsilon: f64,
+    pub labels: Vec<Label>,
+    pub image_size: (u32, u32),
+    pub features: Vec<u8>,
+}
+
+/// What became of an upload. `Stored` and `Duplicate` are durable when returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Stored,
+    /// Already stored by an earlier upload; only the ε it spent was recorded.
+    Duplicate,
+    Refused(Refusal),
+}
+
+/// Why the store refused an upload.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("edge {edge}: ε budget exhausted: {spent} spent, this upload's ε = {epsilon} would pass the budget of {budget}")]
+    EpsilonBudget { edge: String, spent: f64, epsilon: f64, budget: f64 },
+    #[error("edge {edge}: quota of {max} stored samples reached")]
+    Quota { edge: String, max: u64 },
+}
+
+struct Job {
+    upload: Upload,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// The single writer of a store directory (a `LOCK` file keeps out a second one).
+pub struct StoreWriter {
+    tx: Option<mpsc::Sender<Job>>,
+    index: Arc<Mutex<Index>>,
+    thread: Option<JoinHandle<()>>,
+    _lock: File,
+}
+
+impl StoreWriter {
+    /// Opens (or creates) the store in `dir`: takes the lock, cuts off a torn tail of the last
+    /// segment, rebuilds the index and starts the writer thread.
+    pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
+        lock.try_lock().map_err(|_| StoreError::Locked { dir: dir.to_path_buf() })?;
+
+        let mut index = Index::default();
+        let segments = segment::list(dir)?;
+        for (i, (_, path)) in segments.iter().enumerate() {
+            let end = segment::scan(path, |rec, _| index.apply(&rec))?;
+            index.store_bytes += end.valid_len.max(SEGMENT_MAGIC.len() as u64);
+            let last = i + 1 == segments.len();
+            match (end.damage, last) {
+                (None, _) => {}
+                (Some(reason), false) => return Err(StoreError::Corrupt { file: path.clone(), offset: end.valid_len, reason }),
+                (Some(reason), true) => {
+                    tracing::warn!(segment = %path.display(), at = end.valid_len, %reason, "cutting off the torn tail of the last segment");
+                    truncate(path, end.valid_len)?;
+                }
+            }
+        }
+        let (number, path) = match segments.last() {
+            Some((n, p)) => (*n, p.clone()),
+            None => (1, dir.join(segment_name(1))),
+        };
+        let active = Segment::open(dir, number, &path)?;
+        if segments.is_empty() {
+            index.store_bytes += SEGMENT_MAGIC.len() as u64;
+        }
+        let index = Arc::new(Mutex::new(index));
+        let (tx, rx) = mpsc::channel(limits.queue.max(1));
+        let thread_index = Arc::clone(&index);
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(rx, active, thread_index, limits))
+            .map_err(|e| StoreError::io(dir, e))?;
+        Ok(Self { tx: Some(tx), index, thread: Some(thread), _lock: lock })
+    }
+
+    /// Stores `upload`; resolves once the decision is durable. Waits while the queue is full.
+    pub async fn submit(&self, upload: Upload) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Job { upload, reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The index as of the last fsync'd batch.
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
+    }
+
+    /// Stops accepting uploads, finishes the queued ones and joins the writer thread.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(|e| StoreError::io(path, e))?;
+    file.set_len(len).map_err(|e| StoreError::io(path, e))?;
+    file.sync_all().map_err(|e| StoreError::io(path, e))
+}
+
+/// The segment being appended to.
+struct Segment {
+    dir: PathBuf,
+    number: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Segment {
+    /// Opens segment `number` at `path` for appending, writing its magic if it has none yet.
+    fn open(dir: &Path, number: u64, path: &Path) -> Result<Self, StoreError> {
+        let io = |e| StoreError::io(path, e);
+        let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        let mut len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            file.write_all(SEGMENT_MAGIC).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            sync_dir(dir)?;
+            len = SEGMENT_MAGIC.len() as u64;
+        }
+        Ok(Self { dir: dir.to_path_buf(), number, path: path.to_path_buf(), file, len })
+    }
+
+    /// Appends `bytes` and fsyncs them.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let io = |e| StoreError::io(&self.path, e);
+        self.file.write_all(bytes).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The next segment.
+    fn roll(&self) -> Result<Self, StoreError> {
+        let number = self.number + 1;
+        Self::open(&self.dir, number, &self.dir.join(segment_name(number)))
+    }
+}
+
+/// Makes a new file's directory entry durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+}
+
+fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex<Index>>, limits: StoreLimits) {
+    let mut poisoned: Option<String> = None;
+    // One buffer for every batch's frames: each record's features are copied once, into it.
+    let mut bytes = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < limits.max_batch.max(1) {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = &poisoned {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Poisoned(reason.clone())));
+            }
+            continue;
+        }
+        let decisions = decide(&lock(&index), &jobs, &limits);
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
+        bytes.clear();
+        for (job, outcome) in jobs.into_iter().zip(decisions) {
+            let kind = match outcome {
+                Outcome::Stored => Some(RecordKind::Sample),
+                Outcome::Duplicate => Some(RecordKind::Spend),
+                Outcome::Refused(_) => None,
+            };
+            if let Some(kind) = kind {
+                let record = Record::of(kind, job.upload);
+                record.write_frame(&mut bytes);
+                records.push(record);
+            }
+            replies.push((job.reply, outcome));
+        }
+        let started = Instant::now();
+        let written = if bytes.is_empty() {
+            Ok(())
+        } else if active.len > SEGMENT_MAGIC.len() as u64 && active.len + bytes.len() as u64 > limits.segment_bytes {
+            active.roll().and_then(|next| {
+                active = next;
+                lock(&index).store_bytes += SEGMENT_MAGIC.len() as u64;
+                active.append(&bytes)
+            })
+        } else {
+            active.append(&bytes)
+        };
+        match written {
+            Ok(()) => {
+                tracing::debug!(records = records.len(), answered = replies.len(), bytes = bytes.len(), write_fsync_us = started.elapsed().as_micros() as u64, "batch durable");
+                let mut idx = lock(&index);
+                idx.store_bytes += bytes.len() as u64;
+                for rec in &records {
+                    idx.apply(rec);
+                }
+                drop(idx);
+                for (reply, outcome) in replies {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                // After a failed write or fsync the file's state is unknown: refuse everything from now on.
+                let reason = e.to_string();
+                tracing::error!(%reason, "store write failed; refusing all further uploads");
+                poisoned = Some(reason.clone());
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Decides each job of a batch in order, against the index plus the batch's earlier decisions.
+fn decide(index: &Index, jobs: &[Job], limits: &StoreLimits) -> Vec<Outcome> {
+    let mut new_keys: HashSet<(&str, &str)> = HashSet::new();
+    let mut added: HashMap<&str, (u64, f64)> = HashMap::new();
+    jobs.iter()
+        .map(|job| {
+            let u = &job.upload;
+            let ledger = index.edges.get(&u.edge);
+            let (new_samples, new_eps) = added.get(u.edge.as_str()).copied().unwrap_or((0, 0.0));
+            let spent = ledger.map_or(0.0, |l| l.epsilon_spent()) + new_eps;
+            if let Some(budget) = limits.epsilon_budget
+                && spent + u.epsilon > budget
+            {
+                return Outcome::Refused(Refusal::EpsilonBudget { edge: u.edge.clone(), spent, epsilon: u.epsilon, budget });
+            }
+            let stored = ledger.is_some_and(|l| l.contains(&u.sample_id)) || new_keys.contains(&(u.edge.as_str(), u.sample_id.as_str()));
+            if !stored
+                && let Some(max) = limits.max_samples_per_edge
+                && ledger.map_or(0, |l| l.samples) + new_samples >= max
+            {
+                return Outcome::Refused(Refusal::Quota { edge: u.edge.clone(), max });
+            }
+            let entry = added.entry(u.edge.as_str()).or_default();
+            entry.1 += u.epsilon;
+            if stored {
+                Outcome::Duplicate
+            } else {
+                entry.0 += 1;
+                new_keys.insert((u.edge.as_str(), u.sample_id.as_str()));
+                Outcome::Stored
+            }
+        })
+        .collect()
+}

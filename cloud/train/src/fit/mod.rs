@@ -1,0 +1,259 @@
+//! The training loop shared by `mistnet-cloud train` (the Back on received features) and
+//! `pretrain` (the whole model on images): shuffled batches from a [`LabelledSource`], YOLOv5's
+//! loss, optimizer and EMA ([`crate::train`]), an evaluation of the EMA model after every epoch,
+//! and in the run directory:
+//!
+//! - `checkpoint.safetensors`: model state, optimizer state, EMA, the next epoch and the seed,
+//!   written atomically after every epoch; [`fit`] continues from it with `resume`;
+//! - `model.safetensors`: the deployable EMA model ([`mistnet::model::deploy`]);
+//! - `results.csv`, `loss.png`, `map.png`: per-epoch losses and mAP.
+//!
+//! Randomness (shuffling, augmentation) is drawn from a ChaCha8 generator seeded with the seed
+//! on stream `epoch`, so a resumed run repeats exactly what an uninterrupted one does.
+
+pub mod checkpoint;
+pub mod eval;
+pub mod images;
+pub mod report;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use mistnet::model::deploy::{DeployMeta, Detector, save_deployable};
+use mistnet::model::{ParamStore, Yolo};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::plot::PlotError;
+use crate::train::{Hyp, LossConfig, LrDecay, ModelEma, Optimizer, OptimizerConfig, Target, TrainError, YoloLoss};
+pub use eval::{EvalSet, Evaluation, Metrics};
+pub use report::EpochRecord;
+pub use source::{FeatureSet, LabelledInput, LabelledSource};
+
+/// File names in the run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const RESULTS_FILE: &str = "results.csv";
+
+/// Errors of training and evaluation runs.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Model(#[from] mistnet::model::ModelError),
+    #[error(transparent)]
+    Data(#[from] mistnet::data::DataError),
+    #[error(transparent)]
+    Codec(#[from] mistnet::codec::CodecError),
+    #[error(transparent)]
+    Coco(#[from] mistnet::metrics::map::CocoError),
+    #[error(transparent)]
+    Nms(#[from] mistnet::metrics::NmsError),
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Encoder(#[from] mistnet::encoder::EncoderError),
+    /// A sample that cannot be used (unreadable image, malformed message, wrong shape).
+    #[error("sample {0}")]
+    Sample(String),
+    /// Settings that do not fit together.
+    #[error("{0}")]
+    Config(String),
+    /// A checkpoint or results file that cannot be read back.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct FitConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Nominal batch size: gradients are accumulated to it (YOLOv5: 64).
+    pub nominal_batch: usize,
+    pub hyp: Hyp,
+    pub decay: LrDecay,
+    pub seed: u64,
+    /// Augment training samples (the source decides how).
+    pub augment: bool,
+    /// Letterbox size of the images the inputs come from (scales the objectness gain).
+    pub imgsz: u32,
+    pub device: Device,
+    /// The run directory.
+    pub out: PathBuf,
+    /// Stop after this many epochs of this call (the checkpoint lets a later call resume).
+    pub stop_after: Option<usize>,
+}
+
+/// What is trained: `model` (whose parameters live in `store`) and what makes it deployable.
+pub struct Trainee {
+    pub model: Yolo,
+    pub store: ParamStore,
+    /// Tensors written into the deployable file besides the model's (the Front's, for a Back).
+    pub fixed: BTreeMap<String, Tensor>,
+    pub meta: DeployMeta,
+}
+
+/// Trains `trainee` on `source` for the configured epochs, evaluating on `val` after each one.
+/// With `resume`, continues from the run directory's checkpoint: the caller has built the model
+/// from that file ([`checkpoint_path`]), and `fit` restores the optimizer, EMA and epoch.
+pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config: &FitConfig, resume: bool) -> Result<Vec<EpochRecord>, FitError> {
+    let n = source.len();
+    if n < 2 {
+        return Err(FitError::Config(format!("training needs at least 2 samples (BatchNorm batch statistics), got {n}")));
+    }
+    if config.batch_size < 2 {
+        return Err(FitError::Config(format!("--batch must be at least 2 (BatchNorm batch statistics), got {}", config.batch_size)));
+    }
+    std::fs::create_dir_all(&config.out).map_err(|source| FitError::Io { path: config.out.clone(), source })?;
+    // Batches of at least `batch_size` (the last takes the remainder), so none has one sample.
+    let batches = (n / config.batch_size).max(1);
+    let detect = trainee.model.detect();
+    let loss_fn = YoloLoss::new(detect, LossConfig::from_hyp(&config.hyp, detect.strides.len(), detect.nc, config.imgsz as usize)?)?;
+    let opt_config = OptimizerConfig {
+        hyp: config.hyp.clone(),
+        batch_size: config.batch_size,
+        nominal_batch: config.nominal_batch,
+        epochs: config.epochs,
+        batches_per_epoch: batches,
+        decay: config.decay,
+    };
+    let mut optimizer = Optimizer::new(trainee.store.trainable(), &opt_config)?;
+    let mut ema = ModelEma::new(&trainee.store.tensors())?;
+    let checkpoint = config.out.join(CHECKPOINT_FILE);
+    let (start, mut records) = if resume {
+        let state = checkpoint::load(&checkpoint, &mut optimizer, &mut ema, config.seed)?;
+        (state, report::read_results(&config.out.join(RESULTS_FILE), state)?)
+    } else {
+        (0, Vec::new())
+    };
+    if start >= config.epochs {
+        tracing::info!(epochs = config.epochs, "the checkpoint has finished all epochs; nothing to do");
+    }
+    let end = config.stop_after.map_or(config.epochs, |k| (start + k).min(config.epochs));
+    for epoch in start..end {
+        let t0 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        rng.set_stream(epoch as u64);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let bar = ProgressBar::new(batches as u64).with_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}").expect("valid template").progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
+        let mut sums = [0f64; 4];
+        for i in 0..batches {
+            let end = if i + 1 == batches { n } else { (i + 1) * config.batch_size };
+            let (inputs, targets) = make_batch(source, &order[i * config.batch_size..end], config.augment.then_some(&mut rng))?;
+            let out = trainee.model.forward_t(&inputs.to_device(&config.device)?, true)?;
+            let loss = loss_fn.compute(&out.raw, &targets)?;
+            if optimizer.backward_step(&loss.total, epoch, i)? {
+                ema.update(&trainee.store.tensors())?;
+            }
+            let total = loss.lbox + loss.lobj + loss.lcls;
+            if !total.is_finite() {
+                return Err(FitError::Config(format!("the loss became {total} at epoch {epoch}, batch {i}: lower lr0")));
+            }
+            for (s, v) in sums.iter_mut().zip([loss.lbox, loss.lobj, loss.lcls, total]) {
+                *s += f64::from(v);
+            }
+            tracing::info!(epoch, step = i, box_loss = loss.lbox, obj_loss = loss.lobj, cls_loss = loss.lcls, total_loss = total, "train step");
+            bar.set_message(format!("box {:.4} obj {:.4} cls {:.4}", loss.lbox, loss.lobj, loss.lcls));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let model_path = config.out.join(MODEL_FILE);
+        let mut deploy = trainee.fixed.clone();
+        deploy.extend(ema.tensors().iter().map(|(k, v)| (k.clone(), v.clone())));
+        save_deployable(&deploy, &trainee.meta, &model_path)?;
+        let metrics = val.evaluate(&Detector::load(&model_path, &config.device)?, config.batch_size, &config.device)?.metrics();
+        checkpoint::save(&checkpoint, &trainee.store, &optimizer, &ema, epoch + 1, config.seed)?;
+        let lr = optimizer.settings().lr;
+        let mean = sums.map(|s| s / batches as f64);
+        records.push(EpochRecord { epoch, box_loss: mean[0], obj_loss: mean[1], cls_loss: mean[2], total_loss: mean[3], metrics, lr, seconds: t0.elapsed().as_secs_f64() });
+        report::write(&config.out, &records)?;
+        tracing::info!(epoch, map50 = metrics.map50, map50_95 = metrics.map50_95, loss = mean[3], seconds = t0.elapsed().as_secs_f64(), "epoch done");
+    }
+    Ok(records)
+}
+
+/// Stacks the samples at `indices` into `[B, C, H, W]` and YOLOv5 targets
+/// `(image, class, x, y, w, h)` normalized to the input.
+pub fn make_batch(source: &dyn LabelledSource, indices: &[usize], mut rng: Option<&mut ChaCha8Rng>) -> Result<(Tensor, Vec<Target>), FitError> {
+    let mut inputs = Vec::with_capacity(indices.len());
+    let mut targets = Vec::new();
+    for (image, &index) in indices.iter().enumerate() {
+        let s = source.get(index, rng.as_deref_mut())?;
+        if let Some(first) = inputs.first().map(Tensor::dims).filter(|&d| d != s.input.dims()) {
+            return Err(FitError::Sample(format!("{index}: input shape {:?} differs from the batch's {first:?}", s.input.dims())));
+        }
+        targets.extend(s.labels.iter().map(|l| Target { image, class: l.class, x: l.cx, y: l.cy, w: l.w, h: l.h }));
+        inputs.push(s.input);
+    }
+    Ok((Tensor::stack(&inputs, 0)?, targets))
+}
+
+/// YOLOv5's `_initialize_biases` for a freshly initialised Detect head: objectness bias
+/// `+= ln(8 / (640/s)²)` (about 8 objects per 640 px image), class biases `+= ln(0.6 / (nc − 0.99))`.
+pub fn initialize_detect_biases(store: &ParamStore, model: &Yolo) -> Result<(), FitError> {
+    let detect = model.detect();
+    let head = model.specs().len() - 1;
+    let params: BTreeMap<String, candle_core::Var> = store.trainable().into_iter().collect();
+    let no = detect.nc + 5;
+    for (level, &stride) in detect.strides.iter().enumerate() {
+        let name = format!("model.{head}.m.{level}.bias");
+        let var = params.get(&name).ok_or_else(|| FitError::Config(format!("the model has no {name}")))?;
+        let mut b = var.as_tensor().to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+        for a in 0..detect.na {
+            b[a * no + 4] += (8.0 / (640.0 / stride as f64).powi(2)).ln() as f32;
+            for c in 0..detect.nc {
+                b[a * no + 5 + c] += (0.6 / (detect.nc as f64 - 0.99999)).ln() as f32;
+            }
+        }
+        var.set(&Tensor::from_vec(b, var.dims(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Writes to `out` a deployable model holding the Front (modules 0..cut-1) of the deployable model
+/// `weights` and a freshly initialised Back, as `train --fresh-back` starts: the untrained
+/// reference that a Back trained on binarized features is measured against.
+pub fn save_untrained_back(weights: &Path, cut: usize, out: &Path) -> Result<(), FitError> {
+    let meta = DeployMeta::read(weights)?;
+    let store = ParamStore::fresh(0);
+    let back = mistnet::model::load_back(&meta.specs()?, cut, &store, &Device::Cpu)?;
+    initialize_detect_biases(&store, &back)?;
+    let mut all = store.tensors();
+    let prefixes = mistnet::model::split::front_prefixes(cut);
+    let front = candle_core::safetensors::load(weights, &Device::Cpu)?;
+    all.extend(front.into_iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str()))));
+    save_deployable(&all, &DeployMeta { binarized_cut: Some(cut), ..meta }, out)?;
+    Ok(())
+}
+
+/// Parses `--device`: `cpu` or `cuda:N` (the latter needs the `cuda` cargo feature).
+pub fn parse_device(s: &str) -> Result<Device, FitError> {
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = s
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| FitError::Config(format!("--device must be cpu or cuda:N, got {s}")))?;
+    Device::new_cuda(ordinal).map_err(|e| FitError::Config(format!("--device {s}: {e} (CUDA needs a build with `--features cuda`)")))
+}
+
+/// The checkpoint path of a run directory.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join(CHECKPOINT_FILE)
+}
