@@ -6,7 +6,9 @@
 use candle_core::{D, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
+#[cfg(feature = "train")]
 use super::bn_silu;
+#[cfg(feature = "train")]
 use super::kernels::on_cpu_f32;
 
 /// BatchNorm hyper-parameters.
@@ -72,11 +74,18 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    /// `silu(forward_t(x))`, as one fused operation in train mode on CPU f32 (`bn_silu`).
+    /// `silu(forward_t(x))`; in train mode on CPU f32 one fused operation (`bn_silu`, with the
+    /// `train` feature).
     pub fn forward_silu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || !on_cpu_f32(x) {
-            return self.forward_t(x, train)?.silu();
+        #[cfg(feature = "train")]
+        if train && on_cpu_f32(x) {
+            return self.fused_train_silu(x);
         }
+        self.forward_t(x, train)?.silu()
+    }
+
+    #[cfg(feature = "train")]
+    fn fused_train_silu(&self, x: &Tensor) -> Result<Tensor> {
         let count = self.train_count(x)?;
         let (y, stats) = bn_silu::forward(x, &self.weight, &self.bias, self.config.eps)?;
         let c = stats.mean.len();

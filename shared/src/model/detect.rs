@@ -7,12 +7,15 @@
 //! the anchors in grid units (pixels / stride), as Ultralytics stores them.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+#[cfg(feature = "train")]
 use rayon::prelude::*;
 use candle_nn::{Init, VarBuilder};
 
 use super::conv::ConvShape;
 use super::gemm_conv;
-use super::kernels::{cpu_f32, lane_sum, on_cpu_f32, par_fill, storage_f32};
+use super::kernels::{cpu_f32, on_cpu_f32, par_fill};
+#[cfg(feature = "train")]
+use super::kernels::{lane_sum, storage_f32};
 
 #[derive(Debug, Clone)]
 pub struct Detect {
@@ -133,6 +136,7 @@ impl CustomOp2 for HeadLayout {
         Ok((CpuStorage::F32(y), Shape::from((bs, self.na, ny, nx, no))))
     }
 
+    #[cfg(feature = "train")]
     fn bwd(&self, x: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (bs, c, ny, nx) = x.dims4()?;
@@ -157,7 +161,7 @@ impl CustomOp2 for HeadLayout {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 mod tests {
     use candle_core::Var;
 

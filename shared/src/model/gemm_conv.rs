@@ -8,11 +8,14 @@
 //! candle's own conv2d.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+#[cfg(feature = "train")]
 use rayon::prelude::*;
 
 use super::conv::ConvShape;
 use super::kernels::{cpu_f32, on_cpu_f32, par_fill};
-use super::planes::{col2im, im2col};
+#[cfg(feature = "train")]
+use super::planes::col2im;
+use super::planes::im2col;
 
 /// `conv2d(x, w)` with this module's backward on CPU f32; candle's conv2d elsewhere.
 pub fn conv2d(x: &Tensor, w: &Tensor, shape: ConvShape) -> Result<Tensor> {
@@ -118,6 +121,7 @@ impl CustomOp2 for Conv {
         Ok((CpuStorage::F32(y), Shape::from((geo.n, self.shape.c2, geo.ho, geo.wo))))
     }
 
+    #[cfg(feature = "train")]
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gx = grad.apply_op2_no_bwd(w, &InputGrad { shape: self.shape, h: x.dim(2)?, w: x.dim(3)? })?;
@@ -127,12 +131,14 @@ impl CustomOp2 for Conv {
 }
 
 /// `∂x` from `(∂y, W)`.
+#[cfg(feature = "train")]
 struct InputGrad {
     shape: ConvShape,
     h: usize,
     w: usize,
 }
 
+#[cfg(feature = "train")]
 impl CustomOp2 for InputGrad {
     fn name(&self) -> &'static str {
         "mistnet-conv2d-input-grad"
@@ -165,10 +171,12 @@ impl CustomOp2 for InputGrad {
 }
 
 /// `∂W` from `(x, ∂y)`.
+#[cfg(feature = "train")]
 struct WeightGrad {
     shape: ConvShape,
 }
 
+#[cfg(feature = "train")]
 impl CustomOp2 for WeightGrad {
     fn name(&self) -> &'static str {
         "mistnet-conv2d-weight-grad"
@@ -206,7 +214,7 @@ impl CustomOp2 for WeightGrad {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};

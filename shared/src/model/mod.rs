@@ -5,6 +5,7 @@
 //! checkpoints load unchanged.
 
 pub mod batch_norm;
+#[cfg(feature = "train")]
 pub mod bn_silu;
 pub mod c3;
 pub mod config;
@@ -23,7 +24,9 @@ pub mod yolo;
 
 pub use config::{LayerKind, LayerSpec, ModelConfig};
 pub use input::image_to_tensor;
-pub use split::{DEFAULT_CUT, Front, UnfoldedFront, check_cut, load_back, valid_cuts};
+pub use split::{DEFAULT_CUT, Front, check_cut, load_back, valid_cuts};
+#[cfg(feature = "train")]
+pub use split::UnfoldedFront;
 pub use weights::ParamStore;
 pub use yolo::{Yolo, YoloOutput};
 

@@ -167,6 +167,7 @@ pub(crate) fn im2col(x: &[f32], c: usize, h: usize, w: usize, shape: &ConvShape,
 /// The adjoint of [`im2col`] over all `ho` output rows: adds each `col` entry back into the input
 /// position it was read from (`x` is accumulated into, not overwritten).
 #[allow(clippy::too_many_arguments)]
+#[cfg(feature = "train")]
 pub(crate) fn col2im(col: &[f32], c: usize, h: usize, w: usize, shape: &ConvShape, ho: usize, wo: usize, x: &mut [f32]) {
     let ConvShape { k, s, p, .. } = *shape;
     let n = ho * wo;

@@ -22,7 +22,9 @@ use super::planes::{self, Planes};
 use super::sppf::{FoldedSppf, Sppf};
 use super::upsample::upsample_nearest;
 use super::weights::ParamStore;
-use super::yolo::{Layer, Yolo, run_graph};
+#[cfg(feature = "train")]
+use super::yolo::Layer;
+use super::yolo::{Yolo, run_graph};
 use super::ModelError;
 
 /// The default cut of Plato's and Sedna's MistNet.
@@ -162,13 +164,16 @@ fn fold_layer(vb: VarBuilder, kind: &LayerKind, bn: BatchNormConfig) -> CandleRe
     })
 }
 
-/// Layers `0..cut` unfolded, BatchNorm in eval mode: the Front's function, with gradients.
+/// Layers `0..cut` unfolded, BatchNorm in eval mode: the Front's function, with gradients (the
+/// privacy attacker's; `train` feature).
+#[cfg(feature = "train")]
 #[derive(Debug, Clone)]
 pub struct UnfoldedFront {
     specs: Vec<LayerSpec>,
     layers: Vec<Layer>,
 }
 
+#[cfg(feature = "train")]
 impl UnfoldedFront {
     /// Builds layers `0..cut` from the same store (and names) as [`Front::load`].
     pub fn load(specs: &[LayerSpec], cut: usize, store: &ParamStore, device: &Device) -> Result<Self, ModelError> {
@@ -193,7 +198,7 @@ pub fn load_back(specs: &[LayerSpec], cut: usize, store: &ParamStore, device: &D
     Ok(Yolo::load(store.var_builder(device), specs, cut, BatchNormConfig::default())?)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 mod tests {
     use super::*;
     use crate::model::ModelConfig;

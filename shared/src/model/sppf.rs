@@ -12,7 +12,9 @@ use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::conv::{Conv, ConvShape, FoldedConv};
-use super::kernels::{cpu_f32, on_cpu_f32, par_fill, storage_f32};
+use super::kernels::{cpu_f32, on_cpu_f32, par_fill};
+#[cfg(feature = "train")]
+use super::kernels::storage_f32;
 use super::planes::{self, Planes, max_pool_plane};
 
 /// Max-pool with kernel `k` (odd), stride 1 and padding `k / 2` filled with -inf: output size = input size.
@@ -61,6 +63,7 @@ impl CustomOp1 for MaxPool {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "train")]
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         let (_, _, h, w) = x.dims4()?;
@@ -146,7 +149,7 @@ impl FoldedSppf {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 mod tests {
     use candle_core::{DType, Device, Var};
 

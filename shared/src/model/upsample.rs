@@ -8,7 +8,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::kernels::{cpu_f32, on_cpu_f32, par_fill, storage_f32};
+use super::kernels::{cpu_f32, on_cpu_f32, par_fill};
+#[cfg(feature = "train")]
+use super::kernels::storage_f32;
 
 /// `[n, c, h, w]` → `[n, c, h·scale, w·scale]`, each value repeated over a `scale × scale` block.
 pub fn upsample_nearest(x: &Tensor, scale: usize) -> Result<Tensor> {
@@ -46,6 +48,7 @@ impl CustomOp1 for Upsample {
         Ok((CpuStorage::F32(y), Shape::from((n, c, h * k, w * k))))
     }
 
+    #[cfg(feature = "train")]
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         let (n, c, h, w) = x.dims4()?;
@@ -65,7 +68,7 @@ impl CustomOp1 for Upsample {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 mod tests {
     use candle_core::{Device, Var};
 
