@@ -2,13 +2,16 @@
 //!
 //! Append-only segment files of checksummed, length-prefixed records ([`record`], [`segment`]); one
 //! writer thread appends and fsyncs batches of records before anything is acknowledged (group commit,
-//! [`writer`]); on open, the torn tail a crash may leave is cut off and the index and ε [`ledger`]
-//! are rebuilt from the records. The design and its guarantees are in `docs/feature-store.md`.
+//! [`writer`]); on open every record is replayed ([`replay`]): the torn tail a crash may leave is
+//! cut off, corruption at rest is refused (or set aside, keeping every valid record), a missing
+//! segment or a duplicated record is an error, and the index and ε [`ledger`] are rebuilt. The
+//! design and its guarantees are in `docs/feature-store.md`.
 //!
 //! [`FeatureStore`] is the read side the trainer uses; [`StoreWriter`] the ingest side.
 
 pub mod ledger;
 pub mod record;
+pub mod replay;
 pub mod segment;
 pub mod writer;
 
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use mistnet_data::Label;
 
 pub use ledger::{EdgeLedger, Index};
+pub use replay::OnCorruption;
 pub use writer::{Outcome, Refusal, StoreLimits, StoreWriter, Upload};
 
 use record::RecordKind;
@@ -26,7 +30,7 @@ use record::RecordKind;
 pub enum StoreError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{}: byte {offset}: {reason} (only the last segment may have a damaged tail)", file.display())]
+    #[error("{}: byte {offset}: {reason}", file.display())]
     Corrupt { file: PathBuf, offset: u64, reason: String },
     #[error("{} is in use by another writer (its LOCK file is held)", dir.display())]
     Locked { dir: PathBuf },
@@ -55,22 +59,32 @@ pub struct StoredSample {
 }
 
 /// Read-only view of a store directory. Never modifies it: a torn tail (a crash, or a writer
-/// appending right now) is skipped, not truncated.
+/// appending right now) is skipped, not truncated; corruption is refused, or skipped with a warning
+/// under [`OnCorruption::Quarantine`] (the writer is what moves damaged bytes aside).
 #[derive(Debug)]
 pub struct FeatureStore {
-    segments: Vec<PathBuf>,
+    dir: PathBuf,
+    on_corruption: OnCorruption,
     samples: usize,
 }
 
 impl FeatureStore {
-    /// Opens `dir` and counts its samples. Damage anywhere but at the end of the last segment is
-    /// an error.
+    /// Opens `dir` and counts its samples, refusing corruption ([`OnCorruption::Refuse`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<FeatureStore, StoreError> {
-        let dir = dir.as_ref();
-        let segments: Vec<PathBuf> = segment::list(dir)?.into_iter().map(|(_, p)| p).collect();
+        Self::open_with(dir, OnCorruption::Refuse)
+    }
+
+    /// Opens `dir` and counts its samples; corruption is handled as `on_corruption` says.
+    pub fn open_with(dir: impl AsRef<Path>, on_corruption: OnCorruption) -> Result<FeatureStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
         let mut samples = 0;
-        scan_all(&segments, |rec| samples += usize::from(rec.kind == RecordKind::Sample))?;
-        Ok(FeatureStore { segments, samples })
+        let states = replay::replay(&dir, on_corruption, |rec| samples += usize::from(rec.kind == RecordKind::Sample))?;
+        for seg in &states {
+            for d in &seg.corrupt {
+                tracing::warn!(segment = %seg.path.display(), at = d.start, bytes = d.end - d.start, reason = %d.reason, "skipping corrupt bytes; the valid records after them are read");
+            }
+        }
+        Ok(FeatureStore { dir, on_corruption, samples })
     }
 
     /// Number of stored samples.
@@ -82,10 +96,10 @@ impl FeatureStore {
         self.samples == 0
     }
 
-    /// Every stored sample, in the order it was stored.
+    /// Every stored sample, in the order it was stored (those a writer added since [`open`](Self::open) left out).
     pub fn samples(&self) -> Result<Vec<StoredSample>, StoreError> {
         let mut out = Vec::with_capacity(self.samples);
-        scan_all(&self.segments, |rec| {
+        replay::replay(&self.dir, self.on_corruption, |rec| {
             if rec.kind == RecordKind::Sample {
                 out.push(StoredSample {
                     edge: rec.edge,
@@ -99,17 +113,4 @@ impl FeatureStore {
         out.truncate(self.samples);
         Ok(out)
     }
-}
-
-/// Scans `segments` in order; a damaged record is an error unless it is in the last one.
-fn scan_all(segments: &[PathBuf], mut visit: impl FnMut(record::Record)) -> Result<(), StoreError> {
-    for (i, path) in segments.iter().enumerate() {
-        let end = segment::scan(path, |rec, _| visit(rec))?;
-        if let Some(reason) = end.damage
-            && i + 1 < segments.len()
-        {
-            return Err(StoreError::Corrupt { file: path.clone(), offset: end.valid_len, reason });
-        }
-    }
-    Ok(())
 }

@@ -1,8 +1,9 @@
 //! Segment files: `seg-00000001.log`, … — an 8-byte magic, then framed records appended in order.
-//! [`scan`] reads one back; a damaged record ends the scan and is reported as the torn tail.
+//! [`scan`] reads one back and tells corruption (damage with valid records after it) from the torn
+//! tail a crash leaves (damage that runs to the end of the file).
 
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -31,17 +32,32 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(out)
 }
 
+/// A stretch of a segment file that holds no valid record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Damage {
+    /// Byte offset where the damage starts.
+    pub start: u64,
+    /// Byte offset of the first valid record after it, or the file's length.
+    pub end: u64,
+    pub reason: String,
+}
+
 /// How a segment scan ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScanEnd {
-    /// Bytes of the file that hold whole, valid records (magic included).
+    /// End of the last valid record (the magic's end if there is none).
     pub valid_len: u64,
-    /// Why the bytes after `valid_len` are not a record, if there are any.
-    pub damage: Option<String>,
+    /// Damage followed by valid records: corruption at rest (a flipped bit, an overwritten block).
+    /// Each valid record after it was still handed to `visit`.
+    pub corrupt: Vec<Damage>,
+    /// Damage that no valid record follows: the tail a write cut short by a crash leaves. (A flipped
+    /// bit in the very last record looks the same; only that record is lost with it.)
+    pub torn_tail: Option<Damage>,
 }
 
-/// Reads the records of one segment in order, handing each with its offset to `visit`, and
-/// stops at the first damaged one (a short frame, a bad length or checksum, an unparsable payload).
+/// Reads the records of one segment in order, handing each with its offset to `visit`. A damaged
+/// record (a short frame, a bad length or checksum, an unparsable payload) does not end the scan:
+/// the scanner looks for the next valid record after it, so damage is told apart from a torn tail.
 pub fn scan(path: &Path, mut visit: impl FnMut(Record, u64)) -> Result<ScanEnd, StoreError> {
     let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
@@ -50,38 +66,95 @@ pub fn scan(path: &Path, mut visit: impl FnMut(Record, u64)) -> Result<ScanEnd, 
     match read_exact_or_eof(&mut reader, &mut magic, path)? {
         true if &magic == SEGMENT_MAGIC => {}
         true => return Err(StoreError::Corrupt { file: path.to_path_buf(), offset: 0, reason: "not a segment file (bad magic)".into() }),
-        false => return Ok(ScanEnd { valid_len: 0, damage: Some("segment header is incomplete".into()) }),
+        false => {
+            let torn = Damage { start: 0, end: file_len, reason: "segment header is incomplete".into() };
+            return Ok(ScanEnd { valid_len: 0, corrupt: Vec::new(), torn_tail: Some(torn) });
+        }
     }
     let mut offset = SEGMENT_MAGIC.len() as u64;
     let mut payload = Vec::new();
-    loop {
+    // The streaming pass, until the end or the first damage.
+    let reason = loop {
         if offset == file_len {
-            return Ok(ScanEnd { valid_len: offset, damage: None });
+            return Ok(ScanEnd { valid_len: offset, corrupt: Vec::new(), torn_tail: None });
         }
-        let torn = |reason: String| Ok(ScanEnd { valid_len: offset, damage: Some(reason) });
         let mut frame = [0u8; FRAME_HEADER];
         if !read_exact_or_eof(&mut reader, &mut frame, path)? {
-            return torn(format!("record header at byte {offset} is incomplete"));
+            break format!("record header at byte {offset} is incomplete");
         }
         let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(frame[4..].try_into().expect("4 bytes"));
         if len > MAX_PAYLOAD {
-            return torn(format!("record at byte {offset} declares {len} bytes, over the {MAX_PAYLOAD}-byte limit"));
+            break format!("record at byte {offset} declares {len} bytes, over the {MAX_PAYLOAD}-byte limit");
         }
         payload.resize(len, 0);
         if !read_exact_or_eof(&mut reader, &mut payload, path)? {
-            return torn(format!("record at byte {offset} is incomplete ({len} bytes declared)"));
+            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
         }
-        if crc32c::crc32c(&payload) != crc {
-            return torn(format!("record at byte {offset} fails its checksum"));
+        match check(&frame, &payload) {
+            Ok(record) => visit(record, offset),
+            Err(why) => break format!("record at byte {offset} {why}"),
         }
-        let record = match Record::from_payload(&payload) {
-            Ok(r) => r,
-            Err(field) => return torn(format!("record at byte {offset}: field {field} does not parse")),
-        };
-        visit(record, offset);
         offset += (FRAME_HEADER + len) as u64;
+    };
+    // Damage at `offset`: the rest of the file, in memory, is searched for valid records.
+    let mut rest = Vec::new();
+    let mut file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    file.seek(SeekFrom::Start(offset)).map_err(|e| StoreError::io(path, e))?;
+    file.read_to_end(&mut rest).map_err(|e| StoreError::io(path, e))?;
+    let base = offset;
+    let (mut at, mut valid_len) = (0usize, offset);
+    let mut corrupt = Vec::new();
+    let mut damage = Some((0usize, reason));
+    loop {
+        if let Some((start, reason)) = damage.take() {
+            match next_valid(&rest, start + 1) {
+                Some(next) => {
+                    corrupt.push(Damage { start: base + start as u64, end: base + next as u64, reason });
+                    at = next;
+                }
+                None => {
+                    let torn = Damage { start: base + start as u64, end: file_len, reason };
+                    return Ok(ScanEnd { valid_len, corrupt, torn_tail: Some(torn) });
+                }
+            }
+        }
+        if at == rest.len() {
+            return Ok(ScanEnd { valid_len, corrupt, torn_tail: None });
+        }
+        match frame_at(&rest, at) {
+            Ok((record, frame_len)) => {
+                visit(record, base + at as u64);
+                at += frame_len;
+                valid_len = base + at as u64;
+            }
+            Err(why) => damage = Some((at, format!("record at byte {} {why}", base + at as u64))),
+        }
     }
+}
+
+/// Checks a frame's checksum and parses its payload.
+fn check(header: &[u8; FRAME_HEADER], payload: &[u8]) -> Result<Record, String> {
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if crc32c::crc32c(payload) != crc {
+        return Err("fails its checksum".into());
+    }
+    Record::from_payload(payload).map_err(|field| format!("has a field that does not parse: {field}"))
+}
+
+/// The record framed at `at` in `buf` and the frame's length.
+fn frame_at(buf: &[u8], at: usize) -> Result<(Record, usize), String> {
+    let header: &[u8; FRAME_HEADER] = buf.get(at..at + FRAME_HEADER).and_then(|h| h.try_into().ok()).ok_or("has an incomplete header")?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(format!("declares {len} bytes, over the {MAX_PAYLOAD}-byte limit"));
+    }
+    let payload = buf.get(at + FRAME_HEADER..at + FRAME_HEADER + len).ok_or_else(|| format!("is incomplete ({len} bytes declared)"))?;
+    Ok((check(header, payload)?, FRAME_HEADER + len))
+}
+
+/// The first offset at or after `from` where a valid record is framed.
+fn next_valid(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len().saturating_sub(FRAME_HEADER)).find(|&at| frame_at(buf, at).is_ok())
 }
 
 /// Fills `buf`; `Ok(false)` when the file ends first.

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ledger::Index;
 use super::record::{Record, RecordKind};
-use super::segment::{self, SEGMENT_MAGIC, segment_name};
+use super::replay::{OnCorruption, SegmentState, replay};
+use super::segment::{SEGMENT_MAGIC, segment_name};
 use super::StoreError;
 
 /// Policy and tuning of a writer.
@@ -31,11 +32,13 @@ pub struct StoreLimits {
     pub max_batch: usize,
     /// Uploads waiting for the writer; senders wait when it is full (backpressure).
     pub queue: usize,
+    /// What opening does with corruption at rest (damage followed by valid records).
+    pub on_corruption: OnCorruption,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self { epsilon_budget: None, max_samples_per_edge: None, segment_bytes: 256 << 20, max_batch: 256, queue: 256 }
+        Self { epsilon_budget: None, max_samples_per_edge: None, segment_bytes: 256 << 20, max_batch: 256, queue: 256, on_corruption: OnCorruption::Refuse }
     }
 }
 
@@ -83,8 +86,9 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Opens (or creates) the store in `dir`: takes the lock, cuts off a torn tail of the last
-    /// segment, rebuilds the index and starts the writer thread.
+    /// Opens (or creates) the store in `dir`: takes the lock, replays every record ([`replay`]),
+    /// sets corruption aside ([`OnCorruption::Quarantine`]) or refuses it, cuts off a torn tail of
+    /// the last segment, rebuilds the index and starts the writer thread.
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let lock_path = dir.join("LOCK");
@@ -92,20 +96,18 @@ impl StoreWriter {
         lock.try_lock().map_err(|_| StoreError::Locked { dir: dir.to_path_buf() })?;
 
         let mut index = Index::default();
-        let segments = segment::list(dir)?;
-        for (i, (_, path)) in segments.iter().enumerate() {
-            let end = segment::scan(path, |rec, _| index.apply(&rec))?;
-            index.store_bytes += end.valid_len.max(SEGMENT_MAGIC.len() as u64);
-            let last = i + 1 == segments.len();
-            match (end.damage, last) {
-                (None, _) => {}
-                (Some(reason), false) => return Err(StoreError::Corrupt { file: path.clone(), offset: end.valid_len, reason }),
-                (Some(reason), true) => {
-                    tracing::warn!(segment = %path.display(), at = end.valid_len, %reason, "cutting off the torn tail of the last segment");
-                    truncate(path, end.valid_len)?;
-                }
+        let segments = replay(dir, limits.on_corruption, |rec| index.apply(&rec))?;
+        for seg in &segments {
+            if !seg.corrupt.is_empty() {
+                quarantine(dir, seg)?;
             }
+            if let Some(torn) = &seg.torn_tail {
+                tracing::warn!(segment = %seg.path.display(), at = torn.start, reason = %torn.reason, "cutting off the torn tail of the last segment");
+                truncate(&seg.path, seg.valid_len - damaged_bytes(seg))?;
+            }
+            index.store_bytes += (seg.valid_len - damaged_bytes(seg)).max(SEGMENT_MAGIC.len() as u64);
         }
+        let segments: Vec<(u64, PathBuf)> = segments.into_iter().map(|s| (s.number, s.path)).collect();
         let (number, path) = match segments.last() {
             Some((n, p)) => (*n, p.clone()),
             None => (1, dir.join(segment_name(1))),
@@ -158,6 +160,38 @@ impl Drop for StoreWriter {
 
 fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
     index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Bytes of `seg`'s corrupt spans (all before `valid_len`).
+fn damaged_bytes(seg: &SegmentState) -> u64 {
+    seg.corrupt.iter().map(|d| d.end - d.start).sum()
+}
+
+/// Sets the corrupt spans of `seg` aside: each is written to `quarantine/seg-N-at-OFFSET.bin`
+/// (fsync'd) before the segment is rewritten, through a temporary file and a rename, with its
+/// valid records alone.
+fn quarantine(dir: &Path, seg: &SegmentState) -> Result<(), StoreError> {
+    let bytes = std::fs::read(&seg.path).map_err(|e| StoreError::io(&seg.path, e))?;
+    let qdir = dir.join("quarantine");
+    std::fs::create_dir_all(&qdir).map_err(|e| StoreError::io(&qdir, e))?;
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut from = 0usize;
+    for d in &seg.corrupt {
+        let (start, end) = (d.start as usize, d.end as usize);
+        let out = qdir.join(format!("seg-{:08}-at-{start}.bin", seg.number));
+        let mut f = File::create(&out).map_err(|e| StoreError::io(&out, e))?;
+        f.write_all(&bytes[start..end]).and_then(|()| f.sync_all()).map_err(|e| StoreError::io(&out, e))?;
+        tracing::warn!(segment = %seg.path.display(), at = start, bytes = end - start, reason = %d.reason, quarantined = %out.display(), "corrupt bytes set aside; the valid records after them are kept");
+        kept.extend_from_slice(&bytes[from..start]);
+        from = end;
+    }
+    kept.extend_from_slice(&bytes[from..]);
+    sync_dir(&qdir)?;
+    let tmp = seg.path.with_extension("rewrite");
+    let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    f.write_all(&kept).and_then(|()| f.sync_all()).map_err(|e| StoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &seg.path).map_err(|e| StoreError::io(&seg.path, e))?;
+    sync_dir(dir)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {

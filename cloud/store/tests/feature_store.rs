@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use mistnet_data::Label;
-use mistnet_store::{FeatureStore, Outcome, StoreLimits, StoreWriter, Upload};
+use mistnet_store::{FeatureStore, OnCorruption, Outcome, StoreLimits, StoreWriter, Upload};
 
 fn upload(edge: &str, id: &str) -> Upload {
     Upload {
@@ -109,4 +109,82 @@ fn quota_and_epsilon_budget_refuse_uploads() {
     assert_eq!(outcomes[3], Outcome::Duplicate);
     assert!(matches!(outcomes[4], Outcome::Refused(mistnet_store::Refusal::EpsilonBudget { .. })));
     assert_eq!(writer.index().edges["a"].epsilon_total, 4.5);
+}
+
+/// A store of `n` samples of edge "a" in one segment, and each record's start offset.
+fn store_of(dir: &std::path::Path, n: usize) -> Vec<u64> {
+    let writer = StoreWriter::open(dir, StoreLimits::default()).unwrap();
+    store_all(&writer, (0..n).map(|i| upload("a", &i.to_string())).collect());
+    writer.close();
+    let mut offsets = Vec::new();
+    mistnet_store::segment::scan(&dir.join("seg-00000001.log"), |_, at| offsets.push(at)).unwrap();
+    offsets
+}
+
+fn flip(path: &std::path::Path, at: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_flipped_bit_before_valid_records_is_corruption_not_a_torn_tail() {
+    for field in [0u64, 4, 30] {
+        // In the length, the checksum, or the payload of the 3rd of 20 records.
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = store_of(dir.path(), 20);
+        let segment = dir.path().join("seg-00000001.log");
+        let before = std::fs::read(&segment).unwrap();
+        flip(&segment, offsets[2] + field);
+
+        // Refused by default, naming the file and the byte; nothing is cut off.
+        let err = StoreWriter::open(dir.path(), StoreLimits::default()).err().expect("corruption must be refused").to_string();
+        assert!(err.contains("seg-00000001.log") && err.contains(&format!("byte {}", offsets[2])), "{err}");
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), before.len() as u64, "refusing modifies nothing");
+        let err = FeatureStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&format!("byte {}", offsets[2])), "the reader refuses alike: {err}");
+
+        // Quarantine keeps every valid record: the reader skips the damage, the writer sets it aside.
+        let read = FeatureStore::open_with(dir.path(), OnCorruption::Quarantine).unwrap();
+        assert_eq!(read.len(), 19, "field at +{field}");
+        let limits = StoreLimits { on_corruption: OnCorruption::Quarantine, ..StoreLimits::default() };
+        let writer = StoreWriter::open(dir.path(), limits).unwrap();
+        assert_eq!(writer.index().samples(), 19);
+        assert!(!writer.index().edges["a"].contains("2"), "the damaged sample is gone, so its edge can send it again");
+        assert_eq!(store_all(&writer, vec![upload("a", "2"), upload("a", "19")]), [Outcome::Stored, Outcome::Duplicate]);
+        writer.close();
+        let quarantined: Vec<_> = std::fs::read_dir(dir.path().join("quarantine")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(quarantined.len(), 1);
+        let aside = std::fs::read(&quarantined[0]).unwrap();
+        assert_eq!(aside.len() as u64, offsets[3] - offsets[2], "exactly the damaged record is set aside");
+        let ids: std::collections::BTreeSet<String> = FeatureStore::open(dir.path()).unwrap().samples().unwrap().into_iter().map(|s| s.sample_id).collect();
+        assert_eq!(ids.len(), 20, "all 20 samples, the damaged one uploaded again");
+    }
+}
+
+#[test]
+fn a_missing_middle_segment_and_a_duplicated_record_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StoreLimits { segment_bytes: 600, max_batch: 1, ..StoreLimits::default() };
+    let writer = StoreWriter::open(dir.path(), limits).unwrap();
+    store_all(&writer, (0..9).map(|i| upload("a", &i.to_string())).collect());
+    writer.close();
+    let second = dir.path().join("seg-00000002.log");
+    assert!(dir.path().join("seg-00000003.log").exists());
+    let kept = std::fs::read(&second).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    for err in [FeatureStore::open(dir.path()).unwrap_err().to_string(), StoreWriter::open(dir.path(), limits).err().unwrap().to_string()] {
+        assert!(err.contains("segment 2 is missing"), "{err}");
+    }
+    std::fs::write(&second, &kept).unwrap();
+    assert_eq!(FeatureStore::open(dir.path()).unwrap().len(), 9);
+
+    // The first record of segment 2 appended again to segment 3.
+    let mut first = Vec::new();
+    mistnet_store::segment::scan(&second, |rec, _| first.push(rec)).unwrap();
+    let third = dir.path().join("seg-00000003.log");
+    std::fs::OpenOptions::new().append(true).open(&third).unwrap().write_all(&first[0].to_frame()).unwrap();
+    for err in [FeatureStore::open(dir.path()).unwrap_err().to_string(), StoreWriter::open(dir.path(), limits).err().unwrap().to_string()] {
+        assert!(err.contains("seg-00000003.log") && err.contains("a second record of sample"), "{err}");
+    }
 }

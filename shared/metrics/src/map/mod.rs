@@ -10,13 +10,13 @@
 //!   — a perfect detector scores 0.995, not 1.
 //!
 //! ```no_run
-//! use mistnet::metrics::map::{CocoDetections, CocoGroundTruth, coco_eval, yolo_map};
+//! use mistnet_metrics::map::{CocoDetections, CocoGroundTruth, coco_eval, yolo_map};
 //! let gt = CocoGroundTruth::from_file("instances_val.json")?;
 //! let dets = CocoDetections::from_file("predictions.json")?;
 //! let coco = coco_eval(&gt, &dets)?;
 //! let yolo = yolo_map(&gt, &dets)?;
 //! println!("mAP@[.5:.95] {:.4} mAP@.5 {:.4} (YOLOv5: {:.4} {:.4})", coco.map50_95(), coco.map50(), yolo.map50_95, yolo.map50);
-//! # Ok::<(), mistnet::metrics::map::CocoError>(())
+//! # Ok::<(), mistnet_metrics::map::CocoError>(())
 //! ```
 //!
 //! Both are reproduced operation for operation (NumPy's pairwise sums, `np.interp`, thresholds
