@@ -22,6 +22,18 @@ pub const EDGE_HEADER: &str = "x-mistnet-edge";
 /// Largest gRPC message either side accepts: the Front's weights for yolov5x at the deepest cut fit.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// Longest sample id in bytes (`Sample.sample_id`).
+pub const MAX_SAMPLE_ID: usize = 256;
+
+/// Checks a sample id as the cloud does: 1 to [`MAX_SAMPLE_ID`] bytes of UTF-8 without control
+/// characters (a newline in an id would break every line-based record of it).
+pub fn check_sample_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_SAMPLE_ID || id.chars().any(char::is_control) {
+        return Err(format!("sample id {id:?} must be 1 to {MAX_SAMPLE_ID} bytes without control characters"));
+    }
+    Ok(())
+}
+
 /// A token file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {

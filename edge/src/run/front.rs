@@ -53,9 +53,19 @@ fn latest_cached(cache: &Path) -> Option<String> {
     cache.join("front").join(hash.to_string()).join("front.safetensors").exists().then(|| hash.to_string())
 }
 
-/// Writes through a temporary file and a rename, so a crash leaves the old file or the new one.
+/// Writes through a temporary file, fsync and a rename (then fsyncs the directory), so a crash or a
+/// power loss leaves the old file or the whole new one, never an empty or torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()
+    };
+    write().with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(())
 }

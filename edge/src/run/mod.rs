@@ -64,7 +64,8 @@ pub struct Args {
     /// Send at most this many samples per second (to share a thin uplink); default: as fast as acks allow.
     #[arg(long)]
     max_rate: Option<f64>,
-    /// Skip bad samples of the dataset (missing images, malformed labels) instead of stopping.
+    /// Skip bad samples of the dataset (missing or undecodable images, malformed labels, ids the cloud
+    /// would refuse: over 256 bytes or with control characters) instead of stopping; each is counted.
     #[arg(long)]
     skip_bad: bool,
 }
@@ -87,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
     let encoder = EdgeEncoder::new(served.front, served.imgsz, args.privacy.wire(args.encoding)?)?;
     let spool_dir = spool::dir(&args.cache, &encoder);
     tracing::info!(samples = total, already_stored = stored.len(), front = %encoder.front().hash(), "starting");
-    let spooled = spool::prepare(samples, &stored, &encoder, &mut args.privacy.rng()?, &spool_dir)?;
+    let spooled = spool::prepare(samples, &stored, &encoder, &mut args.privacy.rng()?, &spool_dir, args.skip_bad)?;
 
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{spinner} upload [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
@@ -125,12 +126,30 @@ fn load_samples(data: &Path, policy: BadDataPolicy) -> Result<Vec<(String, Sampl
     let root = dataset.source().parent().map(Path::to_path_buf).unwrap_or_default();
     let mut ids = HashSet::new();
     let mut out = Vec::with_capacity(loaded.samples.len());
+    let mut bad_ids = 0usize;
     for s in loaded.samples {
         let id = s.image_path.strip_prefix(&root).unwrap_or(&s.image_path).to_string_lossy().into_owned();
+        // Checked here as the cloud checks it: an id it refuses would leave an upload that never finishes.
+        if let Err(why) = mistnet_proto::check_sample_id(&id) {
+            match policy {
+                BadDataPolicy::Skip => {
+                    tracing::warn!(image = %s.image_path.display(), %why, "skipping a sample whose id the cloud would refuse (--skip-bad)");
+                    bad_ids += 1;
+                    continue;
+                }
+                BadDataPolicy::Fail => bail!("{}: {why} (the id is the image path relative to the dataset; rename it, or --skip-bad)", s.image_path.display()),
+            }
+        }
         if !ids.insert(id.clone()) {
             bail!("two samples share the id {id}");
         }
         out.push((id, s));
+    }
+    if bad_ids > 0 {
+        eprintln!("skipped {bad_ids} samples whose ids the cloud would refuse (--skip-bad)");
+    }
+    if out.is_empty() {
+        bail!("{}: no sample of the train split can be uploaded", data.display());
     }
     Ok(out)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet::codec::CodecRng;
+use mistnet::codec::{CodecRng, DecodeLimits, decode};
 use mistnet::data::Sample;
 use mistnet::encoder::EdgeEncoder;
 use sha2::{Digest, Sha256};
@@ -29,12 +29,15 @@ pub fn dir(cache: &Path, encoder: &EdgeEncoder) -> PathBuf {
 }
 
 /// Extracts and encodes every sample not spooled yet (skipping `done`, already stored in the cloud).
+/// A spooled message that no longer decodes as this encoder's (a damaged file, a torn write) is
+/// extracted again. With `skip_bad`, a sample whose image cannot be read is left out and counted.
 pub fn prepare(
     samples: Vec<(String, Sample)>,
     done: &std::collections::HashSet<String>,
     encoder: &EdgeEncoder,
     rng: &mut CodecRng,
     spool: &Path,
+    skip_bad: bool,
 ) -> Result<Vec<Spooled>> {
     std::fs::create_dir_all(spool).with_context(|| format!("cannot create {}", spool.display()))?;
     let todo: Vec<_> = samples.into_iter().filter(|(id, _)| !done.contains(id)).collect();
@@ -42,17 +45,45 @@ pub fn prepare(
         ProgressStyle::with_template("{spinner} extract [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
     );
     let mut out = Vec::with_capacity(todo.len());
+    let mut skipped = 0usize;
     for (sample_id, sample) in todo {
+        bar.inc(1);
         let message = spool.join(format!("{}.mnf", hex::encode(Sha256::digest(sample_id.as_bytes()))));
-        if !message.exists() {
-            let encoded = encoder
-                .encode_sample(&sample, rng)
-                .with_context(|| format!("cannot encode the features of {}", sample.image_path.display()))?;
+        if let Some(why) = spooled_damage(&message, encoder) {
+            if message.exists() {
+                tracing::warn!(file = %message.display(), sample = %sample_id, %why, "damaged spool file: extracting the sample again");
+            }
+            let encoded = match encoder.encode_sample(&sample, rng) {
+                Ok(encoded) => encoded,
+                Err(e) if skip_bad => {
+                    tracing::warn!(sample = %sample_id, error = %e, "skipping a sample that cannot be encoded (--skip-bad)");
+                    skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot encode the features of {} (--skip-bad leaves such samples out)", sample.image_path.display()))),
+            };
             write_atomic(&message, &encoded.message)?;
         }
         out.push(Spooled { sample_id, message, sample });
-        bar.inc(1);
     }
     bar.finish_and_clear();
+    if skipped > 0 {
+        eprintln!("skipped {skipped} samples whose images could not be encoded (--skip-bad)");
+    }
     Ok(out)
+}
+
+/// Why the spooled `message` cannot be sent as it is (`None`: it is whole and this encoder's).
+fn spooled_damage(message: &Path, encoder: &EdgeEncoder) -> Option<String> {
+    let bytes = match std::fs::read(message) {
+        Ok(bytes) => bytes,
+        Err(e) => return Some(e.to_string()),
+    };
+    let header = match decode(&bytes, &DecodeLimits::default()) {
+        Ok(decoded) => decoded.header,
+        Err(e) => return Some(e.to_string()),
+    };
+    let p = encoder.params();
+    let same = header.front_hash == p.front_hash && header.cut == p.cut && header.privacy == p.privacy && header.encoding == p.encoding;
+    (!same).then(|| "made with other settings".to_string())
 }
