@@ -19,6 +19,9 @@ use super::replay::{OnCorruption, SegmentState, replay};
 use super::segment::{SEGMENT_MAGIC, segment_name};
 use super::StoreError;
 
+/// The batch buffer is kept between batches up to this capacity, and released above it.
+const KEEP_BATCH_BUFFER: usize = 8 << 20;
+
 /// Policy and tuning of a writer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoreLimits {
@@ -26,6 +29,8 @@ pub struct StoreLimits {
     pub epsilon_budget: Option<f64>,
     /// Refuse new samples of an edge past this many.
     pub max_samples_per_edge: Option<u64>,
+    /// Refuse new samples of an edge once its stored feature bytes would pass this.
+    pub max_bytes_per_edge: Option<u64>,
     /// Start a new segment file once the current one reaches this size.
     pub segment_bytes: u64,
     /// Most records per fsync.
@@ -38,7 +43,7 @@ pub struct StoreLimits {
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self { epsilon_budget: None, max_samples_per_edge: None, segment_bytes: 256 << 20, max_batch: 256, queue: 256, on_corruption: OnCorruption::Refuse }
+        Self { epsilon_budget: None, max_samples_per_edge: None, max_bytes_per_edge: None, segment_bytes: 256 << 20, max_batch: 256, queue: 256, on_corruption: OnCorruption::Refuse }
     }
 }
 
@@ -70,6 +75,8 @@ pub enum Refusal {
     EpsilonBudget { edge: String, spent: f64, epsilon: f64, budget: f64 },
     #[error("edge {edge}: quota of {max} stored samples reached")]
     Quota { edge: String, max: u64 },
+    #[error("edge {edge}: quota of {max} stored feature bytes reached ({stored} stored, this sample has {bytes})")]
+    ByteQuota { edge: String, max: u64, stored: u64, bytes: u64 },
 }
 
 struct Job {
@@ -304,6 +311,10 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
                 for (reply, outcome) in replies {
                     let _ = reply.send(Ok(outcome));
                 }
+                // One batch of large samples must not keep its buffer for the life of the server.
+                if bytes.capacity() > KEEP_BATCH_BUFFER {
+                    bytes = Vec::new();
+                }
             }
             Err(e) => {
                 // After a failed write or fsync the file's state is unknown: refuse everything from now on.
@@ -321,12 +332,13 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
 /// Decides each job of a batch in order, against the index plus the batch's earlier decisions.
 fn decide(index: &Index, jobs: &[Job], limits: &StoreLimits) -> Vec<Outcome> {
     let mut new_keys: HashSet<(&str, &str)> = HashSet::new();
-    let mut added: HashMap<&str, (u64, f64)> = HashMap::new();
+    // Per edge: samples, ε and feature bytes that earlier jobs of this batch add.
+    let mut added: HashMap<&str, (u64, f64, u64)> = HashMap::new();
     jobs.iter()
         .map(|job| {
             let u = &job.upload;
             let ledger = index.edges.get(&u.edge);
-            let (new_samples, new_eps) = added.get(u.edge.as_str()).copied().unwrap_or((0, 0.0));
+            let (new_samples, new_eps, new_bytes) = added.get(u.edge.as_str()).copied().unwrap_or((0, 0.0, 0));
             let spent = ledger.map_or(0.0, |l| l.epsilon_spent()) + new_eps;
             if let Some(budget) = limits.epsilon_budget
                 && spent + u.epsilon > budget
@@ -340,12 +352,21 @@ fn decide(index: &Index, jobs: &[Job], limits: &StoreLimits) -> Vec<Outcome> {
             {
                 return Outcome::Refused(Refusal::Quota { edge: u.edge.clone(), max });
             }
+            let bytes = u.features.len() as u64;
+            if !stored
+                && let Some(max) = limits.max_bytes_per_edge
+                && ledger.map_or(0, |l| l.feature_bytes) + new_bytes + bytes > max
+            {
+                let stored = ledger.map_or(0, |l| l.feature_bytes) + new_bytes;
+                return Outcome::Refused(Refusal::ByteQuota { edge: u.edge.clone(), max, stored, bytes });
+            }
             let entry = added.entry(u.edge.as_str()).or_default();
             entry.1 += u.epsilon;
             if stored {
                 Outcome::Duplicate
             } else {
                 entry.0 += 1;
+                entry.2 += bytes;
                 new_keys.insert((u.edge.as_str(), u.sample_id.as_str()));
                 Outcome::Stored
             }

@@ -188,3 +188,22 @@ fn a_missing_middle_segment_and_a_duplicated_record_are_errors() {
         assert!(err.contains("seg-00000003.log") && err.contains("a second record of sample"), "{err}");
     }
 }
+
+#[test]
+fn a_byte_quota_counts_stored_feature_bytes_per_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each upload carries 100 feature bytes: 250 allow two samples per edge, not three.
+    let limits = StoreLimits { max_bytes_per_edge: Some(250), ..StoreLimits::default() };
+    let writer = StoreWriter::open(dir.path(), limits).unwrap();
+    let outcomes = store_all(&writer, vec![upload("a", "1"), upload("a", "2"), upload("a", "3"), upload("a", "1"), upload("b", "1")]);
+    assert_eq!(&outcomes[..2], [Outcome::Stored, Outcome::Stored]);
+    assert!(
+        matches!(&outcomes[2], Outcome::Refused(mistnet_store::Refusal::ByteQuota { max: 250, stored: 200, bytes: 100, .. })),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(&outcomes[3..], [Outcome::Duplicate, Outcome::Stored], "a re-upload stores no bytes; another edge has its own quota");
+    writer.close();
+    let writer = StoreWriter::open(dir.path(), limits).unwrap();
+    assert!(matches!(store_all(&writer, vec![upload("a", "4")])[0], Outcome::Refused(mistnet_store::Refusal::ByteQuota { .. })), "the quota holds across a restart");
+}

@@ -101,6 +101,10 @@ pub enum CodecError {
     #[error("payload decompresses to more than the {expected} bytes the shape and encoding allow{}",
         declared.map(|d| format!(" (its frame declares {d})")).unwrap_or_default())]
     DecompressedTooLarge { expected: u64, declared: Option<u64> },
+    #[error("the zstd payload holds {payload} bytes, its one frame {frame}: a payload is exactly one zstd frame")]
+    ZstdTrailing { frame: u64, payload: u64 },
+    #[error("the zstd payload ({compressed} bytes) is not smaller than the {raw} bytes it holds: send it uncompressed")]
+    CompressedNotSmaller { compressed: u64, raw: u64 },
     #[error("payload holds {actual} bytes, the shape and encoding need exactly {expected}")]
     PayloadSize { actual: u64, expected: u64 },
     #[error("element {index}: value {value} is not 0 or 1")]

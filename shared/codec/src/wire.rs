@@ -361,13 +361,34 @@ pub fn decode(msg: &[u8], limits: &DecodeLimits) -> Result<Decoded, CodecError> 
     let expected = encoding.payload_len(elements);
     let raw = match compression {
         Compression::None => std::borrow::Cow::Borrowed(payload),
-        Compression::Zstd => std::borrow::Cow::Owned(decompress_bounded(payload, expected)?),
+        Compression::Zstd => {
+            check_single_frame(payload)?;
+            std::borrow::Cow::Owned(decompress_bounded(payload, expected)?)
+        }
     };
     if raw.len() as u64 != expected {
         return Err(CodecError::PayloadSize { actual: raw.len() as u64, expected });
     }
+    // The encoder compresses only when that makes the payload smaller; anything else is padding.
+    if compression == Compression::Zstd && payload_len >= expected {
+        return Err(CodecError::CompressedNotSmaller { compressed: payload_len, raw: expected });
+    }
     let bits = deserialize(&raw, elements as usize, encoding)?;
     Ok(Decoded { header, bits })
+}
+
+/// A zstd payload is exactly one zstd frame: no skippable frame (which would carry arbitrary bytes
+/// past every size check), nothing after it.
+fn check_single_frame(payload: &[u8]) -> Result<(), CodecError> {
+    const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if payload.get(..4) != Some(&ZSTD_FRAME_MAGIC[..]) {
+        return Err(CodecError::Zstd("the payload does not start with a zstd frame (skippable frames are not allowed)".into()));
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(payload) {
+        Ok(frame) if frame == payload.len() => Ok(()),
+        Ok(frame) => Err(CodecError::ZstdTrailing { frame: frame as u64, payload: payload.len() as u64 }),
+        Err(code) => Err(CodecError::Zstd(zstd::zstd_safe::get_error_name(code).to_string())),
+    }
 }
 
 /// Decompresses at most `expected + 1` bytes, so a zstd bomb costs no more than the shape allows.

@@ -390,3 +390,34 @@ proptest! {
         check_consistent(decode(&m, &DecodeLimits::default()));
     }
 }
+
+#[test]
+fn a_zstd_payload_is_one_frame_smaller_than_what_it_holds() {
+    // A real packed, zstd-compressed message of a compressible map.
+    let params = params(Privacy::none(), Encoding::Packed, Some(3));
+    let msg = encode(&vec![1.0; 4096], &[1, 1, 64, 64], &params, &mut seeded_rng(0)).unwrap();
+    let good = decode(&msg, &DecodeLimits::default()).unwrap();
+    assert_eq!(good.header.compression, Compression::Zstd);
+    let payload = msg[HEADER_LEN..].to_vec();
+    let with = |payload: Vec<u8>| RawMessage { compression: 1, shape: [1, 1, 64, 64], payload, ..RawMessage::valid() };
+    assert_eq!(with(payload.clone()).decode().unwrap().bits, good.bits, "the hand-built copy decodes");
+
+    // Padded with a skippable frame after the real one (the padding attack), or before it.
+    let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18];
+    skippable.extend_from_slice(&1000u32.to_le_bytes());
+    skippable.extend(std::iter::repeat_n(0u8, 1000));
+    let padded = [payload.clone(), skippable.clone()].concat();
+    assert_eq!(err(&with(padded.clone())), CodecError::ZstdTrailing { frame: payload.len() as u64, payload: padded.len() as u64 });
+    assert!(matches!(err(&with([skippable, payload.clone()].concat())), CodecError::Zstd(m) if m.contains("skippable")));
+    // Two frames holding the halves.
+    let half = zstd::bulk::compress(&vec![0xff; 256], 3).unwrap();
+    assert!(matches!(err(&with([half.clone(), half].concat())), CodecError::ZstdTrailing { .. }));
+    // One frame of exactly the right content, no smaller than the raw 512 bytes (incompressible
+    // bits go into a raw zstd block, plus the frame's own header).
+    use rand::{RngCore, SeedableRng};
+    let mut random = vec![0u8; 512];
+    rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut random);
+    let frame = zstd::bulk::compress(&random, 1).unwrap();
+    assert!(frame.len() >= 512, "{} bytes", frame.len());
+    assert_eq!(err(&with(frame.clone())), CodecError::CompressedNotSmaller { compressed: frame.len() as u64, raw: 512 });
+}
