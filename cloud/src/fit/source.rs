@@ -1,21 +1,23 @@
 //! What the training loop reads: a [`LabelledSource`] of inputs with labels.
 //!
 //! - [`FeatureSet`]: Front features as the cloud receives them (codec wire messages, decoded to
-//!   0/1 bits as f32), with feature-space augmentation. [`FeatureSet::from_messages`] is the
-//!   plug for any store of received messages; [`FeatureSet::extract`] simulates the edges on a
-//!   local dataset (letterbox, Front, binarize, randomized response, wire format, decode).
+//!   0/1 bits as f32), with feature-space augmentation. [`FeatureSet::from_store`] reads what the
+//!   edges sent (the feature store), placing each box in the letterboxed canvas the edge fed its
+//!   Front; [`FeatureSet::from_messages`] takes any other source of messages with letterboxed
+//!   labels; [`FeatureSet::extract`] simulates the edges on a local dataset (letterbox, Front,
+//!   binarize, randomized response, wire format, decode).
 //! - [`super::images::ImageSet`]: letterboxed images with image augmentation, for `pretrain`.
 
 use candle_core::{Device, Tensor};
-use mistnet::codec::{DecodeLimits, EncodeParams, Encoding, FrontHash, Privacy, decode, encode, seeded_rng};
-use mistnet::data::Label;
-use mistnet::data::letterbox::{image_to_tensor, letterbox, read_rgb};
-use mistnet::data::Sample;
+use mistnet::codec::{Bits, DecodeLimits, EncodeParams, Encoding, FrontHash, Privacy, decode, encode, seeded_rng};
+use mistnet::data::letterbox::{Letterbox, image_to_tensor, letterbox, read_rgb};
+use mistnet::data::{BadDataPolicy, Label, Sample};
 use mistnet::model::Front;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::FitError;
+use crate::store::StoredSample;
 
 /// One training input and its labels, normalized to the input's width and height.
 #[derive(Debug, Clone)]
@@ -40,28 +42,134 @@ pub struct FeatureSet {
     samples: Vec<LabelledInput>,
 }
 
+/// What a stored sample must match to be trained on: the Front that made it (hash and cut), the
+/// map that Front makes of an `imgsz` letterboxed image, and `nc` classes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreExpect {
+    pub front_hash: FrontHash,
+    pub cut: usize,
+    /// `[C, H, W]` of one feature map.
+    pub shape: [usize; 3],
+    /// Stride of the map relative to the letterboxed image.
+    pub stride: usize,
+    pub imgsz: u32,
+    pub nc: usize,
+}
+
+impl StoreExpect {
+    /// What `front` makes of `imgsz`×`imgsz` images, with labels of `nc` classes.
+    pub fn new(front: &Front, imgsz: u32, nc: usize) -> Result<Self, FitError> {
+        let stride = front.out_stride();
+        if stride == 0 || imgsz as usize % stride != 0 {
+            return Err(FitError::Config(format!("--imgsz {imgsz} is not a multiple of the Front's stride {stride}")));
+        }
+        let side = imgsz as usize / stride;
+        Ok(Self { front_hash: front.hash().parse()?, cut: front.cut(), shape: [front.out_channels(), side, side], stride, imgsz, nc })
+    }
+
+    /// The message's bits with its labels placed in the letterboxed canvas, or why the sample
+    /// cannot be trained on. The message is decoded once; its header is checked on that decode.
+    fn check(&self, s: &StoredSample) -> Result<(Bits, Vec<Label>), String> {
+        let [c, h, w] = self.shape;
+        let limits = DecodeLimits { max_elements: (c * h * w) as u64 };
+        let decoded = decode(&s.features, &limits).map_err(|e| format!("features: {e}"))?;
+        let header = decoded.header;
+        if header.front_hash != self.front_hash || usize::from(header.cut) != self.cut {
+            return Err(format!(
+                "made by another Front (cut {}, hash {}) than --weights at cut {} (hash {})",
+                header.cut, header.front_hash, self.cut, self.front_hash
+            ));
+        }
+        let [n, fc, fh, fw] = header.shape.dims();
+        if [n, fc] != [1, c] {
+            return Err(format!("feature shape {:?}, expected [1, {c}, {h}, {w}]", header.shape.0));
+        }
+        if [fh, fw] != [h, w] {
+            return Err(format!(
+                "feature map is {fh}×{fw}, --imgsz {} needs {h}×{w} (stride {}): the edge letterboxed to {}×{} px, train with the imgsz `serve` was given",
+                self.imgsz,
+                self.stride,
+                fw * self.stride,
+                fh * self.stride
+            ));
+        }
+        let (width, height) = s.image_size;
+        if width == 0 || height == 0 {
+            return Err(format!("image size {width}x{height} must be at least 1x1"));
+        }
+        for (i, l) in s.labels.iter().enumerate() {
+            if l.class >= self.nc {
+                return Err(format!("label {i}: class {} is not below nc = {}", l.class, self.nc));
+            }
+            for (field, v, positive) in [("cx", l.cx, false), ("cy", l.cy, false), ("w", l.w, true), ("h", l.h, true)] {
+                if !(v.is_finite() && v <= 1.0 && if positive { v > 0.0 } else { v >= 0.0 }) {
+                    return Err(format!("label {i}: {field} = {v} is not in {}", if positive { "(0, 1]" } else { "[0, 1]" }));
+                }
+            }
+        }
+        let lb = Letterbox::fit(s.image_size, self.imgsz);
+        Ok((decoded.bits, s.labels.iter().map(|l| l.to_letterboxed(&lb)).collect()))
+    }
+}
+
 impl FeatureSet {
-    /// Decodes codec wire messages (one feature map each, `[1, C, H, W]` or `[C, H, W]`); `what`
-    /// names each message in errors. All maps must have the same shape.
+    /// Decodes codec wire messages (one feature map each, `[1, C, H, W]` or `[C, H, W]`) whose
+    /// labels are already normalized to the letterboxed image; `what` names each message in
+    /// errors. All maps must have the same shape.
     pub fn from_messages<I, S>(messages: I) -> Result<Self, FitError>
     where
         I: IntoIterator<Item = (S, Vec<u8>, Vec<Label>)>,
         S: std::fmt::Display,
     {
-        let mut samples: Vec<LabelledInput> = Vec::new();
+        let mut set = Self::default();
         for (what, bytes, labels) in messages {
             let decoded = decode(&bytes, &DecodeLimits::default()).map_err(|e| FitError::Sample(format!("{what}: {e}")))?;
             let [n, c, h, w] = decoded.header.shape.dims();
             if n != 1 {
                 return Err(FitError::Sample(format!("{what}: a message must hold one feature map, it holds {n}")));
             }
-            let input = Tensor::from_vec(decoded.bits.to_f32(), (c, h, w), &Device::Cpu)?;
-            if let Some(first) = samples.first().filter(|f| f.input.dims() != input.dims()) {
-                return Err(FitError::Sample(format!("{what}: feature shape {:?} differs from the first sample's {:?}", input.dims(), first.input.dims())));
+            if let Some(first) = set.shape().filter(|&f| f != [c, h, w]) {
+                return Err(FitError::Sample(format!("{what}: feature shape {:?} differs from the first sample's {first:?}", [c, h, w])));
             }
-            samples.push(LabelledInput { input, labels });
+            set.push(decoded.bits, [c, h, w], labels)?;
         }
-        Ok(Self { samples })
+        Ok(set)
+    }
+
+    /// The samples of a feature store, as the edges sent them: each message decoded once and
+    /// checked against `expect`, each box placed in the letterboxed canvas with
+    /// [`Letterbox::fit`] of the sample's original image size (as the edge's letterbox placed
+    /// the image). A sample that cannot be used fails the call, naming it, or with
+    /// [`BadDataPolicy::Skip`] is left out with a warning and counted; returns the set and that
+    /// count.
+    pub fn from_store<I>(samples: I, expect: &StoreExpect, policy: BadDataPolicy) -> Result<(Self, usize), FitError>
+    where
+        I: IntoIterator<Item = StoredSample>,
+    {
+        let mut set = Self::default();
+        let mut skipped = 0;
+        for s in samples {
+            match expect.check(&s) {
+                Ok((bits, labels)) => set.push(bits, expect.shape, labels)?,
+                Err(reason) if policy == BadDataPolicy::Skip => {
+                    tracing::warn!(edge = %s.edge, sample = %s.sample_id, %reason, "skipping a stored sample the trainer cannot use");
+                    skipped += 1;
+                }
+                Err(reason) => return Err(FitError::Sample(format!("{}/{} (stored): {reason}", s.edge, s.sample_id))),
+            }
+        }
+        Ok((set, skipped))
+    }
+
+    /// `[C, H, W]` of every map, `None` while empty.
+    pub fn shape(&self) -> Option<[usize; 3]> {
+        self.samples.first().map(|s| s.input.dims().try_into().expect("[C, H, W]"))
+    }
+
+    fn push(&mut self, bits: Bits, shape: [usize; 3], labels: Vec<Label>) -> Result<(), FitError> {
+        let input = Tensor::from_vec(bits.to_f32(), shape.to_vec(), &Device::Cpu)?;
+        self.samples.push(LabelledInput { input, labels });
+        Ok(())
     }
 
     /// The simulation path: letterbox each image to `imgsz`, run the Front, encode with
