@@ -43,7 +43,9 @@ pub struct RunFlags {
     /// cpu, or cuda:N (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Leave out bad samples (missing or unreadable image, malformed label) with a count instead of failing.
+    /// Leave out bad samples (missing or unreadable image, malformed label) with a count instead of failing. With
+    /// `train --store`, also stored samples the trainer cannot use (undecodable message, wrong feature shape, label out
+    /// of range, zero image size, another Front): each is named in a warning and the count is printed.
     #[arg(long)]
     pub skip_bad: bool,
     /// Run directory: checkpoint.safetensors, model.safetensors, results.csv, loss.png, map.png.
@@ -87,10 +89,15 @@ impl RunFlags {
         })
     }
 
+    /// What to do with a bad sample: --skip-bad's policy.
+    pub fn bad_data_policy(&self) -> BadDataPolicy {
+        if self.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail }
+    }
+
     /// The dataset with its train and val splits loaded.
     pub fn load_data(&self) -> Result<(Dataset, LoadedSplit, LoadedSplit)> {
         let dataset = Dataset::open(&self.data)?;
-        let policy = if self.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail };
+        let policy = self.bad_data_policy();
         let train = dataset.load(Split::Train, policy)?;
         let val_split = if dataset.has_split(Split::Val) { Split::Val } else { Split::Train };
         let val = dataset.load(val_split, policy)?;

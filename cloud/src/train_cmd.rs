@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet::codec::{DecodeLimits, EPSILON_HELP, MECHANISM_HELP, Mechanism, Privacy, decode};
+use mistnet::codec::{EPSILON_HELP, MECHANISM_HELP, Mechanism, Privacy};
+use mistnet::data::BadDataPolicy;
 use mistnet::encoder::{EdgeEncoder, WireSettings};
 use mistnet::model::deploy::{DeployMeta, model_yaml, specs_for};
 use mistnet::model::{DEFAULT_CUT, Front, ParamStore, load_back};
-use mistnet_train::fit::{self, EvalSet, FeatureSet, Trainee, checkpoint_path, initialize_detect_biases};
 use mistnet_store::FeatureStore;
+use mistnet_train::fit::{self, EvalSet, FeatureSet, LabelledSource, StoreExpect, Trainee, checkpoint_path, initialize_detect_biases};
 
 use crate::run_flags::RunFlags;
 
@@ -80,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let features = match &args.store {
-        Some(dir) => stored_features(dir, &front)?,
+        Some(dir) => stored_features(dir, &front, config.imgsz, names.len(), args.run.bad_data_policy())?,
         None => {
             let bar = ProgressBar::new(train.samples.len() as u64).with_style(
                 ProgressStyle::with_template("extract [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -103,27 +104,19 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Every sample of a feature store, checked to come from `front`.
-fn stored_features(dir: &std::path::Path, front: &Front) -> Result<FeatureSet> {
-    let samples = FeatureStore::open(dir)?.samples()?;
-    anyhow::ensure!(!samples.is_empty(), "the feature store {} holds no samples", dir.display());
-    let hash = front.hash();
-    for s in &samples {
-        let header = decode(&s.features, &DecodeLimits::default())
-            .with_context(|| format!("stored sample {}/{}", s.edge, s.sample_id))?
-            .header;
-        anyhow::ensure!(
-            header.front_hash == hash && usize::from(header.cut) == front.cut(),
-            "stored sample {}/{} was made by another Front (cut {}) than --weights at cut {}",
-            s.edge,
-            s.sample_id,
-            header.cut,
-            front.cut()
-        );
+/// Every usable sample of a feature store (see [`FeatureSet::from_store`]); with --skip-bad the
+/// others are left out and counted.
+fn stored_features(dir: &std::path::Path, front: &Front, imgsz: u32, nc: usize, policy: BadDataPolicy) -> Result<FeatureSet> {
+    let store = FeatureStore::open(dir)?;
+    anyhow::ensure!(!store.is_empty(), "the feature store {} holds no samples", dir.display());
+    let expect = StoreExpect::new(front, imgsz, nc)?;
+    let (features, skipped) = FeatureSet::from_store(store.samples()?, &expect, policy).with_context(|| format!("feature store {}", dir.display()))?;
+    if skipped > 0 {
+        println!("skipped {skipped} of {} stored samples the trainer cannot use (--skip-bad; each is named in a warning)", store.len());
     }
-    tracing::info!(samples = samples.len(), store = %dir.display(), "features read from the store");
-    let messages = samples.into_iter().map(|s| (format!("{}/{}", s.edge, s.sample_id), s.features, s.labels));
-    Ok(FeatureSet::from_messages(messages)?)
+    anyhow::ensure!(!features.is_empty(), "the feature store {} holds no usable samples ({skipped} skipped)", dir.display());
+    tracing::info!(samples = features.len(), skipped, store = %dir.display(), "features read from the store");
+    Ok(features)
 }
 
 /// The last epoch's metrics and where the results are.

@@ -80,7 +80,11 @@ impl Bits {
 
     /// One float per element, 0.0 or 1.0 (what the cloud's Back takes as input).
     pub fn to_f32(&self) -> Vec<f32> {
-        (0..self.len).map(|i| if self.get(i) { 1.0 } else { 0.0 }).collect()
+        let mut out = Vec::with_capacity(self.len);
+        for (k, &word) in self.words.iter().enumerate() {
+            out.extend((0..(self.len - 64 * k).min(64)).map(|j| (word >> j & 1) as f32));
+        }
+        out
     }
 
     /// Number of elements.

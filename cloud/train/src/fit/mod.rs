@@ -33,7 +33,7 @@ use crate::plot::PlotError;
 use crate::train::{Hyp, LossConfig, LrDecay, ModelEma, Optimizer, OptimizerConfig, Target, TrainError, YoloLoss};
 pub use eval::{EvalSet, Evaluation, Metrics};
 pub use report::EpochRecord;
-pub use source::{FeatureSet, LabelledInput, LabelledSource};
+pub use source::{FeatureSet, LabelledInput, LabelledSource, StoreExpect};
 
 /// File names in the run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";

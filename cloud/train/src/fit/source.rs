@@ -1,19 +1,25 @@
 //! What the training loop reads: a [`LabelledSource`] of inputs with labels.
 //!
-//! - [`FeatureSet`]: Front features as the cloud receives them (codec wire messages, decoded to
-//!   0/1 bits as f32), with feature-space augmentation. [`FeatureSet::from_messages`] is the
-//!   plug for any store of received messages; [`FeatureSet::extract`] simulates the edges on a
-//!   local dataset through the one edge pipeline ([`EdgeEncoder`]), then decodes.
+//! - [`FeatureSet`]: Front features as the cloud receives them (codec wire messages, decoded and
+//!   held as packed bits, unpacked to 0/1 f32 maps one sample at a time by
+//!   [`LabelledSource::get`]), with feature-space augmentation. [`FeatureSet::from_store`] reads what the
+//!   edges sent (the feature store), placing each box in the letterboxed canvas the edge fed its
+//!   Front; [`FeatureSet::from_messages`] takes any other source of messages with letterboxed
+//!   labels; [`FeatureSet::extract`] simulates the edges on a local dataset through the one edge
+//!   pipeline ([`EdgeEncoder`]), then decodes.
 //! - [`super::images::ImageSet`]: letterboxed images with image augmentation, for `pretrain`.
 
 use candle_core::{Device, Tensor};
-use mistnet::codec::{DecodeLimits, decode, seeded_rng};
-use mistnet::data::{Label, Sample};
+use mistnet::codec::{Bits, DecodeLimits, FrontHash, decode, seeded_rng};
+use mistnet::data::letterbox::Letterbox;
+use mistnet::data::{BadDataPolicy, Label, Sample};
 use mistnet::encoder::EdgeEncoder;
+use mistnet::model::Front;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::FitError;
+use mistnet_store::StoredSample;
 
 /// One training input and its labels, normalized to the input's width and height.
 #[derive(Debug, Clone)]
@@ -32,34 +38,150 @@ pub trait LabelledSource {
     fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError>;
 }
 
-/// Feature maps (0/1 as f32) with labels normalized to the letterboxed image they came from.
+/// Feature maps with labels normalized to the letterboxed image they came from. The maps are held
+/// as packed bits (yolov5s cut 4 at 640 px: 100 KB a sample, against 3.2 MB as f32) and unpacked
+/// to 0/1 f32 by [`LabelledSource::get`].
 #[derive(Debug, Clone, Default)]
 pub struct FeatureSet {
-    samples: Vec<LabelledInput>,
+    /// `[C, H, W]` of every map.
+    shape: [usize; 3],
+    samples: Vec<HeldSample>,
+}
+
+#[derive(Debug, Clone)]
+struct HeldSample {
+    bits: Bits,
+    labels: Vec<Label>,
+}
+
+/// What a stored sample must match to be trained on: the Front that made it (hash and cut), the
+/// map that Front makes of an `imgsz` letterboxed image, and `nc` classes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreExpect {
+    pub front_hash: FrontHash,
+    pub cut: usize,
+    /// `[C, H, W]` of one feature map.
+    pub shape: [usize; 3],
+    /// Stride of the map relative to the letterboxed image.
+    pub stride: usize,
+    pub imgsz: u32,
+    pub nc: usize,
+}
+
+impl StoreExpect {
+    /// What `front` makes of `imgsz`×`imgsz` images, with labels of `nc` classes.
+    pub fn new(front: &Front, imgsz: u32, nc: usize) -> Result<Self, FitError> {
+        let stride = front.out_stride();
+        if stride == 0 || imgsz as usize % stride != 0 {
+            return Err(FitError::Config(format!("--imgsz {imgsz} is not a multiple of the Front's stride {stride}")));
+        }
+        let side = imgsz as usize / stride;
+        Ok(Self { front_hash: front.hash(), cut: front.cut(), shape: [front.out_channels(), side, side], stride, imgsz, nc })
+    }
+
+    /// The message's bits with its labels placed in the letterboxed canvas, or why the sample
+    /// cannot be trained on. The message is decoded once; its header is checked on that decode.
+    fn check(&self, s: &StoredSample) -> Result<(Bits, Vec<Label>), String> {
+        let [c, h, w] = self.shape;
+        let decoded = decode(&s.features, &DecodeLimits::default()).map_err(|e| format!("features: {e}"))?;
+        let header = decoded.header;
+        if header.front_hash != self.front_hash || usize::from(header.cut) != self.cut {
+            return Err(format!(
+                "made by another Front (cut {}, hash {}) than --weights at cut {} (hash {})",
+                header.cut, header.front_hash, self.cut, self.front_hash
+            ));
+        }
+        let [n, fc, fh, fw] = header.shape.dims();
+        if [n, fc] != [1, c] {
+            return Err(format!("feature shape {:?}, expected [1, {c}, {h}, {w}]", header.shape.0));
+        }
+        if [fh, fw] != [h, w] {
+            return Err(format!(
+                "feature map is {fh}×{fw}, --imgsz {} needs {h}×{w} (stride {}): the edge letterboxed to {}×{} px, train with the imgsz `serve` was given",
+                self.imgsz,
+                self.stride,
+                fw * self.stride,
+                fh * self.stride
+            ));
+        }
+        let (width, height) = s.image_size;
+        if width == 0 || height == 0 {
+            return Err(format!("image size {width}x{height} must be at least 1x1"));
+        }
+        for (i, l) in s.labels.iter().enumerate() {
+            if l.class >= self.nc {
+                return Err(format!("label {i}: class {} is not below nc = {}", l.class, self.nc));
+            }
+            for (field, v, positive) in [("cx", l.cx, false), ("cy", l.cy, false), ("w", l.w, true), ("h", l.h, true)] {
+                if !(v.is_finite() && v <= 1.0 && if positive { v > 0.0 } else { v >= 0.0 }) {
+                    return Err(format!("label {i}: {field} = {v} is not in {}", if positive { "(0, 1]" } else { "[0, 1]" }));
+                }
+            }
+        }
+        let lb = Letterbox::fit(s.image_size, self.imgsz);
+        Ok((decoded.bits, s.labels.iter().map(|l| l.to_letterboxed(&lb)).collect()))
+    }
 }
 
 impl FeatureSet {
-    /// Decodes codec wire messages (one feature map each, `[1, C, H, W]` or `[C, H, W]`); `what`
-    /// names each message in errors. All maps must have the same shape.
+    /// Decodes codec wire messages (one feature map each, `[1, C, H, W]` or `[C, H, W]`) whose
+    /// labels are already normalized to the letterboxed image; `what` names each message in
+    /// errors. All maps must have the same shape.
     pub fn from_messages<I, S>(messages: I) -> Result<Self, FitError>
     where
         I: IntoIterator<Item = (S, Vec<u8>, Vec<Label>)>,
         S: std::fmt::Display,
     {
-        let mut samples: Vec<LabelledInput> = Vec::new();
+        let mut set = Self::default();
         for (what, bytes, labels) in messages {
             let decoded = decode(&bytes, &DecodeLimits::default()).map_err(|e| FitError::Sample(format!("{what}: {e}")))?;
             let [n, c, h, w] = decoded.header.shape.dims();
             if n != 1 {
                 return Err(FitError::Sample(format!("{what}: a message must hold one feature map, it holds {n}")));
             }
-            let input = Tensor::from_vec(decoded.bits.to_f32(), (c, h, w), &Device::Cpu)?;
-            if let Some(first) = samples.first().filter(|f| f.input.dims() != input.dims()) {
-                return Err(FitError::Sample(format!("{what}: feature shape {:?} differs from the first sample's {:?}", input.dims(), first.input.dims())));
+            if let Some(first) = set.shape().filter(|&f| f != [c, h, w]) {
+                return Err(FitError::Sample(format!("{what}: feature shape {:?} differs from the first sample's {first:?}", [c, h, w])));
             }
-            samples.push(LabelledInput { input, labels });
+            set.push(decoded.bits, [c, h, w], labels);
         }
-        Ok(Self { samples })
+        Ok(set)
+    }
+
+    /// The samples of a feature store, as the edges sent them: each message decoded once and
+    /// checked against `expect`, each box placed in the letterboxed canvas with
+    /// [`Letterbox::fit`] of the sample's original image size (as the edge's letterbox placed
+    /// the image). A sample that cannot be used fails the call, naming it, or with
+    /// [`BadDataPolicy::Skip`] is left out with a warning and counted; returns the set and that
+    /// count.
+    pub fn from_store<I>(samples: I, expect: &StoreExpect, policy: BadDataPolicy) -> Result<(Self, usize), FitError>
+    where
+        I: IntoIterator<Item = StoredSample>,
+    {
+        let mut set = Self::default();
+        let mut skipped = 0;
+        for s in samples {
+            match expect.check(&s) {
+                Ok((bits, labels)) => set.push(bits, expect.shape, labels),
+                Err(reason) if policy == BadDataPolicy::Skip => {
+                    tracing::warn!(edge = %s.edge, sample = %s.sample_id, %reason, "skipping a stored sample the trainer cannot use");
+                    skipped += 1;
+                }
+                Err(reason) => return Err(FitError::Sample(format!("{}/{} (stored): {reason}", s.edge, s.sample_id))),
+            }
+        }
+        Ok((set, skipped))
+    }
+
+    /// `[C, H, W]` of every map, `None` while empty.
+    pub fn shape(&self) -> Option<[usize; 3]> {
+        (!self.samples.is_empty()).then_some(self.shape)
+    }
+
+    /// Adds a map of `shape` (the callers have checked it against the set's).
+    fn push(&mut self, bits: Bits, shape: [usize; 3], labels: Vec<Label>) {
+        debug_assert_eq!(bits.len(), shape.iter().product::<usize>());
+        self.shape = shape;
+        self.samples.push(HeldSample { bits, labels });
     }
 
     /// The simulation path: every sample through the edge pipeline (`encoder`: letterbox, Front,
@@ -84,8 +206,10 @@ impl LabelledSource for FeatureSet {
         self.samples.len()
     }
 
+    /// The sample's bits unpacked to a `[C, H, W]` map of 0/1 f32, augmented when `rng` is given.
     fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError> {
-        let sample = self.samples[index].clone();
+        let held = &self.samples[index];
+        let sample = LabelledInput { input: Tensor::from_vec(held.bits.to_f32(), self.shape.to_vec(), &Device::Cpu)?, labels: held.labels.clone() };
         match rng {
             Some(rng) => augment_features(sample, rng),
             None => Ok(sample),
@@ -144,6 +268,111 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    use mistnet::codec::{EncodeParams, Encoding, Mechanism, Privacy, encode};
+
+    const HASH: FrontHash = FrontHash([7; 32]);
+
+    fn expect() -> StoreExpect {
+        StoreExpect { front_hash: HASH, cut: 4, shape: [4, 8, 8], stride: 8, imgsz: 64, nc: 3 }
+    }
+
+    /// Structured values of `dims`: rectangles of positives on negatives, different per `seed`.
+    fn values(dims: &[usize], seed: usize) -> Vec<f32> {
+        let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        (0..dims.iter().product::<usize>())
+            .map(|i| {
+                let (p, y, x) = (i / (h * w), i / w % h, i % w);
+                if (y + p + seed) % 5 < 2 && (x + 2 * seed) % 7 > 2 { 0.7 } else { -0.3 }
+            })
+            .collect()
+    }
+
+    fn message(values: &[f32], dims: &[usize], front_hash: FrontHash, cut: u16) -> Vec<u8> {
+        let params = EncodeParams { privacy: Privacy::none(), encoding: Encoding::Packed, zstd_level: Some(3), cut, front_hash };
+        encode(values, dims, &params, &mut seeded_rng(0)).unwrap()
+    }
+
+    fn stored(id: &str, features: Vec<u8>, labels: Vec<Label>, image_size: (u32, u32)) -> StoredSample {
+        StoredSample { edge: "edge-1".into(), sample_id: id.into(), features, labels, image_size }
+    }
+
+    fn good(id: &str, seed: usize) -> StoredSample {
+        let label = Label { class: 1, cx: 0.5, cy: 0.5, w: 0.5, h: 0.5 };
+        stored(id, message(&values(&[1, 4, 8, 8], seed), &[1, 4, 8, 8], HASH, 4), vec![label], (128, 64))
+    }
+
+    #[test]
+    fn bit_held_samples_give_the_dense_path_tensors_with_and_without_augmentation() {
+        // The dense path as it was: every map kept as a 0/1 f32 tensor (x > 0), augmented with
+        // `augment_features`. The bit-held set must hand out exactly those tensors and labels.
+        let dims = [1, 4, 8, 8];
+        let labels = |i: usize| vec![Label { class: i % 3, cx: 0.3 + 0.1 * i as f32, cy: 0.5, w: 0.4, h: 0.3 }];
+        let maps: Vec<Vec<f32>> = (0..5).map(|i| values(&dims, i)).collect();
+        let set = FeatureSet::from_messages(maps.iter().enumerate().map(|(i, v)| (i, message(v, &dims, HASH, 4), labels(i)))).unwrap();
+        assert_eq!((set.len(), set.shape()), (5, Some([4, 8, 8])));
+        for (i, v) in maps.iter().enumerate() {
+            let dense = LabelledInput { input: Tensor::from_vec(v.iter().map(|&x| f32::from(u8::from(x > 0.0))).collect(), (4, 8, 8), &Device::Cpu).unwrap(), labels: labels(i) };
+            let plain = set.get(i, None).unwrap();
+            assert_eq!(plain.input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), dense.input.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(plain.labels, dense.labels);
+            for seed in 0..12 {
+                let expected = augment_features(dense.clone(), &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+                let got = set.get(i, Some(&mut ChaCha8Rng::seed_from_u64(seed))).unwrap();
+                assert_eq!(got.input.dims(), [4, 8, 8]);
+                assert_eq!(got.input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected.input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "sample {i}, seed {seed}");
+                assert_eq!(got.labels, expected.labels, "sample {i}, seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn stored_boxes_are_placed_in_the_letterboxed_canvas() {
+        // A 128×64 image in a 64 px canvas: scaled by 1/2 to 64×32, 16 px of padding above and below.
+        // The box (centre, half the width and height) covers x 16..48, y 24..40 of the canvas.
+        let (set, skipped) = FeatureSet::from_store([good("a", 0)], &expect(), BadDataPolicy::Fail).unwrap();
+        assert_eq!(skipped, 0);
+        let l = set.get(0, None).unwrap().labels[0];
+        assert_eq!(l.class, 1);
+        for (got, want) in [(l.cx, 0.5), (l.cy, 0.5), (l.w, 0.5), (l.h, 0.25)] {
+            assert!((got - want).abs() < 1e-6, "{l:?}");
+        }
+        assert_eq!(set.get(0, None).unwrap().input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values(&[1, 4, 8, 8], 0).iter().map(|&x| f32::from(u8::from(x > 0.0))).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn unusable_stored_samples_fail_naming_them_or_are_skipped_and_counted() {
+        let dims = [1, 4, 8, 8];
+        let v = values(&dims, 1);
+        let ok_label = Label { class: 0, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 };
+        let mut truncated = message(&v, &dims, HASH, 4);
+        truncated.truncate(truncated.len() - 1);
+        let bad = [
+            (stored("truncated", truncated, vec![ok_label], (64, 64)), "truncated message"),
+            (stored("other-front", message(&v, &dims, FrontHash([8; 32]), 4), vec![ok_label], (64, 64)), "another Front"),
+            (stored("other-cut", message(&v, &dims, HASH, 3), vec![ok_label], (64, 64)), "another Front (cut 3"),
+            (stored("big-map", message(&values(&[1, 4, 16, 16], 0), &[1, 4, 16, 16], HASH, 4), vec![ok_label], (64, 64)), "feature map is 16×16, --imgsz 64 needs 8×8 (stride 8): the edge letterboxed to 128×128 px"),
+            (stored("channels", message(&values(&[1, 5, 8, 8], 0), &[1, 5, 8, 8], HASH, 4), vec![ok_label], (64, 64)), "feature shape [1, 5, 8, 8], expected [1, 4, 8, 8]"),
+            (stored("two-maps", message(&values(&[2, 4, 8, 8], 0), &[2, 4, 8, 8], HASH, 4), vec![ok_label], (64, 64)), "feature shape [2, 4, 8, 8]"),
+            (stored("zero-size", message(&v, &dims, HASH, 4), vec![ok_label], (0, 64)), "image size 0x64"),
+            (stored("class", message(&v, &dims, HASH, 4), vec![ok_label, Label { class: 3, ..ok_label }], (64, 64)), "label 1: class 3 is not below nc = 3"),
+            (stored("cx", message(&v, &dims, HASH, 4), vec![Label { cx: 1.5, ..ok_label }], (64, 64)), "label 0: cx = 1.5 is not in [0, 1]"),
+            (stored("h", message(&v, &dims, HASH, 4), vec![Label { h: 0.0, ..ok_label }], (64, 64)), "label 0: h = 0 is not in (0, 1]"),
+            (stored("nan", message(&v, &dims, HASH, 4), vec![Label { w: f32::NAN, ..ok_label }], (64, 64)), "label 0: w = NaN"),
+        ];
+        for (sample, reason) in &bad {
+            let err = FeatureSet::from_store([good("g", 0), sample.clone()], &expect(), BadDataPolicy::Fail).unwrap_err().to_string();
+            assert!(err.contains(&format!("edge-1/{} (stored)", sample.sample_id)) && err.contains(reason), "{err}");
+        }
+        let all = [good("g0", 0)].into_iter().chain(bad.iter().map(|(s, _)| s.clone())).chain([good("g1", 1)]);
+        let (set, skipped) = FeatureSet::from_store(all, &expect(), BadDataPolicy::Skip).unwrap();
+        assert_eq!((set.len(), skipped), (2, bad.len()));
+        assert_eq!(set.get(1, None).unwrap().input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values(&dims, 1).iter().map(|&x| f32::from(u8::from(x > 0.0))).collect::<Vec<_>>());
+        // Mechanism and ε are what the edges chose: a noisy message is as usable as a plain one.
+        let params = EncodeParams { privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(), encoding: Encoding::Packed, zstd_level: Some(3), cut: 4, front_hash: HASH };
+        let noisy = stored("noisy", encode(&v, &dims, &params, &mut seeded_rng(3)).unwrap(), vec![ok_label], (64, 64));
+        assert_eq!(FeatureSet::from_store([noisy], &expect(), BadDataPolicy::Fail).unwrap().0.len(), 1);
+    }
 
     #[test]
     fn flip_and_crop_move_the_boxes_with_the_features() {
