@@ -1,6 +1,7 @@
 //! `mistnet-cloud export`: the Front for edges and the full model for deployment, with a manifest.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -8,10 +9,11 @@ use candle_core::Device;
 use mistnet::model::deploy::{DeployMeta, save_deployable};
 use mistnet::model::split::front_prefixes;
 use mistnet::model::weights::{hash_tensors, save_tensors};
-use mistnet::model::{DEFAULT_CUT, Front, ParamStore, check_cut};
+use mistnet::model::{Front, ParamStore, check_cut};
+use mistnet_cli::{Argv, CutArgs, ToArgs};
 use serde::Serialize;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Writes into --out:\n  \
 front.safetensors   layers 0..cut-1 (Ultralytics names): what `mistnet-edge extract` and the edge agents load\n  \
 model.safetensors   every layer, deployable (`mistnet-edge detect`, `mistnet-cloud val`)\n  \
@@ -21,13 +23,19 @@ Example:\n  mistnet-cloud export --weights runs/pretrain/model.safetensors --cut
 pub struct Args {
     /// A deployable model (model.safetensors of `pretrain` or `train`).
     #[arg(long)]
-    weights: PathBuf,
-    /// Split point for the Front; a model from `train` has its own cut, which this must match.
-    #[arg(long, default_value_t = DEFAULT_CUT)]
-    cut: usize,
+    pub weights: PathBuf,
+    // The Front's cut; a model from `train` has its own, which this must match.
+    #[command(flatten)]
+    pub cut: CutArgs,
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    pub out: PathBuf,
+}
+
+impl ToArgs for Args {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new().arg("--weights", &self.weights).group(&self.cut).arg("--out", &self.out).build()
+    }
 }
 
 /// What `manifest.json` holds.
@@ -54,16 +62,16 @@ struct FileEntry {
 pub fn run(args: Args) -> Result<()> {
     let meta = DeployMeta::read(&args.weights)?;
     let specs = meta.specs()?;
-    check_cut(&specs, args.cut)?;
-    if let Some(cut) = meta.binarized_cut.filter(|&c| c != args.cut) {
+    check_cut(&specs, args.cut.index)?;
+    if let Some(cut) = meta.binarized_cut.filter(|&c| c != args.cut.index) {
         anyhow::bail!("{} is a MistNet model trained at cut {cut}; --cut must be {cut}", args.weights.display());
     }
     let store = ParamStore::open(&[&args.weights])?;
-    let front = Front::load(&specs, args.cut, &store, &Device::Cpu)?;
+    let front = Front::load(&specs, args.cut.index, &store, &Device::Cpu)?;
     // Handing out every tensor checks the file against the config.
     mistnet::model::deploy::Detector::load(&args.weights, &Device::Cpu)?;
     let all: BTreeMap<String, candle_core::Tensor> = candle_core::safetensors::load(&args.weights, &Device::Cpu)?.into_iter().collect();
-    let prefixes = front_prefixes(args.cut);
+    let prefixes = front_prefixes(args.cut.index);
     let front_tensors: BTreeMap<_, _> = all.iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str()))).map(|(k, v)| (k.clone(), v.clone())).collect();
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     save_tensors(&front_tensors, &args.out.join("front.safetensors"))?;
@@ -72,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         model_yaml: meta.model_yaml.clone(),
         names: meta.names.clone(),
         imgsz: meta.imgsz,
-        cut: args.cut,
+        cut: args.cut.index,
         binarized_cut: meta.binarized_cut,
         front: FileEntry { file: "front.safetensors".into(), sha256: front.hash().to_string(), tensors: front_tensors.len() },
         model: FileEntry { file: "model.safetensors".into(), sha256: hash_tensors(all.iter())?, tensors: all.len() },

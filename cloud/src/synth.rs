@@ -1,12 +1,14 @@
 //! `mistnet-cloud synth`: generate the embedded default dataset (see `mistnet::data::synth`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use mistnet::data::synth::{SynthConfig, generate};
+use mistnet_cli::{Argv, ToArgs};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Writes, under DIR (which must be empty or absent):\n  \
 public.yaml             public train + val split (the cloud's pretraining data)\n  \
 private/edge-<k>.yaml   edge k's private split (another domain: backgrounds, lighting, class mix)\n  \
@@ -18,19 +20,31 @@ Example:\n  mistnet-cloud synth --out data/synth --images 600 --imgsz 128 --edge
 pub struct Args {
     /// Output directory (created; must be empty).
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Images in all splits together: 40% public train, 10% public val, 40% private (over the edges), 10% private val.
     #[arg(long, default_value_t = SynthConfig::default().images)]
-    images: usize,
+    pub images: usize,
     /// Image side in pixels (square).
     #[arg(long, default_value_t = SynthConfig::default().imgsz)]
-    imgsz: u32,
+    pub imgsz: u32,
     /// Random seed: the same seed gives the same dataset, byte for byte.
     #[arg(long, default_value_t = SynthConfig::default().seed)]
-    seed: u64,
+    pub seed: u64,
     /// Number of private per-edge splits.
     #[arg(long, default_value_t = SynthConfig::default().edges)]
-    edges: usize,
+    pub edges: usize,
+}
+
+impl ToArgs for Args {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new()
+            .arg("--out", &self.out)
+            .arg("--images", self.images.to_string())
+            .arg("--imgsz", self.imgsz.to_string())
+            .arg("--seed", self.seed.to_string())
+            .arg("--edges", self.edges.to_string())
+            .build()
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {

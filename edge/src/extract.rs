@@ -4,11 +4,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::data::letterbox::{image_to_tensor, is_image, letterbox, read_rgb};
 use mistnet::codec::{ENCODING_HELP, Encoding, encode};
-use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore};
+use mistnet_cli::{DeviceArgs, FrontArgs, ImageSizeArgs};
 
 use crate::privatize::PrivacyArgs;
 
@@ -20,19 +19,12 @@ what `mistnet-edge run` would send.\n\n\
 Examples:\n  mistnet-edge extract --model models/yolov5s.yaml --weights yolov5s.safetensors --cut 4 --imgsz 640 photos/ --out features/\n  \
 mistnet-edge extract --weights yolov5s.safetensors --encoding packed --mechanism sue --epsilon 2 photos/ --out wire/")]
 pub struct Args {
-    /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x.
-    #[arg(long, default_value = "yolov5s")]
-    model: String,
-    /// Weights in safetensors with Ultralytics key names; repeat for checkpoints split over several files.
-    /// A file holding only the Front's tensors (`model.0.` … `model.{cut-1}.`) is enough.
-    #[arg(long, required = true)]
-    weights: Vec<PathBuf>,
-    /// Split point in Plato's convention: the edge runs modules 0..cut-1 and sends module cut-1's output.
-    #[arg(long, default_value_t = DEFAULT_CUT)]
-    cut: usize,
-    /// Letterbox size in pixels (square; a multiple of 32).
-    #[arg(long, default_value_t = 640)]
-    imgsz: u32,
+    #[command(flatten)]
+    front: FrontArgs,
+    #[command(flatten)]
+    imgsz: ImageSizeArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// An image file, or a directory whose images (jpg, jpeg, png, bmp, webp) are all processed.
     input: PathBuf,
     /// Output directory (created if missing).
@@ -46,19 +38,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.imgsz == 0 || !args.imgsz.is_multiple_of(32) {
-        bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
-    }
     let images = list_images(&args.input)?;
     if args.encoding.is_some() {
         args.privacy.privacy()?; // refuse bad privacy flags before loading anything
     }
-    let device = Device::Cpu;
-    let specs = ModelConfig::load(&args.model)?.layers()?;
-    let store = ParamStore::open(&args.weights)?;
-    let front = Front::load(&specs, args.cut, &store, &device)?;
-    drop(store);
-    tracing::info!(model = %args.model, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
+    let device = args.device.open()?;
+    let imgsz = args.imgsz.px;
+    let front = args.front.load(&device)?;
+    tracing::info!(model = %args.front.model.name, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
     let mut encoder = match args.encoding {
         Some(e) => Some((args.privacy.encode_params(e, front.cut(), front.hash())?, args.privacy.rng()?)),
         None => None,
@@ -74,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         let stem = path.file_stem().and_then(|s| s.to_str()).context("image name is not valid UTF-8")?;
         bar.set_message(stem.to_string());
         let img = read_rgb(path).map_err(anyhow::Error::msg)?;
-        let (boxed, lb) = letterbox(&img, args.imgsz);
+        let (boxed, lb) = letterbox(&img, imgsz);
         let features = front.forward(&image_to_tensor(&boxed, &device)?)?;
         let out = match encoder.as_mut() {
             Some((params, rng)) => {
@@ -87,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
                 let metadata = HashMap::from([
                     ("cut".to_string(), front.cut().to_string()),
                     ("front_hash".to_string(), front.hash().to_string()),
-                    ("imgsz".to_string(), args.imgsz.to_string()),
+                    ("imgsz".to_string(), imgsz.to_string()),
                     ("source".to_string(), path.display().to_string()),
                     ("letterbox_ratio".to_string(), lb.ratio.to_string()),
                     ("letterbox_pad".to_string(), format!("{},{}", lb.pad.0, lb.pad.1)),

@@ -4,11 +4,9 @@
 //! - [`data`]: images, letterboxing, datasets.
 //! - [`metrics`]: SSIM/PSNR, YOLOv5 NMS, COCO and YOLOv5 mAP, matching their reference implementations.
 //! - [`codec`]: what leaves an edge: binarization, randomized-response LDP, bit packing, zstd, the wire format.
-//! - [`logging`]: the tracing set-up both binaries share.
 //! - [`runtime`]: the process-wide allocator and thread settings both binaries apply.
 pub mod codec;
 pub mod data;
-pub mod logging;
 pub mod runtime;
 pub mod metrics;
 pub mod model;
