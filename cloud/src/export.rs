@@ -92,3 +92,14 @@ pub fn run(args: Args) -> Result<()> {
     println!("manifest {}", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_flags_parse_back() {
+        let a = Args { weights: "m.safetensors".into(), cut: CutArgs { index: 2 }, out: "deploy".into() };
+        assert_eq!(mistnet_cli::argv::reparse(&a).unwrap(), a);
+    }
+}

@@ -60,3 +60,18 @@ pub fn run(args: Args) -> Result<()> {
     crate::train_cmd::print_summary(&records, &config.out);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet_cli::argv::reparse;
+
+    #[test]
+    fn pretrain_flags_parse_back() {
+        let run = reparse(&crate::run_flags::tests::example()).unwrap();
+        for weights in [None, Some("w.safetensors".into())] {
+            let a = Args { run: run.clone(), model: ModelArgs { name: "yolov5s".into() }, weights };
+            assert_eq!(reparse(&a).unwrap(), a);
+        }
+    }
+}

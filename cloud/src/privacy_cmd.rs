@@ -256,3 +256,52 @@ pub fn run(args: Args) -> Result<()> {
     println!("wrote {}", args.out.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet_cli::argv::reparse;
+    use mistnet_cli::device::DeviceSpec;
+
+    #[test]
+    fn the_defaults_are_what_parsing_out_alone_gives() {
+        let command = <Args as clap::Args>::augment_args(clap::Command::new("privacy").no_binary_name(true));
+        let parsed = <Args as clap::FromArgMatches>::from_arg_matches(&command.try_get_matches_from(["--out", "r"]).unwrap()).unwrap();
+        assert_eq!(parsed, Args::defaults("r".into()));
+    }
+
+    #[test]
+    fn privacy_flags_parse_back() {
+        let a = Args::defaults("r".into());
+        assert_eq!(reparse(&a).unwrap(), a);
+        let b = Args {
+            model: ModelArgs { name: "yolov5s".into() },
+            weights: vec!["a.safetensors".into(), "b.safetensors".into()],
+            cuts: vec![4],
+            mechanism: Mechanism::Oue,
+            epsilons: vec![0.1 + 0.2],
+            attacks: vec![Attack::Optimization],
+            imgsz: ImageSizeArgs { px: 128 },
+            images: Some("photos".into()),
+            synthetic: 0,
+            aux_images: 8,
+            decoder_steps: 2,
+            decoder_batch: 3,
+            decoder_width: 16,
+            decoder_lr: 1e-4,
+            opt_steps: 5,
+            opt_lr: 0.3,
+            tv_weight: 0.0,
+            grey_weight: 0.25,
+            sharpness: 7.5,
+            seed: 9,
+            threads: 2,
+            save_reconstructions: true,
+            val: Some("v.yaml".into()),
+            back: Some("m.safetensors".into()),
+            device: DeviceArgs { spec: DeviceSpec::Cuda(1) },
+            ..a
+        };
+        assert_eq!(reparse(&b).unwrap(), b);
+    }
+}

@@ -119,14 +119,30 @@ impl ToArgs for RunFlags {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use mistnet_cli::argv::reparse;
     use mistnet_cli::device::DeviceSpec;
 
-    #[test]
-    fn run_flags_parse_back_to_themselves() {
-        let plain = RunFlags {
+    /// Run flags with every optional flag set, for the commands' round-trip tests.
+    pub fn example() -> RunFlags {
+        let plain = plain();
+        RunFlags {
+            hyp: Some("hyp.yaml".into()),
+            warmup_min_iters: Some(20),
+            cos_lr: true,
+            no_augment: true,
+            seed: 7,
+            device: DeviceArgs { spec: DeviceSpec::Cuda(1) },
+            skip_bad: true,
+            stop_after: Some(1),
+            resume: true,
+            ..plain
+        }
+    }
+
+    fn plain() -> RunFlags {
+        RunFlags {
             data: "data/public.yaml".into(),
             imgsz: ImageSizeArgs { px: 128 },
             epochs: 3,
@@ -142,20 +158,13 @@ mod tests {
             out: "runs/x".into(),
             stop_after: None,
             resume: false,
-        };
-        assert_eq!(reparse(&plain).unwrap(), plain);
-        let every = RunFlags {
-            hyp: Some("hyp.yaml".into()),
-            warmup_min_iters: Some(20),
-            cos_lr: true,
-            no_augment: true,
-            seed: 7,
-            device: DeviceArgs { spec: DeviceSpec::Cuda(1) },
-            skip_bad: true,
-            stop_after: Some(1),
-            resume: true,
-            ..plain
-        };
-        assert_eq!(reparse(&every).unwrap(), every);
+        }
+    }
+
+    #[test]
+    fn run_flags_parse_back_to_themselves() {
+        for flags in [plain(), example()] {
+            assert_eq!(reparse(&flags).unwrap(), flags);
+        }
     }
 }

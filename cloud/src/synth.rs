@@ -58,3 +58,14 @@ pub fn run(args: Args) -> Result<()> {
     println!("wrote {} images to {} in {:.1} s", cfg.images, args.out.display(), start.elapsed().as_secs_f64());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synth_flags_parse_back() {
+        let a = Args { out: "data/x".into(), images: 300, imgsz: 96, seed: 3, edges: 4 };
+        assert_eq!(mistnet_cli::argv::reparse(&a).unwrap(), a);
+    }
+}

@@ -159,3 +159,26 @@ pub fn print_summary(records: &[fit::EpochRecord], out: &std::path::Path) {
     }
     println!("results in {}", out.display());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet::codec::Mechanism;
+    use mistnet_cli::argv::reparse;
+
+    #[test]
+    fn train_flags_parse_back() {
+        let a = Args {
+            run: crate::run_flags::tests::example(),
+            weights: "w.safetensors".into(),
+            model: ModelArgs { name: "yolov5s".into() },
+            cut: CutArgs { index: 3 },
+            fresh_back: false,
+            privacy: LdpArgs { mechanism: Mechanism::Rr, epsilon: Some(0.5) },
+            store: None,
+        };
+        assert_eq!(reparse(&a).unwrap(), a);
+        let b = Args { fresh_back: true, privacy: LdpArgs { mechanism: Mechanism::None, epsilon: None }, store: Some("store".into()), ..a };
+        assert_eq!(reparse(&b).unwrap(), b);
+    }
+}

@@ -97,3 +97,38 @@ pub fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet_cli::device::DeviceSpec;
+
+    #[test]
+    fn val_flags_parse_back() {
+        let plain = Args {
+            weights: "m.safetensors".into(),
+            data: "d.yaml".into(),
+            split: "val".into(),
+            imgsz: None,
+            batch: DEFAULT_BATCH,
+            device: DeviceArgs::default(),
+            skip_bad: false,
+            save_json: None,
+            json: false,
+            save_metrics: None,
+        };
+        assert_eq!(mistnet_cli::argv::reparse(&plain).unwrap(), plain);
+        let every = Args {
+            split: "train".into(),
+            imgsz: Some(96),
+            batch: 3,
+            device: DeviceArgs { spec: DeviceSpec::Cuda(0) },
+            skip_bad: true,
+            save_json: Some("dets.json".into()),
+            json: true,
+            save_metrics: Some("metrics.json".into()),
+            ..plain
+        };
+        assert_eq!(mistnet_cli::argv::reparse(&every).unwrap(), every);
+    }
+}

@@ -22,7 +22,7 @@ use mistnet_cli::{CutArgs, DeviceArgs, ImageSizeArgs, LdpArgs, ModelArgs};
 const DEFAULT_IMGSZ: &str = "128";
 const DEFAULT_EPSILON: &str = "4";
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 #[command(mut_arg("imgsz", |a| a.default_value(DEFAULT_IMGSZ).help("Letterbox size in pixels of every phase (square; a positive multiple of 32).")))]
 #[command(mut_arg("epsilon", |a| a.default_value(DEFAULT_EPSILON).help("Privacy parameter ε of every edge, 0 < ε <= 64.")))]
 #[command(after_help = "Phases, each a child process with its log in --out/logs/<phase>.log:\n\
@@ -131,4 +131,24 @@ impl Args {
 pub fn run(args: Args) -> Result<()> {
     args.validate()?;
     phases::Job::new(args)?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let command = <Args as clap::Args>::augment_args(clap::Command::new("job").no_binary_name(true));
+        <Args as clap::FromArgMatches>::from_arg_matches(&command.try_get_matches_from(argv)?)
+    }
+
+    #[test]
+    fn the_job_defaults_to_small_images_and_a_stated_epsilon() {
+        let args = parse(&[]).unwrap();
+        assert_eq!((args.imgsz.px, args.privacy.mechanism, args.privacy.epsilon), (128, Mechanism::Sue, Some(4.0)));
+        assert_eq!(args.model.name, mistnet_cli::model::DEFAULT_MODEL);
+        assert!(parse(&["--imgsz", "100"]).unwrap_err().to_string().contains("multiple of 32"));
+        let none = parse(&["--mechanism", "none", "--out", "/nonexistent/job"]).unwrap();
+        assert!(none.validate().unwrap_err().to_string().contains("without privacy"));
+    }
 }

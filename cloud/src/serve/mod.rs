@@ -255,3 +255,44 @@ fn load_front(args: &Args) -> Result<(pb::GetFrontResponse, Expected)> {
     let response = pb::GetFrontResponse { model_yaml, cut: cut as u32, weights, front_hash: front.hash().to_string(), imgsz };
     Ok((response, expected))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet_cli::{CutArgs, ModelArgs};
+
+    #[test]
+    fn serve_flags_parse_back() {
+        let a = Args {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: "store".into(),
+            front: FrontArgs { model: ModelArgs { name: "yolov5s".into() }, weights: vec!["f.safetensors".into()], cut: CutArgs { index: 2 } },
+            imgsz: ImageSizeArgs { px: 128 },
+            tokens: "tokens.txt".into(),
+            operator_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            insecure_plaintext: false,
+            epsilon_budget: None,
+            max_samples_per_edge: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+        };
+        assert_eq!(mistnet_cli::argv::reparse(&a).unwrap(), a);
+        let b = Args {
+            listen: "[::]:50051".parse().unwrap(),
+            operator_token_file: Some("op.token".into()),
+            tls_cert: Some("s.pem".into()),
+            tls_key: Some("s.key".into()),
+            client_ca: Some("ca.pem".into()),
+            insecure_plaintext: true,
+            epsilon_budget: Some(12.5),
+            max_samples_per_edge: Some(10),
+            max_message_bytes: 1 << 20,
+            max_batch: 8,
+            ..a
+        };
+        assert_eq!(mistnet_cli::argv::reparse(&b).unwrap(), b);
+    }
+}
