@@ -11,7 +11,11 @@ use mistnet::model::split::front_prefixes;
 use mistnet::model::weights::{hash_tensors, save_tensors};
 use mistnet::model::{Front, ParamStore, check_cut};
 use mistnet_cli::{Argv, CutArgs, ToArgs};
+use mistnet_cloud::fit::MODEL_FILE;
 use serde::Serialize;
+
+/// The Front's file in the output directory (the model's is [`MODEL_FILE`]).
+pub const FRONT_FILE: &str = "front.safetensors";
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Writes into --out:\n  \
@@ -74,21 +78,21 @@ pub fn run(args: Args) -> Result<()> {
     let prefixes = front_prefixes(args.cut.index);
     let front_tensors: BTreeMap<_, _> = all.iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str()))).map(|(k, v)| (k.clone(), v.clone())).collect();
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    save_tensors(&front_tensors, &args.out.join("front.safetensors"))?;
-    save_deployable(&all, &meta, &args.out.join("model.safetensors"))?;
+    save_tensors(&front_tensors, &args.out.join(FRONT_FILE))?;
+    save_deployable(&all, &meta, &args.out.join(MODEL_FILE))?;
     let manifest = Manifest {
         model_yaml: meta.model_yaml.clone(),
         names: meta.names.clone(),
         imgsz: meta.imgsz,
         cut: args.cut.index,
         binarized_cut: meta.binarized_cut,
-        front: FileEntry { file: "front.safetensors".into(), sha256: front.hash().to_string(), tensors: front_tensors.len() },
-        model: FileEntry { file: "model.safetensors".into(), sha256: hash_tensors(all.iter())?, tensors: all.len() },
+        front: FileEntry { file: FRONT_FILE.into(), sha256: front.hash().to_string(), tensors: front_tensors.len() },
+        model: FileEntry { file: MODEL_FILE.into(), sha256: hash_tensors(all.iter())?, tensors: all.len() },
     };
     let path = args.out.join("manifest.json");
     std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n").with_context(|| format!("cannot write {}", path.display()))?;
-    println!("front  {} ({} tensors, sha256 {})", args.out.join("front.safetensors").display(), manifest.front.tensors, manifest.front.sha256);
-    println!("model  {} ({} tensors, sha256 {})", args.out.join("model.safetensors").display(), manifest.model.tensors, manifest.model.sha256);
+    println!("front  {} ({} tensors, sha256 {})", args.out.join(FRONT_FILE).display(), manifest.front.tensors, manifest.front.sha256);
+    println!("model  {} ({} tensors, sha256 {})", args.out.join(MODEL_FILE).display(), manifest.model.tensors, manifest.model.sha256);
     println!("manifest {}", path.display());
     Ok(())
 }

@@ -31,8 +31,6 @@ use crate::{export, pretrain, privacy_cmd, serve, synth, train_cmd, val};
 /// How long `serve` may take to become ready, and to stop after SIGTERM.
 const SERVE_START: Duration = Duration::from_secs(60);
 const SERVE_STOP: Duration = Duration::from_secs(30);
-/// Files of `export`'s output directory.
-const EXPORT_FRONT: &str = "front.safetensors";
 
 /// One run of the job: its settings, the two binaries, the children and the phase timings.
 pub struct Job {
@@ -195,7 +193,7 @@ impl Job {
             let args = serve::Args {
                 listen: addr,
                 store: job.dir("store"),
-                front: FrontArgs { model: c.model.clone(), weights: vec![export.join(EXPORT_FRONT)], cut: c.cut.clone() },
+                front: FrontArgs { model: c.model.clone(), weights: vec![export.join(export::FRONT_FILE)], cut: c.cut.clone() },
                 imgsz: c.imgsz,
                 tokens: tokens.join("tokens.txt"),
                 operator_token_file: None,
@@ -397,7 +395,7 @@ impl Job {
         let defaults = privacy_cmd::Args::defaults(out.clone());
         let args = privacy_cmd::Args {
             model: c.model.clone(),
-            weights: vec![export.join(EXPORT_FRONT)],
+            weights: vec![export.join(export::FRONT_FILE)],
             cuts: vec![c.cut.index],
             mechanism: c.privacy.mechanism,
             epsilons: c.privacy.epsilon.into_iter().collect(),

@@ -9,6 +9,7 @@ use mistnet::codec::{DecodeLimits, decode};
 use mistnet_cloud::fit::{Metrics, RESULTS_FILE};
 use mistnet_cloud::fit::report::read_results;
 use mistnet_cloud::plot::{LinePlot, Series};
+use mistnet_cloud::privacy::report::REPORT_JSON;
 use mistnet_cloud::store::FeatureStore;
 use serde::Serialize;
 
@@ -178,7 +179,7 @@ fn fmt_eps(e: Option<f64>) -> String {
 
 /// The rows of the privacy phase's `report.json`.
 fn read_privacy(dir: &Path) -> Result<Vec<Attack>> {
-    let path = dir.join("report.json");
+    let path = dir.join(REPORT_JSON);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?;
     let rows = report["rows"].as_array().with_context(|| format!("{}: no rows", path.display()))?;
     rows.iter()
