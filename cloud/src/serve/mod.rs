@@ -33,7 +33,8 @@ use validate::Expected;
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls. The standard gRPC health service \
 (grpc.health.v1.Health, no token needed) reports mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution and \
-mistnet.v1.IngestStatus SERVING from then on, and NOT_SERVING once shutdown begins.\n\n\
+mistnet.v1.IngestStatus SERVING from then on, and NOT_SERVING once shutdown begins. Of --weights, only the \
+Front's tensors are served.\n\n\
 On SIGTERM or Ctrl-C it stops accepting connections and samples, acknowledges the samples already \
 taken once they are durable, ends each upload stream with UNAVAILABLE (edges reconnect and resume \
 later), closes the store and exits 0. Connections still open 10 s after the signal are cut.\n\n\
@@ -49,7 +50,7 @@ pub struct Args {
     /// Directory of the durable feature store (created if missing).
     #[arg(long, default_value = "feature-store")]
     pub store: PathBuf,
-    // The Front edges run: only its tensors of --weights are served.
+    // The Front edges run.
     #[command(flatten)]
     pub front: FrontArgs,
     // The letterbox size edges must use: features are imgsz/stride square.
