@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use mistnet::codec::{EncodeParams, Encoding, FrontHash, Mechanism, Privacy, encode, seeded_rng};
 use mistnet::model::{Front, ModelConfig, ParamStore};
+use mistnet_proto::client::{Connection, Credentials, TlsFiles};
 use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient};
-use mistnet_proto::{AUTHORIZATION, EDGE_HEADER};
 use rand::Rng;
 
 const EDGES: [usize; 3] = [1, 16, 64];
@@ -33,10 +33,12 @@ fn token(edge: usize) -> String {
 }
 
 fn authed<T>(message: T, edge: usize) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert(AUTHORIZATION, format!("Bearer {}", token(edge)).parse().unwrap());
-    req.metadata_mut().insert(EDGE_HEADER, format!("edge-{edge:03}").parse().unwrap());
-    req
+    Credentials::edge(&format!("edge-{edge:03}"), &token(edge)).unwrap().request(message)
+}
+
+/// A channel to the server at `url` (plaintext loopback).
+async fn channel(url: &str) -> tonic::transport::Channel {
+    Connection::new(url, &TlsFiles::default(), false).unwrap().connect().await.unwrap()
 }
 
 fn main() {
@@ -73,7 +75,7 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+        let channel = channel(&url).await;
         let front = FrontDistributionClient::new(channel).max_decoding_message_size(64 << 20).get_front(authed(pb::GetFrontRequest::default(), 0)).await.unwrap().into_inner();
         let params = EncodeParams {
             privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(),
@@ -149,7 +151,7 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 
 /// One edge: streams `count` samples and returns the ack latency of each.
 async fn run_edge(url: &str, edge: usize, run: usize, count: usize, messages: &[Vec<u8>]) -> Vec<Duration> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
+    let channel = channel(url).await;
     let mut client = FeatureUploadClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let sent = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));

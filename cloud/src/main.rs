@@ -58,7 +58,7 @@ mod val;
 
 fn main() -> Result<()> {
     mistnet::runtime::init();
-    mistnet::logging::init();
+    mistnet_cli::logging::init();
     match Cli::parse().command {
         Command::Cuts(args) => cuts::run(args),
         Command::Partition(args) => partition::run(args),

@@ -1,38 +1,46 @@
 //! `mistnet-cloud pretrain`: trains the whole YOLOv5 on cloud-side images, every module
 //! trainable, with image augmentation. This is also the centralized ("no split") baseline.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use mistnet::model::batch_norm::BatchNormConfig;
-use mistnet::model::deploy::{DeployMeta, model_yaml, specs_for};
+use mistnet::model::deploy::{DeployMeta, specs_for};
+use mistnet_cli::{Argv, ModelArgs, ToArgs};
 use mistnet::model::{ParamStore, Yolo};
 use mistnet_train::fit::images::ImageSet;
 use mistnet_train::fit::{self, EvalSet, Trainee, checkpoint_path, initialize_detect_biases};
 
 use crate::run_flags::RunFlags;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Writes into --out: model.safetensors (deployable whole model; `export` cuts a Front from it), \
 checkpoint.safetensors (for --resume), results.csv, loss.png, map.png.\n\
 Augmentation (unless --no-augment): HSV, horizontal flip, random scale and translation (no mosaic).\n\n\
 Example:\n  mistnet-cloud pretrain --data data/synth/public.yaml --model yolov5n --imgsz 128 --epochs 50 --out runs/pretrain")]
 pub struct Args {
     #[command(flatten)]
-    run: RunFlags,
-    /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x (nc is set from the dataset).
-    #[arg(long, default_value = "yolov5n")]
-    model: String,
+    pub run: RunFlags,
+    // The model config; its nc is set from the dataset.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Start from these weights (Ultralytics names, safetensors) instead of random initialisation.
     #[arg(long)]
-    weights: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
+}
+
+impl ToArgs for Args {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new().group(&self.run).group(&self.model).opt("--weights", self.weights.as_ref()).build()
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
     let config = args.run.fit_config()?;
     let (dataset, train, val) = args.run.load_data()?;
     let names = dataset.names().to_vec();
-    let yaml = model_yaml(&args.model)?;
+    let yaml = args.model.yaml()?;
     let specs = specs_for(&yaml, names.len())?;
     let checkpoint = checkpoint_path(&config.out);
     let store = match (&args.weights, args.run.resume) {
@@ -51,4 +59,19 @@ pub fn run(args: Args) -> Result<()> {
     let records = fit::fit(&trainee, &images, &val, &config, args.run.resume)?;
     crate::train_cmd::print_summary(&records, &config.out);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet_cli::argv::reparse;
+
+    #[test]
+    fn pretrain_flags_parse_back() {
+        let run = reparse(&crate::run_flags::tests::example()).unwrap();
+        for weights in [None, Some("w.safetensors".into())] {
+            let a = Args { run: run.clone(), model: ModelArgs { name: "yolov5s".into() }, weights };
+            assert_eq!(reparse(&a).unwrap(), a);
+        }
+    }
 }

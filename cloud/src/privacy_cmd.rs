@@ -1,12 +1,14 @@
 //! `mistnet-cloud privacy`: model-inversion attacks on the features edges send, SSIM/PSNR
 //! against ε per cut, with a report (see [`mistnet_privacy`]).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use candle_core::Device;
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::codec::{MECHANISM_HELP, Mechanism};
+use mistnet_cli::ldp::DEFAULT_MECHANISM;
+use mistnet_cli::{Argv, DeviceArgs, ImageSizeArgs, ModelArgs, ToArgs};
 use mistnet_privacy::decoder::DecoderConfig;
 use mistnet_privacy::observe::Weights;
 use mistnet_privacy::optimize::OptimizeConfig;
@@ -14,7 +16,13 @@ use mistnet_privacy::report::write_outputs;
 use mistnet_privacy::utility::UtilityConfig;
 use mistnet_privacy::{Attack, EvalConfig, evaluate};
 
-#[derive(clap::Args)]
+/// The default image side of the sweep: small, so that the default run takes minutes.
+const DEFAULT_IMGSZ: &str = "64";
+const DEFAULT_SYNTHETIC: usize = 2;
+const DEFAULT_AUX_IMAGES: usize = 64;
+
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+#[command(mut_arg("imgsz", |a| a.default_value(DEFAULT_IMGSZ)))]
 #[command(after_help = "\
 The attacker is white-box: it knows the Front's weights, the mechanism and ε, and sees what the cloud sees — the
 decoded bits of each wire message (binarize, randomized response, bit-pack, zstd, decode), or the raw float
@@ -54,84 +62,153 @@ Examples:
 pub struct Args {
     /// Directory for the report, plots and images (created if missing).
     #[arg(long)]
-    out: PathBuf,
-    /// Model config: a YAML file in the Ultralytics format, or yolov5n/s/m/l/x.
-    #[arg(long, default_value = "yolov5n")]
-    model: String,
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Safetensors file(s) holding at least the Front's tensors (Ultralytics names). Default: --back if given,
     /// else a random init.
     #[arg(long, num_args = 1..)]
-    weights: Vec<PathBuf>,
+    pub weights: Vec<PathBuf>,
     /// Cuts to evaluate (see `mistnet-cloud cuts`).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    cuts: Vec<usize>,
-    /// Randomized-response mechanism swept over --epsilons.
-    #[arg(long, default_value = "sue", long_help = MECHANISM_HELP)]
-    mechanism: Mechanism,
+    pub cuts: Vec<usize>,
+    /// Randomized-response mechanism swept over --epsilons: sue, rr, oue or none.
+    #[arg(long, default_value_t = DEFAULT_MECHANISM, long_help = MECHANISM_HELP)]
+    pub mechanism: Mechanism,
     /// Values of ε swept (per element, as the wire format's header carries it).
     #[arg(long, value_delimiter = ',', default_value = "8,4,2,1,0.5")]
-    epsilons: Vec<f64>,
+    pub epsilons: Vec<f64>,
     /// Attacks to run: decoder, optimization.
     #[arg(long, value_delimiter = ',', default_value = "decoder,optimization")]
-    attacks: Vec<Attack>,
-    /// Image side in pixels (a multiple of 32); images are letterboxed to it as edges do.
-    #[arg(long, default_value_t = 64)]
-    imgsz: u32,
+    pub attacks: Vec<Attack>,
+    // Images are letterboxed to --imgsz as edges do.
+    #[command(flatten)]
+    pub imgsz: ImageSizeArgs,
     /// Directory of held-out images to attack instead of the embedded photos.
     #[arg(long)]
-    images: Option<PathBuf>,
+    pub images: Option<PathBuf>,
     /// Private-domain synthetic images added to the held-out set.
-    #[arg(long, default_value_t = 2)]
-    synthetic: usize,
+    #[arg(long, default_value_t = DEFAULT_SYNTHETIC)]
+    pub synthetic: usize,
     /// Auxiliary images the decoder trains on (half synthetic, half crops of other photos).
-    #[arg(long, default_value_t = 64)]
-    aux_images: usize,
+    #[arg(long, default_value_t = DEFAULT_AUX_IMAGES)]
+    pub aux_images: usize,
     /// Decoder training steps per (cut, setting).
     #[arg(long, default_value_t = DecoderConfig::default().steps)]
-    decoder_steps: usize,
+    pub decoder_steps: usize,
     /// Decoder minibatch size.
     #[arg(long, default_value_t = DecoderConfig::default().batch)]
-    decoder_batch: usize,
+    pub decoder_batch: usize,
     /// Decoder channels at the features' resolution (halved per upsampling, at least 16).
     #[arg(long, default_value_t = DecoderConfig::default().width)]
-    decoder_width: usize,
+    pub decoder_width: usize,
     /// Decoder AdamW learning rate.
     #[arg(long, default_value_t = DecoderConfig::default().lr)]
-    decoder_lr: f64,
+    pub decoder_lr: f64,
     /// Adam steps of the optimization attack per (cut, setting).
     #[arg(long, default_value_t = OptimizeConfig::default().steps)]
-    opt_steps: usize,
+    pub opt_steps: usize,
     /// Adam learning rate of the optimization attack (on the image's logits).
     #[arg(long, default_value_t = OptimizeConfig::default().lr)]
-    opt_lr: f64,
+    pub opt_lr: f64,
     /// Weight of the total-variation prior of the optimization attack.
     #[arg(long, default_value_t = OptimizeConfig::default().tv_weight)]
-    tv_weight: f64,
+    pub tv_weight: f64,
     /// Weight of the optimization attack's prior towards mid-grey, mean((image - 0.5)^2), on bits settings only:
     /// bits fix only the features' signs, and without it the image drifts to saturated colours.
     #[arg(long, default_value_t = OptimizeConfig::default().grey_weight)]
-    grey_weight: f64,
+    pub grey_weight: f64,
     /// Slope k of the binarization surrogate sigmoid(k·x) of the optimization attack.
     #[arg(long, default_value_t = OptimizeConfig::default().sharpness)]
-    sharpness: f64,
+    pub sharpness: f64,
     /// Seed of everything random: a random-init Front, images, LDP noise, decoder init and batches.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// CPU threads (sets RAYON_NUM_THREADS). The sweep's tensors are small: on the shared 2-core box one
     /// thread ran the default sweep 4x faster than two (123 s against 528 s), whose workers mostly wait.
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    pub threads: usize,
     /// Also write every original/reconstruction pair as PNGs under pairs/.
     #[arg(long)]
-    save_reconstructions: bool,
+    pub save_reconstructions: bool,
     /// Labelled dataset (Ultralytics YAML, COCO JSON or YOLO directory) whose val split scores
     /// --back under every setting: adds the mAP cost of each ε (needs --back).
     #[arg(long, value_name = "DATA", requires = "back")]
-    val: Option<PathBuf>,
+    pub val: Option<PathBuf>,
     /// A deployable MistNet model from `mistnet-cloud train` (a Back trained on binarized features
     /// at one of --cuts) evaluated on --val; its Front must be the attacked one (--weights defaults to it).
     #[arg(long, value_name = "MODEL", requires = "val")]
-    back: Option<PathBuf>,
+    pub back: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl Args {
+    /// The sweep `privacy --out OUT` runs: every other flag at its default.
+    pub fn defaults(out: PathBuf) -> Self {
+        let (decoder, optimize) = (DecoderConfig::default(), OptimizeConfig::default());
+        Args {
+            out,
+            model: ModelArgs { name: mistnet_cli::model::DEFAULT_MODEL.to_string() },
+            weights: Vec::new(),
+            cuts: vec![1, 2],
+            mechanism: DEFAULT_MECHANISM,
+            epsilons: vec![8.0, 4.0, 2.0, 1.0, 0.5],
+            attacks: Attack::ALL.to_vec(),
+            imgsz: ImageSizeArgs { px: DEFAULT_IMGSZ.parse().expect("a number") },
+            images: None,
+            synthetic: DEFAULT_SYNTHETIC,
+            aux_images: DEFAULT_AUX_IMAGES,
+            decoder_steps: decoder.steps,
+            decoder_batch: decoder.batch,
+            decoder_width: decoder.width,
+            decoder_lr: decoder.lr,
+            opt_steps: optimize.steps,
+            opt_lr: optimize.lr,
+            tv_weight: optimize.tv_weight,
+            grey_weight: optimize.grey_weight,
+            sharpness: optimize.sharpness,
+            seed: 0,
+            threads: 1,
+            save_reconstructions: false,
+            val: None,
+            back: None,
+            device: DeviceArgs::default(),
+        }
+    }
+}
+
+impl ToArgs for Args {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new()
+            .arg("--out", &self.out)
+            .group(&self.model)
+            .each("--weights", &self.weights)
+            .each("--cuts", self.cuts.iter().map(|c| c.to_string()))
+            .arg("--mechanism", self.mechanism.name())
+            .each("--epsilons", self.epsilons.iter().map(|e| e.to_string()))
+            .each("--attacks", self.attacks.iter().map(|a| a.name()))
+            .group(&self.imgsz)
+            .opt("--images", self.images.as_ref())
+            .arg("--synthetic", self.synthetic.to_string())
+            .arg("--aux-images", self.aux_images.to_string())
+            .arg("--decoder-steps", self.decoder_steps.to_string())
+            .arg("--decoder-batch", self.decoder_batch.to_string())
+            .arg("--decoder-width", self.decoder_width.to_string())
+            .arg("--decoder-lr", self.decoder_lr.to_string())
+            .arg("--opt-steps", self.opt_steps.to_string())
+            .arg("--opt-lr", self.opt_lr.to_string())
+            .arg("--tv-weight", self.tv_weight.to_string())
+            .arg("--grey-weight", self.grey_weight.to_string())
+            .arg("--sharpness", self.sharpness.to_string())
+            .arg("--seed", self.seed.to_string())
+            .arg("--threads", self.threads.to_string())
+            .switch("--save-reconstructions", self.save_reconstructions)
+            .opt("--val", self.val.as_ref())
+            .opt("--back", self.back.as_ref())
+            .group(&self.device)
+            .build()
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -151,13 +228,13 @@ pub fn run(args: Args) -> Result<()> {
         tracing::warn!(seed, "no --weights: attacking a RANDOMLY INITIALISED Front; MistNet uses a pretrained Front, so these numbers are not MistNet's");
     }
     let cfg = EvalConfig {
-        model: args.model,
+        model: args.model.name,
         weights,
         cuts: args.cuts,
         mechanism: args.mechanism,
         epsilons: args.epsilons,
         attacks: args.attacks,
-        imgsz: args.imgsz,
+        imgsz: args.imgsz.px,
         images: args.images,
         synthetic: args.synthetic,
         aux_images: args.aux_images,
@@ -166,7 +243,7 @@ pub fn run(args: Args) -> Result<()> {
         utility: args.val.zip(args.back).map(|(val, back)| UtilityConfig { val, back }),
         seed: args.seed,
     };
-    let device = Device::cuda_if_available(0).context("cannot open the GPU")?;
+    let device = args.device.open()?;
     let progress = ProgressBar::new(cfg.total_steps());
     progress.set_style(
         ProgressStyle::with_template("{spinner} {msg:<18} [{bar:40}] {pos}/{len} steps, {elapsed} (eta {eta})")
@@ -178,4 +255,53 @@ pub fn run(args: Args) -> Result<()> {
     print!("{}", eval.report.table());
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet_cli::argv::reparse;
+    use mistnet_cli::device::DeviceSpec;
+
+    #[test]
+    fn the_defaults_are_what_parsing_out_alone_gives() {
+        let command = <Args as clap::Args>::augment_args(clap::Command::new("privacy").no_binary_name(true));
+        let parsed = <Args as clap::FromArgMatches>::from_arg_matches(&command.try_get_matches_from(["--out", "r"]).unwrap()).unwrap();
+        assert_eq!(parsed, Args::defaults("r".into()));
+    }
+
+    #[test]
+    fn privacy_flags_parse_back() {
+        let a = Args::defaults("r".into());
+        assert_eq!(reparse(&a).unwrap(), a);
+        let b = Args {
+            model: ModelArgs { name: "yolov5s".into() },
+            weights: vec!["a.safetensors".into(), "b.safetensors".into()],
+            cuts: vec![4],
+            mechanism: Mechanism::Oue,
+            epsilons: vec![0.1 + 0.2],
+            attacks: vec![Attack::Optimization],
+            imgsz: ImageSizeArgs { px: 128 },
+            images: Some("photos".into()),
+            synthetic: 0,
+            aux_images: 8,
+            decoder_steps: 2,
+            decoder_batch: 3,
+            decoder_width: 16,
+            decoder_lr: 1e-4,
+            opt_steps: 5,
+            opt_lr: 0.3,
+            tv_weight: 0.0,
+            grey_weight: 0.25,
+            sharpness: 7.5,
+            seed: 9,
+            threads: 2,
+            save_reconstructions: true,
+            val: Some("v.yaml".into()),
+            back: Some("m.safetensors".into()),
+            device: DeviceArgs { spec: DeviceSpec::Cuda(1) },
+            ..a
+        };
+        assert_eq!(reparse(&b).unwrap(), b);
+    }
 }

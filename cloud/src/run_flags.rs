@@ -1,20 +1,21 @@
 //! Flags shared by `train` and `pretrain`: data, schedule, seed, device and the run directory.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use mistnet::data::{BadDataPolicy, Dataset, LoadedSplit, Split};
-use mistnet_train::fit::{FitConfig, parse_device};
+use mistnet_cli::{Argv, DeviceArgs, ImageSizeArgs, ToArgs};
+use mistnet_train::fit::FitConfig;
 use mistnet_train::train::{Hyp, LrDecay, optimizer::NOMINAL_BATCH};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct RunFlags {
     /// Dataset: an Ultralytics dataset YAML (train split to learn from, val split to evaluate on each epoch), a COCO JSON or a YOLO directory.
     #[arg(long, value_name = "DATA.yaml")]
     pub data: PathBuf,
-    /// Letterbox size in pixels (square; a multiple of 32).
-    #[arg(long, default_value_t = 640)]
-    pub imgsz: u32,
+    #[command(flatten)]
+    pub imgsz: ImageSizeArgs,
     /// Epochs to train.
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
@@ -40,9 +41,8 @@ pub struct RunFlags {
     /// Seed of shuffling, augmentation (and, for `train`, of the simulated edges' noise).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, or cuda:N (needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Leave out bad samples (missing or unreadable image, malformed label) with a count instead of failing. With
     /// `train --store`, also stored samples the trainer cannot use (undecodable message, wrong feature shape, label out
     /// of range, zero image size, another Front): each is named in a warning and the count is printed.
@@ -61,9 +61,6 @@ pub struct RunFlags {
 
 impl RunFlags {
     pub fn fit_config(&self) -> Result<FitConfig> {
-        if self.imgsz == 0 || !self.imgsz.is_multiple_of(32) {
-            anyhow::bail!("--imgsz must be a positive multiple of 32, got {}", self.imgsz);
-        }
         let mut hyp = match &self.hyp {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -82,8 +79,8 @@ impl RunFlags {
             decay: if self.cos_lr { LrDecay::Cosine } else { LrDecay::Linear },
             seed: self.seed,
             augment: !self.no_augment,
-            imgsz: self.imgsz,
-            device: parse_device(&self.device)?,
+            imgsz: self.imgsz.px,
+            device: self.device.open()?,
             out: self.out.clone(),
             stop_after: self.stop_after,
         })
@@ -103,5 +100,78 @@ impl RunFlags {
         let val = dataset.load(val_split, policy)?;
         tracing::info!(train = %train.summary, val = %val.summary, "dataset loaded");
         Ok((dataset, train, val))
+    }
+}
+
+impl ToArgs for RunFlags {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new()
+            .arg("--data", &self.data)
+            .group(&self.imgsz)
+            .arg("--epochs", self.epochs.to_string())
+            .arg("--batch", self.batch.to_string())
+            .arg("--nbs", self.nbs.to_string())
+            .opt("--hyp", self.hyp.as_ref())
+            .opt("--warmup-min-iters", self.warmup_min_iters.map(|n| n.to_string()))
+            .switch("--cos-lr", self.cos_lr)
+            .switch("--no-augment", self.no_augment)
+            .arg("--seed", self.seed.to_string())
+            .group(&self.device)
+            .switch("--skip-bad", self.skip_bad)
+            .arg("--out", &self.out)
+            .opt("--stop-after", self.stop_after.map(|n| n.to_string()))
+            .switch("--resume", self.resume)
+            .build()
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use mistnet_cli::argv::reparse;
+    use mistnet_cli::device::DeviceSpec;
+
+    /// Run flags with every optional flag set, for the commands' round-trip tests.
+    pub fn example() -> RunFlags {
+        let plain = plain();
+        RunFlags {
+            hyp: Some("hyp.yaml".into()),
+            warmup_min_iters: Some(20),
+            cos_lr: true,
+            no_augment: true,
+            seed: 7,
+            device: DeviceArgs { spec: DeviceSpec::Cuda(1) },
+            skip_bad: true,
+            stop_after: Some(1),
+            resume: true,
+            ..plain
+        }
+    }
+
+    fn plain() -> RunFlags {
+        RunFlags {
+            data: "data/public.yaml".into(),
+            imgsz: ImageSizeArgs { px: 128 },
+            epochs: 3,
+            batch: 8,
+            nbs: 8,
+            hyp: None,
+            warmup_min_iters: None,
+            cos_lr: false,
+            no_augment: false,
+            seed: 0,
+            device: DeviceArgs { spec: DeviceSpec::Cpu },
+            skip_bad: false,
+            out: "runs/x".into(),
+            stop_after: None,
+            resume: false,
+        }
+    }
+
+    #[test]
+    fn run_flags_parse_back_to_themselves() {
+        for flags in [plain(), example()] {
+            assert_eq!(reparse(&flags).unwrap(), flags);
+        }
     }
 }

@@ -1,34 +1,28 @@
 //! `mistnet-cloud status`: asks a running `serve` for per-edge counts, store size and the ε ledger:
-//! of every edge with the operator token, or of one edge with that edge's token.
-
-use std::path::PathBuf;
+//! of every edge with the operator token, or of one edge with that edge's token. It connects as
+//! the edges do (TLS, mTLS, no plaintext off loopback).
 
 use anyhow::{Context, Result};
+use mistnet_cli::ClientArgs;
 use mistnet_proto::pb::{self, ingest_status_client::IngestStatusClient};
-use mistnet_proto::{AUTHORIZATION, EDGE_HEADER, read_token_file};
 use serde_json::json;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
 # every edge and the store size, as the operator:\n  \
 mistnet-cloud status --server http://127.0.0.1:50051 --token-file operator.token\n  \
 # only edge-1, with edge-1's token:\n  \
-mistnet-cloud status --server http://127.0.0.1:50051 --edge edge-1 --token-file edge-1.token --json")]
+mistnet-cloud status --server http://127.0.0.1:50051 --edge edge-1 --token-file edge-1.token --json\n  \
+# over mutual TLS:\n  \
+mistnet-cloud status --server https://cloud:50051 --ca-cert ca.pem --client-cert op.pem --client-key op.key --token-file operator.token\n\n\
+--token-file holds the operator's token (`serve --operator-token-file`), or with --edge that edge's.")]
 pub struct Args {
-    /// Server URL: http://HOST:PORT, or https://HOST:PORT for TLS.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    server: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Ask as this edge, with its token: the answer shows only this edge. Without --edge the call is
     /// the operator's (the token of `serve --operator-token-file`) and shows every edge and the store size.
     #[arg(long)]
     edge: Option<String>,
-    /// File holding the token (first line): the operator's, or with --edge that edge's.
-    #[arg(long)]
-    token_file: PathBuf,
-    /// CA certificate (PEM) to verify the server with, for https.
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
     /// Print JSON instead of a table, with the per-sample ε ledger.
     #[arg(long)]
     json: bool,
@@ -46,19 +40,9 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn fetch(args: &Args) -> Result<pb::StatusResponse> {
-    let token = read_token_file(&args.token_file)?;
-    let mut endpoint = Endpoint::from_shared(args.server.clone()).with_context(|| format!("invalid server URL {}", args.server))?;
-    if let Some(ca) = &args.ca_cert {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        endpoint = endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
-    }
-    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {}", args.server))?;
-    let mut req = tonic::Request::new(pb::StatusRequest {});
-    req.metadata_mut().insert(AUTHORIZATION, format!("Bearer {token}").parse().context("the token is not valid metadata")?);
-    if let Some(edge) = &args.edge {
-        req.metadata_mut().insert(EDGE_HEADER, edge.parse().context("the edge id is not valid metadata")?);
-    }
-    let status = IngestStatusClient::new(channel).get_status(req).await.map_err(|s| anyhow::anyhow!("status call refused: {}: {}", s.code(), s.message()))?;
+    let client = args.client.client(args.edge.as_deref())?;
+    let channel = client.connect().await?;
+    let status = IngestStatusClient::new(channel).get_status(client.request(pb::StatusRequest {})).await.map_err(|s| anyhow::anyhow!("status call refused: {}: {}", s.code(), s.message()))?;
     Ok(status.into_inner())
 }
 

@@ -1,12 +1,14 @@
 //! `mistnet-cloud synth`: generate the embedded default dataset (see `mistnet::data::synth`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use mistnet::data::synth::{SynthConfig, generate};
+use mistnet_cli::{Argv, ToArgs};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Writes, under DIR (which must be empty or absent):\n  \
 public.yaml             public train + val split (the cloud's pretraining data)\n  \
 private/edge-<k>.yaml   edge k's private split (another domain: backgrounds, lighting, class mix)\n  \
@@ -18,23 +20,23 @@ Example:\n  mistnet-cloud synth --out data/synth --images 600 --imgsz 128 --edge
 pub struct Args {
     /// Output directory (created; must be empty).
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Images in all splits together: 40% public train, 10% public val, 40% private (over the edges), 10% private val.
     #[arg(long, default_value_t = SynthConfig::default().images)]
-    images: usize,
+    pub images: usize,
     /// Image side in pixels (square).
     #[arg(long, default_value_t = SynthConfig::default().imgsz)]
-    imgsz: u32,
+    pub imgsz: u32,
     /// Random seed: the same seed gives the same dataset, byte for byte.
     #[arg(long, default_value_t = SynthConfig::default().seed)]
-    seed: u64,
+    pub seed: u64,
     /// Number of private per-edge splits.
     #[arg(long, default_value_t = SynthConfig::default().edges)]
-    edges: usize,
+    pub edges: usize,
     /// Size of the private splits' images (the edges' and the held-out split) as WIDTHxHEIGHT, e.g. 224x128:
     /// drawn at --imgsz square, then resized, as non-square camera photos. Default: --imgsz square.
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
-    private_size: Option<(u32, u32)>,
+    pub private_size: Option<(u32, u32)>,
 }
 
 /// `WIDTHxHEIGHT` in pixels.
@@ -42,6 +44,19 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s.split_once('x').ok_or_else(|| format!("expected WIDTHxHEIGHT, e.g. 224x128, got {s:?}"))?;
     let side = |v: &str| v.parse::<u32>().map_err(|_| format!("{v:?} is not a pixel count in {s:?}"));
     Ok((side(w)?, side(h)?))
+}
+
+impl ToArgs for Args {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new()
+            .arg("--out", &self.out)
+            .arg("--images", self.images.to_string())
+            .arg("--imgsz", self.imgsz.to_string())
+            .arg("--seed", self.seed.to_string())
+            .arg("--edges", self.edges.to_string())
+            .opt("--private-size", self.private_size.map(|(w, h)| format!("{w}x{h}")))
+            .build()
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -54,4 +69,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("wrote {} images to {} in {:.1} s", cfg.images, args.out.display(), start.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synth_flags_parse_back() {
+        let a = Args { out: "data/x".into(), images: 300, imgsz: 96, seed: 3, edges: 4, private_size: None };
+        assert_eq!(mistnet_cli::argv::reparse(&a).unwrap(), a);
+        let wide = Args { private_size: Some((224, 128)), ..a };
+        assert_eq!(mistnet_cli::argv::reparse(&wide).unwrap(), wide);
+    }
 }

@@ -6,65 +6,83 @@
 //! `--mechanism`/`--epsilon`, the real wire format, decode), as Plato's MistNet does. `--data`'s
 //! val split is the evaluation set either way.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet::codec::{EPSILON_HELP, MECHANISM_HELP, Mechanism, Privacy};
 use mistnet::data::BadDataPolicy;
 use mistnet::encoder::{EdgeEncoder, WireSettings};
-use mistnet::model::deploy::{DeployMeta, model_yaml, specs_for};
-use mistnet::model::{DEFAULT_CUT, Front, ParamStore, load_back};
+use mistnet::model::deploy::{DeployMeta, specs_for};
+use mistnet::model::{Front, ParamStore, load_back};
+use mistnet_cli::{Argv, CutArgs, LdpArgs, ModelArgs, ToArgs};
 use mistnet_store::FeatureStore;
 use mistnet_train::fit::{self, EvalSet, FeatureSet, LabelledSource, StoreExpect, Trainee, checkpoint_path, initialize_detect_biases};
 
 use crate::run_flags::RunFlags;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Writes into --out: model.safetensors (deployable: the Front of --weights + the trained Back; \
 its metadata says the Back expects binarized features, so `val` and `mistnet-edge detect` binarize after the Front), \
-checkpoint.safetensors (for --resume), results.csv, loss.png, map.png.\n\n\
+checkpoint.safetensors (for --resume), results.csv, loss.png, map.png.\n\
+Without --store, the simulated edges' noise is --mechanism (default sue) at --epsilon; --mechanism none trains on \
+noiseless bits.\n\n\
 Example:\n  mistnet-cloud train --data data/synth/private.yaml --weights runs/pretrain/model.safetensors --cut 4 \
 --imgsz 128 --mechanism sue --epsilon 2 --epochs 30 --out runs/mistnet")]
 pub struct Args {
     #[command(flatten)]
-    run: RunFlags,
+    pub run: RunFlags,
     /// Weights holding the Front (and the Back's starting point): a deployable model from `pretrain`/`export`,
     /// or Ultralytics-named safetensors together with --model.
     #[arg(long)]
-    weights: PathBuf,
-    /// Model config (YAML file or yolov5n/s/m/l/x) when --weights is not a deployable model.
-    #[arg(long, default_value = "yolov5n")]
-    model: String,
-    /// Split point in Plato's convention: the edge runs modules 0..cut-1 and sends module cut-1's output.
-    #[arg(long, default_value_t = DEFAULT_CUT)]
-    cut: usize,
+    pub weights: PathBuf,
+    // The model config, used when --weights is not a deployable model (which carries its own).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cut: CutArgs,
     /// Start the Back from random weights (YOLOv5's initialisation) instead of --weights.
     #[arg(long)]
-    fresh_back: bool,
-    #[arg(long, default_value = "none", long_help = MECHANISM_HELP)]
-    mechanism: Mechanism,
-    #[arg(long, long_help = EPSILON_HELP)]
-    epsilon: Option<f64>,
+    pub fresh_back: bool,
+    // The simulated edges' noise; with --store the stored messages carry their own and these are not used.
+    #[command(flatten)]
+    pub privacy: LdpArgs,
     /// Train on the samples in this feature store (the directory of `mistnet-cloud serve --store`) instead of
-    /// simulating the edges on --data's train split; --mechanism/--epsilon are then what the edges chose.
+    /// simulating the edges on --data's train split with --mechanism/--epsilon.
     #[arg(long)]
-    store: Option<PathBuf>,
+    pub store: Option<PathBuf>,
+}
+
+impl ToArgs for Args {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new()
+            .group(&self.run)
+            .arg("--weights", &self.weights)
+            .group(&self.model)
+            .group(&self.cut)
+            .switch("--fresh-back", self.fresh_back)
+            .group(&self.privacy)
+            .opt("--store", self.store.as_ref())
+            .build()
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
     let config = args.run.fit_config()?;
-    let privacy = Privacy::new(args.mechanism, args.epsilon)?;
+    if args.store.is_none() {
+        args.privacy.privacy()?; // refuse bad privacy flags of the simulation before loading anything
+    }
     let (dataset, train, val) = args.run.load_data()?;
     let names = dataset.names().to_vec();
     let yaml = match DeployMeta::read(&args.weights) {
         Ok(meta) => meta.model_yaml,
-        Err(_) => model_yaml(&args.model)?,
+        Err(_) => args.model.yaml()?,
     };
     let specs = specs_for(&yaml, names.len())?;
     let weights = ParamStore::open(&[&args.weights])?;
-    let front = Front::load(&specs, args.cut, &weights, &Device::Cpu)?;
+    let cut = args.cut.index;
+    let front = Front::load(&specs, cut, &weights, &Device::Cpu)?;
     let front_tensors = weights.tensors();
 
     let checkpoint = checkpoint_path(&config.out);
@@ -75,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         (ParamStore::open(&[&args.weights])?, false)
     };
-    let back = load_back(&specs, args.cut, &store, &config.device)?;
+    let back = load_back(&specs, cut, &store, &config.device)?;
     if fresh {
         initialize_detect_biases(&store, &back)?;
     }
@@ -83,6 +101,7 @@ pub fn run(args: Args) -> Result<()> {
     let features = match &args.store {
         Some(dir) => stored_features(dir, &front, config.imgsz, names.len(), args.run.bad_data_policy())?,
         None => {
+            let privacy = args.privacy.privacy()?;
             let bar = ProgressBar::new(train.samples.len() as u64).with_style(
                 ProgressStyle::with_template("extract [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
                     .expect("valid template")
@@ -91,13 +110,13 @@ pub fn run(args: Args) -> Result<()> {
             let encoder = EdgeEncoder::new(front.clone(), config.imgsz, WireSettings::packed(privacy))?;
             let features = FeatureSet::extract(&train.samples, &encoder, config.seed, || bar.inc(1))?;
             bar.finish_and_clear();
-            tracing::info!(samples = train.samples.len(), cut = args.cut, front = %front.hash(), mechanism = args.mechanism.name(), epsilon = ?args.epsilon, "features extracted");
+            tracing::info!(samples = train.samples.len(), cut, front = %front.hash(), mechanism = args.privacy.mechanism.name(), epsilon = ?args.privacy.epsilon, "features extracted");
             features
         }
     };
 
     let val = EvalSet::load(&val.samples, &names, config.imgsz)?;
-    let meta = DeployMeta { model_yaml: yaml, names, imgsz: config.imgsz, binarized_cut: Some(args.cut) };
+    let meta = DeployMeta { model_yaml: yaml, names, imgsz: config.imgsz, binarized_cut: Some(cut) };
     let trainee = Trainee { model: back, store, fixed: front_tensors, meta };
     let records = fit::fit(&trainee, &features, &val, &config, args.run.resume)?;
     print_summary(&records, &config.out);
@@ -133,4 +152,27 @@ pub fn print_summary(records: &[fit::EpochRecord], out: &std::path::Path) {
         );
     }
     println!("results in {}", out.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet::codec::Mechanism;
+    use mistnet_cli::argv::reparse;
+
+    #[test]
+    fn train_flags_parse_back() {
+        let a = Args {
+            run: crate::run_flags::tests::example(),
+            weights: "w.safetensors".into(),
+            model: ModelArgs { name: "yolov5s".into() },
+            cut: CutArgs { index: 3 },
+            fresh_back: false,
+            privacy: LdpArgs { mechanism: Mechanism::Rr, epsilon: Some(0.5) },
+            store: None,
+        };
+        assert_eq!(reparse(&a).unwrap(), a);
+        let b = Args { fresh_back: true, privacy: LdpArgs { mechanism: Mechanism::None, epsilon: None }, store: Some("store".into()), ..a };
+        assert_eq!(reparse(&b).unwrap(), b);
+    }
 }

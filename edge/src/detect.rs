@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use mistnet::data::letterbox::{letterbox, read_rgb};
 use mistnet::model::image_to_tensor;
 use mistnet::metrics::{NmsConfig, non_max_suppression};
 use mistnet::model::deploy::Detector;
+use mistnet_cli::DeviceArgs;
+use mistnet_cli::image::{check_imgsz, parse_imgsz};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -26,8 +27,8 @@ pub struct Args {
     /// Output directory (created if missing).
     #[arg(long)]
     out: PathBuf,
-    /// Letterbox size (default: the size the model was trained at).
-    #[arg(long)]
+    /// Letterbox size in pixels (square; a positive multiple of 32). Default: the size the model was trained at.
+    #[arg(long, value_name = "PX", value_parser = parse_imgsz)]
     imgsz: Option<u32>,
     /// Confidence threshold (YOLOv5 detect.py: 0.25).
     #[arg(long, default_value_t = NmsConfig::detect().conf_thres)]
@@ -35,6 +36,8 @@ pub struct Args {
     /// NMS IoU threshold (YOLOv5 detect.py: 0.45).
     #[arg(long, default_value_t = NmsConfig::detect().iou_thres)]
     iou: f64,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Serialize)]
@@ -57,13 +60,10 @@ struct Found {
 const COLOURS: [[u8; 3]; 8] = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]];
 
 pub fn run(args: Args) -> Result<()> {
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let detector = Detector::load(&args.weights, &device)?;
     let meta = detector.meta().clone();
-    let imgsz = args.imgsz.unwrap_or(meta.imgsz);
-    if imgsz == 0 || !imgsz.is_multiple_of(32) {
-        bail!("--imgsz must be a positive multiple of 32, got {imgsz}");
-    }
+    let imgsz = check_imgsz(args.imgsz.unwrap_or(meta.imgsz)).map_err(anyhow::Error::msg)?;
     let nms = NmsConfig { conf_thres: args.conf, iou_thres: args.iou, ..NmsConfig::detect() };
     let images = crate::extract::list_images(&args.input)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;

@@ -4,12 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::codec::{ENCODING_HELP, Encoding, Privacy};
 use mistnet::data::letterbox::{is_image, read_rgb};
 use mistnet::encoder::{EdgeEncoder, WireSettings};
-use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore};
+use mistnet_cli::{DeviceArgs, FrontArgs, ImageSizeArgs};
 
 use crate::privatize::PrivacyArgs;
 
@@ -21,19 +20,12 @@ what `mistnet-edge run` would send.\n\n\
 Examples:\n  mistnet-edge extract --model models/yolov5s.yaml --weights yolov5s.safetensors --cut 4 --imgsz 640 photos/ --out features/\n  \
 mistnet-edge extract --weights yolov5s.safetensors --encoding packed --mechanism sue --epsilon 2 photos/ --out wire/")]
 pub struct Args {
-    /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x.
-    #[arg(long, default_value = "yolov5s")]
-    model: String,
-    /// Weights in safetensors with Ultralytics key names; repeat for checkpoints split over several files.
-    /// A file holding only the Front's tensors (`model.0.` … `model.{cut-1}.`) is enough.
-    #[arg(long, required = true)]
-    weights: Vec<PathBuf>,
-    /// Split point in Plato's convention: the edge runs modules 0..cut-1 and sends module cut-1's output.
-    #[arg(long, default_value_t = DEFAULT_CUT)]
-    cut: usize,
-    /// Letterbox size in pixels (square; a multiple of 32).
-    #[arg(long, default_value_t = 640)]
-    imgsz: u32,
+    #[command(flatten)]
+    front: FrontArgs,
+    #[command(flatten)]
+    imgsz: ImageSizeArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// An image file, or a directory whose images (jpg, jpeg, png, bmp, webp) are all processed.
     input: PathBuf,
     /// Output directory (created if missing).
@@ -47,21 +39,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.imgsz == 0 || !args.imgsz.is_multiple_of(32) {
-        bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
-    }
     let images = list_images(&args.input)?;
     // Bad privacy flags are refused before anything loads; without --encoding nothing is encoded.
     let wire = match args.encoding {
         Some(encoding) => args.privacy.wire(encoding)?,
         None => WireSettings::packed(Privacy::none()),
     };
-    let specs = ModelConfig::load(&args.model)?.layers()?;
-    let store = ParamStore::open(&args.weights)?;
-    let front = Front::load(&specs, args.cut, &store, &Device::Cpu)?;
-    drop(store);
-    tracing::info!(model = %args.model, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
-    let encoder = EdgeEncoder::new(front, args.imgsz, wire)?;
+    let device = args.device.open()?;
+    let imgsz = args.imgsz.px;
+    let front = args.front.load(&device)?;
+    tracing::info!(model = %args.front.model.name, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
+    let encoder = EdgeEncoder::new(front, imgsz, wire)?.on_device(device);
     let mut rng = args.privacy.rng()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
 
@@ -84,7 +72,7 @@ pub fn run(args: Args) -> Result<()> {
             let metadata = HashMap::from([
                 ("cut".to_string(), front.cut().to_string()),
                 ("front_hash".to_string(), front.hash().to_string()),
-                ("imgsz".to_string(), args.imgsz.to_string()),
+                ("imgsz".to_string(), imgsz.to_string()),
                 ("source".to_string(), path.display().to_string()),
                 ("letterbox_ratio".to_string(), lb.ratio.to_string()),
                 ("letterbox_pad".to_string(), format!("{},{}", lb.pad.0, lb.pad.1)),

@@ -28,7 +28,7 @@ enum Command {
 
 fn main() -> Result<()> {
     mistnet::runtime::init();
-    mistnet::logging::init();
+    mistnet_cli::logging::init();
     match Cli::parse().command {
         Command::Extract(args) => extract::run(args),
         Command::Run(args) => run::run(args),

@@ -1,18 +1,15 @@
-//! The edge's privacy flags (`--mechanism`, `--epsilon`, `--encoding`, `--zstd-level`, `--seed`)
+//! The edge's privacy flags (`--mechanism` and `--epsilon` of [`LdpArgs`], `--zstd-level`, `--seed`)
 //! turned into wire settings and a noise generator.
 
-use anyhow::{Result, bail};
-use mistnet::codec::{CodecRng, DEFAULT_ZSTD_LEVEL, EPSILON_HELP, Encoding, MECHANISM_HELP, Mechanism, Privacy, os_rng, seeded_rng};
+use anyhow::Result;
+use mistnet::codec::{CodecRng, DEFAULT_ZSTD_LEVEL, Encoding, Privacy, os_rng, seeded_rng};
 use mistnet::encoder::WireSettings;
+use mistnet_cli::LdpArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PrivacyArgs {
-    /// Randomized response applied to every binarized element: sue, rr, oue or none.
-    #[arg(long, default_value = "sue", long_help = MECHANISM_HELP)]
-    pub mechanism: Mechanism,
-    /// Privacy parameter ε, 0 < ε <= 64 (required unless --mechanism none).
-    #[arg(long, long_help = EPSILON_HELP)]
-    pub epsilon: Option<f64>,
+    #[command(flatten)]
+    pub ldp: LdpArgs,
     /// zstd level for the payload (0 = no compression).
     #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL)]
     pub zstd_level: i32,
@@ -25,13 +22,7 @@ pub struct PrivacyArgs {
 impl PrivacyArgs {
     /// The validated mechanism and ε.
     pub fn privacy(&self) -> Result<Privacy> {
-        if self.mechanism != Mechanism::None && self.epsilon.is_none() {
-            bail!(
-                "--mechanism {} needs --epsilon (see --help for what ε guarantees), or use --mechanism none",
-                self.mechanism
-            );
-        }
-        Ok(Privacy::new(self.mechanism, self.epsilon)?)
+        self.ldp.privacy()
     }
 
     /// How the features leave the edge, serialized in `encoding`.

@@ -6,9 +6,12 @@
 //!
 //! Every call carries the [`AUTHORIZATION`] (`Bearer <token>`) metadata; an edge's calls also name
 //! the edge in [`EDGE_HEADER`]. A `GetStatus` call without [`EDGE_HEADER`] is the operator's, with the
-//! operator token. [`read_token_file`] reads the token files both sides use.
+//! operator token. [`read_token_file`] reads the token files both sides use; [`client`] is the
+//! one client every caller uses (TLS/mTLS, the plaintext guard, the credentials, health checks).
 
 use std::path::{Path, PathBuf};
+
+pub mod client;
 
 /// Generated messages, clients and servers of package `mistnet.v1`.
 pub mod pb {

@@ -75,6 +75,8 @@ pub struct EdgeEncoder {
     front: Front,
     imgsz: u32,
     params: EncodeParams,
+    /// Where the Front's weights live (the CPU on an edge device).
+    device: Device,
 }
 
 impl EdgeEncoder {
@@ -82,7 +84,12 @@ impl EdgeEncoder {
     pub fn new(front: Front, imgsz: u32, wire: WireSettings) -> Result<Self, EncoderError> {
         let cut = u16::try_from(front.cut()).map_err(|_| EncoderError::Cut(front.cut()))?;
         let params = EncodeParams { privacy: wire.privacy, encoding: wire.encoding, zstd_level: wire.zstd_level, cut, front_hash: front.hash() };
-        Ok(Self { front, imgsz, params })
+        Ok(Self { front, imgsz, params, device: Device::Cpu })
+    }
+
+    /// The same encoder feeding a Front loaded on `device`.
+    pub fn on_device(self, device: Device) -> Self {
+        Self { device, ..self }
     }
 
     pub fn front(&self) -> &Front {
@@ -100,13 +107,13 @@ impl EdgeEncoder {
 
     /// The same Front and image size, sending with other settings (the privacy sweep).
     pub fn with_wire(&self, wire: WireSettings) -> Result<Self, EncoderError> {
-        Self::new(self.front.clone(), self.imgsz, wire)
+        Ok(Self::new(self.front.clone(), self.imgsz, wire)?.on_device(self.device.clone()))
     }
 
     /// Letterboxes `img` and runs the Front on it (the float features, before binarization).
     pub fn features(&self, img: &RgbImage) -> Result<Features, EncoderError> {
         let (boxed, letterbox) = self::letterbox(img, self.imgsz);
-        let tensor = self.front.forward(&image_to_tensor(&boxed, &Device::Cpu)?)?;
+        let tensor = self.front.forward(&image_to_tensor(&boxed, &self.device)?)?;
         Ok(Features { tensor, letterbox })
     }
 

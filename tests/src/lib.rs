@@ -1,5 +1,6 @@
 //! Helpers for the end-to-end tests: locating the `mistnet-cloud` and `mistnet-edge` binaries,
-//! starting them as child processes on 127.0.0.1 and killing them when a test ends.
+//! starting them as child processes on 127.0.0.1 and killing them when a test ends, and channels to
+//! them through the one client of `mistnet_proto::client`.
 //!
 //! The binaries are found next to the test executable (`target/<profile>/`). `cargo test
 //! --workspace` builds every member's binaries before running tests; when running only this
@@ -9,6 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use mistnet_proto::client::{Connection, TlsFiles};
 
 /// Path of a workspace binary in the target directory of the running test.
 pub fn binary(name: &str) -> PathBuf {
@@ -93,4 +96,9 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// A plaintext channel to the server at `addr` (loopback).
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    Connection::new(&format!("http://{addr}"), &TlsFiles::default(), false).expect("a loopback URL").connect().await.expect("connect")
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use mistnet::codec::{EncodeParams, Encoding, FrontHash, HEADER_LEN, Mechanism, Privacy, encode, seeded_rng};
 use mistnet::data::synth::{SynthConfig, generate};
+use mistnet_e2e::{Proc, channel, free_port, start_cloud, start_edge, wait_until};
+use mistnet_proto::client::{Connection, Credentials, TlsFiles};
 use mistnet_store::{FeatureStore, segment};
-use mistnet_e2e::{Proc, free_port, start_cloud, start_edge, wait_until};
 use mistnet_proto::pb::{
     self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient, ingest_status_client::IngestStatusClient,
 };
-use mistnet_proto::{AUTHORIZATION, EDGE_HEADER};
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -130,16 +130,16 @@ fn an_edge_killed_mid_upload_resumes_without_duplicates() {
     assert_exactly_once(&setup, expected);
 }
 
-/// A channel to the server at `addr` (plaintext loopback).
-async fn channel(addr: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
-}
-
 /// `mistnet-cloud status --json` against `addr` with the token in `token_file`, as `edge`, or as
 /// the operator when `edge` is `None`; `Err` is its stderr.
 fn status(addr: &str, edge: Option<&str>, token_file: &Path) -> Result<serde_json::Value, String> {
+    status_at(&format!("http://{addr}"), edge, token_file, &[])
+}
+
+/// `mistnet-cloud status --json --server SERVER` with `extra` flags (TLS files).
+fn status_at(server: &str, edge: Option<&str>, token_file: &Path, extra: &[&str]) -> Result<serde_json::Value, String> {
     let mut cmd = std::process::Command::new(mistnet_e2e::binary("mistnet-cloud"));
-    cmd.args(["status", "--json", "--server", &format!("http://{addr}"), "--token-file"]).arg(token_file);
+    cmd.args(["status", "--json", "--server", server, "--token-file"]).arg(token_file).args(extra);
     if let Some(edge) = edge {
         cmd.args(["--edge", edge]);
     }
@@ -151,10 +151,7 @@ fn status(addr: &str, edge: Option<&str>, token_file: &Path) -> Result<serde_jso
 }
 
 fn authed<T>(message: T, edge: &str, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    req.metadata_mut().insert(EDGE_HEADER, edge.parse().unwrap());
-    req
+    Credentials::edge(edge, token).unwrap().request(message)
 }
 
 /// The Front's output shape in these tests: yolov5n cut 4 at 64 px (64 channels, stride 8).
@@ -288,8 +285,8 @@ fn mutual_tls_uploads_and_refuses_a_client_without_certificate() {
     // Without a client certificate the TLS handshake is refused.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let refused = rt.block_on(async {
-        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&ca_pem).unwrap()));
-        let channel = tonic::transport::Endpoint::from_shared(server.clone()).unwrap().tls_config(tls).unwrap().connect().await;
+        let tls = TlsFiles { ca_cert: Some(ca_pem.clone().into()), ..TlsFiles::default() };
+        let channel = Connection::new(&server, &tls, false).unwrap().connect().await;
         match channel {
             Err(_) => true,
             Ok(ch) => FrontDistributionClient::new(ch).get_front(authed(pb::GetFrontRequest::default(), "edge-0", &token("edge-0"))).await.is_err(),
@@ -306,6 +303,25 @@ fn mutual_tls_uploads_and_refuses_a_client_without_certificate() {
     ]);
     assert!(edge.wait_for(LIMIT).success(), "the edge failed over mTLS");
     assert_exactly_once(&setup, expected);
+
+    // `status` reaches the same mTLS server with a client certificate, and is refused without one.
+    let token_file = setup.root.join("edge-0.token");
+    let mtls = ["--ca-cert", &ca_pem, "--client-cert", &client_cert, "--client-key", &client_key];
+    let report = status_at(&server, Some("edge-0"), &token_file, &mtls).unwrap();
+    assert_eq!(report["samples"], expected as u64);
+    assert_eq!(report["edges"][0]["edge"], "edge-0");
+    let err = status_at(&server, Some("edge-0"), &token_file, &["--ca-cert", &ca_pem]).unwrap_err();
+    assert!(err.contains("status call refused") || err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn status_refuses_plaintext_to_a_remote_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("operator.token");
+    std::fs::write(&token_file, format!("{OPERATOR_TOKEN}\n")).unwrap();
+    // 192.0.2.1 is TEST-NET-1: nothing answers there, and nothing is sent.
+    let err = status_at("http://192.0.2.1:50051", None, &token_file, &[]).unwrap_err();
+    assert!(err.contains("refusing plaintext"), "{err}");
 }
 
 #[test]
@@ -386,9 +402,7 @@ fn status_shows_every_edge_only_to_the_operator() {
         }
         // The operator token serves GetStatus without an edge id, and nothing else.
         fn as_operator<T>(message: T) -> tonic::Request<T> {
-            let mut req = tonic::Request::new(message);
-            req.metadata_mut().insert(AUTHORIZATION, format!("Bearer {OPERATOR_TOKEN}").parse().unwrap());
-            req
+            Credentials::operator(OPERATOR_TOKEN).unwrap().request(message)
         }
         let err = FrontDistributionClient::new(channel.clone()).get_front(as_operator(pb::GetFrontRequest::default())).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

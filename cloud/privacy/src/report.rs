@@ -242,13 +242,16 @@ fn grid(originals: &[RgbImage], rows: &[&[RgbImage]]) -> RgbImage {
     out
 }
 
+/// The report's JSON file in the output directory (what `job` reads).
+pub const REPORT_JSON: &str = "report.json";
+
 /// Writes everything into `out` (created if missing); `pairs` also writes each pair's PNGs.
 pub fn write_outputs(eval: &Evaluation, out: &Path, pairs: bool) -> Result<(), PrivacyError> {
     std::fs::create_dir_all(out).map_err(|e| write_err(out, e))?;
     let report = &eval.report;
     let csv = out.join("report.csv");
     std::fs::write(&csv, report.csv()).map_err(|e| write_err(&csv, e))?;
-    let json = out.join("report.json");
+    let json = out.join(REPORT_JSON);
     let text = serde_json::to_string_pretty(report).map_err(|e| write_err(&json, e))?;
     std::fs::write(&json, text + "\n").map_err(|e| write_err(&json, e))?;
     report.plot().save_png(&out.join("ssim_vs_epsilon.png"), 900, 560)?;

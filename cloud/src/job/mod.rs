@@ -14,19 +14,27 @@ mod supervisor;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use mistnet::codec::{EPSILON_HELP, MECHANISM_HELP, Mechanism, Privacy};
-use mistnet::model::DEFAULT_CUT;
+use mistnet::codec::Mechanism;
+use mistnet_cli::{CutArgs, DeviceArgs, ImageSizeArgs, LdpArgs, ModelArgs};
 
-#[derive(clap::Args)]
+/// The job's defaults where they differ from the commands' own: small images and a stated ε, so that
+/// `mistnet-cloud job` alone runs a private job in minutes.
+const DEFAULT_IMGSZ: &str = "128";
+const DEFAULT_EPSILON: &str = "4";
+
+#[derive(clap::Args, Debug)]
+#[command(mut_arg("imgsz", |a| a.default_value(DEFAULT_IMGSZ).help("Letterbox size in pixels of every phase (square; a positive multiple of 32).")))]
+#[command(mut_arg("epsilon", |a| a.default_value(DEFAULT_EPSILON).help("Privacy parameter ε of every edge, 0 < ε <= 64.")))]
 #[command(after_help = "Phases, each a child process with its log in --out/logs/<phase>.log:\n\
 1. data: `synth` writes the public split, one private shard per edge and a held-out private split (skipped with --data).\n\
 2. pretrain: `pretrain` trains the whole model on the public split (skipped with --weights).\n\
 3. export: `export` writes the Front at --cut.\n\
-4. serve: `serve` listens on 127.0.0.1 (a free port) with a fresh token per edge; the store is --out/store.\n\
+4. serve: `serve` listens on 127.0.0.1 (a free port) with a fresh token per edge; the store is --out/store. The job waits \
+until its gRPC health service reports the upload service SERVING.\n\
 5. edges: one `mistnet-edge run` per shard fetches the Front, extracts, privatizes and streams over gRPC.\n\
 6. train: `train --store` trains the Back on the stored features, from the pretrained weights.\n\
 7. centralized: `pretrain` trains the whole model on the raw private images (no split, no noise), same start and epochs.\n\
-8. val: `val` scores the public-only, MistNet and centralized models on the held-out private split.\n\
+8. val: `val` scores the public-only, MistNet and centralized models on the held-out private split (--out/val/<model>.json).\n\
 9. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \
 and the directories data, pretrain, export, store, edges, train, centralized, val, privacy and logs.\n\n\
@@ -46,18 +54,15 @@ pub struct Args {
     /// Images to generate over all splits (see `mistnet-cloud synth --help`).
     #[arg(long, default_value_t = 600)]
     pub images: usize,
-    /// Letterbox size in pixels for every phase (a multiple of 32).
-    #[arg(long, default_value_t = 128)]
-    pub imgsz: u32,
+    #[command(flatten)]
+    pub imgsz: ImageSizeArgs,
     /// Edge agents, one process each, one private shard each.
     #[arg(long, default_value_t = 2)]
     pub edges: usize,
-    /// Model config: yolov5n/s/m/l/x or an Ultralytics YAML file.
-    #[arg(long, default_value = "yolov5n")]
-    pub model: String,
-    /// Split point in Plato's convention: edges run modules 0..cut-1.
-    #[arg(long, default_value_t = DEFAULT_CUT)]
-    pub cut: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cut: CutArgs,
     /// A pretrained deployable model (`pretrain`'s model.safetensors) to use instead of pretraining.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -73,10 +78,9 @@ pub struct Args {
     /// The fewest warmup iterations of every training phase (default: YOLOv5's 100); lower it for tiny runs.
     #[arg(long, value_name = "N")]
     pub warmup_min_iters: Option<usize>,
-    #[arg(long, default_value = "sue", long_help = MECHANISM_HELP)]
-    pub mechanism: Mechanism,
-    #[arg(long, default_value_t = 4.0, long_help = EPSILON_HELP)]
-    pub epsilon: f64,
+    // The edges' randomized response (not none: the job demonstrates a private setting).
+    #[command(flatten)]
+    pub privacy: LdpArgs,
     /// Decoder-attack training steps of the privacy phase (default: `privacy`'s).
     #[arg(long)]
     pub decoder_steps: Option<usize>,
@@ -93,17 +97,14 @@ pub struct Args {
     /// suits a machine shared with other work; on idle cores, give training the cores it has.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Device of the training phases: cpu, or cuda:N (needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    // The device of training, evaluation and the privacy attacks.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl Args {
     /// Checks the flags before anything starts.
     fn validate(&self) -> Result<()> {
-        if self.imgsz == 0 || !self.imgsz.is_multiple_of(32) {
-            bail!("--imgsz must be a positive multiple of 32, got {}", self.imgsz);
-        }
         if self.edges == 0 {
             bail!("--edges must be at least 1");
         }
@@ -113,10 +114,10 @@ impl Args {
         if self.epochs == 0 || (self.weights.is_none() && self.pretrain_epochs == 0) {
             bail!("--epochs and --pretrain-epochs must be at least 1");
         }
-        if self.mechanism == Mechanism::None {
+        if self.privacy.mechanism == Mechanism::None {
             bail!("--mechanism none sends features without privacy; the job demonstrates a private setting (use sue, rr or oue)");
         }
-        Privacy::new(self.mechanism, Some(self.epsilon))?;
+        self.privacy.privacy()?;
         if std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("--out {} is not empty: choose a new directory", self.out.display());
         }
@@ -130,4 +131,24 @@ impl Args {
 pub fn run(args: Args) -> Result<()> {
     args.validate()?;
     phases::Job::new(args)?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let command = <Args as clap::Args>::augment_args(clap::Command::new("job").no_binary_name(true));
+        <Args as clap::FromArgMatches>::from_arg_matches(&command.try_get_matches_from(argv)?)
+    }
+
+    #[test]
+    fn the_job_defaults_to_small_images_and_a_stated_epsilon() {
+        let args = parse(&[]).unwrap();
+        assert_eq!((args.imgsz.px, args.privacy.mechanism, args.privacy.epsilon), (128, Mechanism::Sue, Some(4.0)));
+        assert_eq!(args.model.name, mistnet_cli::model::DEFAULT_MODEL);
+        assert!(parse(&["--imgsz", "100"]).unwrap_err().to_string().contains("multiple of 32"));
+        let none = parse(&["--mechanism", "none", "--out", "/nonexistent/job"]).unwrap();
+        assert!(none.validate().unwrap_err().to_string().contains("without privacy"));
+    }
 }

@@ -1,23 +1,34 @@
 //! The job's phases in order, each a child process of the real binaries, with a progress line
 //! per phase and the wall time of each recorded for the summary.
+//!
+//! Each child's command line is rendered ([`ToArgs`]) from the flag types that child parses, its
+//! results come back through files it is told to write, and `serve` is ready when its gRPC health
+//! service says so: nothing is read from a child's log but the lines quoted when it fails.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet_train::fit::Metrics;
-use mistnet_train::fit::report::read_results;
+use mistnet::data::synth::layout;
+use mistnet_cli::{Argv, ClientArgs, FrontArgs, ToArgs};
+use mistnet_proto::client::{Connection, TlsFiles};
+use mistnet_proto::pb::feature_upload_server::SERVICE_NAME as FEATURE_UPLOAD;
 use mistnet_store::segment;
+use mistnet_train::fit::report::read_results;
+use mistnet_train::fit::{MODEL_FILE, Metrics, RESULTS_FILE};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use super::Args;
 use super::summary::{Summary, Timing};
 use super::supervisor::{Handle, Supervisor, check, log_tail, sibling_binary};
+use crate::run_flags::RunFlags;
+use crate::{export, pretrain, privacy_cmd, serve, synth, train_cmd, val};
 
-/// How long `serve` may take to start listening, and to stop after SIGTERM.
+/// How long `serve` may take to become ready, and to stop after SIGTERM.
 const SERVE_START: Duration = Duration::from_secs(60);
 const SERVE_STOP: Duration = Duration::from_secs(30);
 
@@ -46,10 +57,10 @@ impl Job {
         self.config.out.join("logs").join(format!("{name}.log"))
     }
 
-    /// `mistnet-cloud` with `args` and the training threads (its logs follow `RUST_LOG`).
-    fn cloud_cmd(&self, args: &[&str]) -> Command {
+    /// `mistnet-cloud COMMAND` with the flags of `args` and the training threads (its logs follow `RUST_LOG`).
+    fn cloud_cmd(&self, command: &str, args: &impl ToArgs) -> Command {
         let mut cmd = Command::new(&self.cloud);
-        cmd.args(args);
+        cmd.arg(command).args(args.to_args());
         set_threads(&mut cmd, self.config.threads);
         cmd
     }
@@ -64,13 +75,12 @@ impl Job {
     fn phases(&mut self) -> Result<()> {
         let c = &self.config;
         println!(
-            "MistNet job: {} at {} px, cut {}, {} edges, {} ε={}, output in {}",
-            c.model,
-            c.imgsz,
-            c.cut,
+            "MistNet job: {} at {} px, cut {}, {} edges, {}, output in {}",
+            c.model.name,
+            c.imgsz.px,
+            c.cut.index,
             c.edges,
-            c.mechanism.name(),
-            c.epsilon,
+            self.privacy_setting(),
             c.out.display()
         );
         let data = self.data()?;
@@ -125,21 +135,18 @@ impl Job {
 
     fn data(&mut self) -> Result<PathBuf> {
         if let Some(dir) = self.config.data.clone() {
-            for k in 0..self.config.edges {
-                let shard = dir.join(format!("private/edge-{k}.yaml"));
-                ensure!(shard.exists(), "--data {}: {} is missing (see `job --help` for the layout)", dir.display(), shard.display());
-            }
-            for file in ["public.yaml", "private.yaml", "private-val.yaml"] {
-                ensure!(dir.join(file).exists(), "--data {}: {file} is missing (see `job --help` for the layout)", dir.display());
+            let files = (0..self.config.edges).map(layout::edge_yaml).chain([layout::PUBLIC_YAML, layout::PRIVATE_YAML, layout::PRIVATE_VAL_YAML].map(String::from));
+            for file in files {
+                ensure!(dir.join(&file).exists(), "--data {}: {file} is missing (see `job --help` for the layout)", dir.display());
             }
             return Ok(dir);
         }
         let out = self.dir("data");
         let c = &self.config;
-        let what = format!("generate {} images at {} px ({} private shards)", c.images, c.imgsz, c.edges);
-        let args = ["synth", "--out", path(&out)?, "--images", &c.images.to_string(), "--imgsz", &c.imgsz.to_string(), "--seed", &c.seed.to_string(), "--edges", &c.edges.to_string()].map(String::from);
+        let what = format!("generate {} images at {} px ({} private shards)", c.images, c.imgsz.px, c.edges);
+        let args = synth::Args { out: out.clone(), images: c.images, imgsz: c.imgsz.px, seed: c.seed, edges: c.edges, private_size: None };
         self.phase("data", &what, |job| {
-            let cmd = job.cloud_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let cmd = job.cloud_cmd("synth", &args);
             job.run_child("data", cmd, spinner("data"), |_| {})
         })?;
         Ok(out)
@@ -152,17 +159,17 @@ impl Job {
         }
         let out = self.dir("pretrain");
         let epochs = self.config.pretrain_epochs;
-        let args = self.training_args("pretrain", &data.join("public.yaml"), &out, epochs)?;
-        let extra = ["--model".to_string(), self.config.model.clone()];
-        self.phase("pretrain", &format!("whole {} on the public split, {epochs} epochs", self.config.model), |job| job.train_child("pretrain", args.into_iter().chain(extra).collect(), &out, epochs))?;
-        Ok(out.join("model.safetensors"))
+        let args = pretrain::Args { run: self.run_flags(&data.join(layout::PUBLIC_YAML), &out, epochs), model: self.config.model.clone(), weights: None };
+        let what = format!("whole {} on the public split, {epochs} epochs", self.config.model.name);
+        self.phase("pretrain", &what, |job| job.train_child("pretrain", job.cloud_cmd("pretrain", &args), &out, epochs))?;
+        Ok(out.join(MODEL_FILE))
     }
 
     fn export(&mut self, pretrained: &Path) -> Result<PathBuf> {
         let out = self.dir("export");
-        let args = ["export", "--weights", path(pretrained)?, "--cut", &self.config.cut.to_string(), "--out", path(&out)?].map(String::from);
-        self.phase("export", &format!("the Front (modules 0..{}) for the edges", self.config.cut - 1), |job| {
-            let cmd = job.cloud_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let args = export::Args { weights: pretrained.to_path_buf(), cut: self.config.cut.clone(), out: out.clone() };
+        self.phase("export", &format!("the Front (modules 0..{}) for the edges", self.config.cut.index - 1), |job| {
+            let cmd = job.cloud_cmd("export", &args);
             job.run_child("export", cmd, spinner("export"), |_| {})
         })?;
         Ok(out)
@@ -181,76 +188,77 @@ impl Job {
             }
             std::fs::write(tokens.join("tokens.txt"), lines)?;
             let c = &job.config;
-            let cmd = job.cloud_cmd(&[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                path(&job.dir("store"))?,
-                "--model",
-                &c.model,
-                "--weights",
-                path(&export.join("front.safetensors"))?,
-                "--cut",
-                &c.cut.to_string(),
-                "--imgsz",
-                &c.imgsz.to_string(),
-                "--tokens",
-                path(&tokens.join("tokens.txt"))?,
-            ]);
-            let h = job.sup.spawn("serve", cmd, &job.log("serve"))?;
-            let addr = job.wait_listening(&h)?;
-            println!("    listening on {addr}");
-            Ok((h, addr, tokens))
+            // A free port, taken from the kernel and released for serve to bind.
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let args = serve::Args {
+                listen: addr,
+                store: job.dir("store"),
+                front: FrontArgs { model: c.model.clone(), weights: vec![export.join(export::FRONT_FILE)], cut: c.cut.clone() },
+                imgsz: c.imgsz,
+                tokens: tokens.join("tokens.txt"),
+                operator_token_file: None,
+                tls_cert: None,
+                tls_key: None,
+                client_ca: None,
+                insecure_plaintext: false,
+                epsilon_budget: None,
+                max_samples_per_edge: None,
+                max_message_bytes: serve::DEFAULT_MAX_MESSAGE_BYTES,
+                max_batch: serve::DEFAULT_MAX_BATCH,
+            };
+            let h = job.sup.spawn("serve", job.cloud_cmd("serve", &args), &job.log("serve"))?;
+            let server = format!("http://{addr}");
+            job.wait_serving(&h, &server)?;
+            println!("    serving on {server}");
+            Ok((h, server, tokens))
         })
     }
 
-    /// Waits for `serve` to print `listening on ADDR` in its log.
-    fn wait_listening(&self, h: &Handle) -> Result<String> {
+    /// Waits until `serve`'s health service reports the upload service SERVING.
+    fn wait_serving(&self, h: &Handle, server: &str) -> Result<()> {
+        let connection = Connection::new(server, &TlsFiles::default(), false)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
         let start = Instant::now();
         loop {
-            let log = std::fs::read_to_string(&h.log).unwrap_or_default();
-            if let Some(addr) = log.lines().find_map(|l| l.strip_prefix("listening on ")) {
-                return Ok(addr.trim().to_string());
+            // Refused connections are expected until serve has loaded the Front and bound the port.
+            if runtime.block_on(connection.serving(FEATURE_UPLOAD)).unwrap_or(false) {
+                return Ok(());
             }
             if let Some(status) = self.sup.try_wait(h)? {
                 check(h, status)?;
-                bail!("serve exited before listening; see {}", h.log.display());
+                bail!("serve exited before serving; see {}", h.log.display());
             }
             if start.elapsed() > SERVE_START {
-                bail!("serve did not start listening within {SERVE_START:?}; last lines of {}:\n{}", h.log.display(), log_tail(&h.log, 15));
+                bail!("serve was not serving within {SERVE_START:?}; last lines of {}:\n{}", h.log.display(), log_tail(&h.log, 15));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Runs every edge to completion; returns how many samples their shards hold.
-    fn edges(&mut self, data: &Path, addr: &str, tokens: &Path) -> Result<usize> {
-        let expected = (0..self.config.edges).map(|k| count_train_images(&data.join(format!("private/edge-{k}.yaml")))).sum::<Result<usize>>()?;
-        let what = format!("{} edge processes stream {expected} samples ({} ε={})", self.config.edges, self.config.mechanism.name(), self.config.epsilon);
+    fn edges(&mut self, data: &Path, server: &str, tokens: &Path) -> Result<usize> {
+        let expected = (0..self.config.edges).map(|k| count_train_images(&data.join(layout::edge_yaml(k)))).sum::<Result<usize>>()?;
+        let what = format!("{} edge processes stream {expected} samples ({})", self.config.edges, self.privacy_setting());
         self.phase("edges", &what, |job| {
             let c = &job.config;
             let mut handles = Vec::new();
             for k in 0..c.edges {
                 let name = format!("edge-{k}");
                 let mut cmd = Command::new(&job.edge);
-                cmd.args([
-                    "run",
-                    "--server",
-                    &format!("http://{addr}"),
-                    "--edge",
+                cmd.args(edge_run_args(
+                    &ClientArgs {
+                        server: server.to_string(),
+                        token_file: tokens.join(format!("{name}.token")),
+                        ca_cert: None,
+                        client_cert: None,
+                        client_key: None,
+                        insecure_plaintext: false,
+                    },
                     &name,
-                    "--token-file",
-                    path(&tokens.join(format!("{name}.token")))?,
-                    "--data",
-                    path(&data.join(format!("private/{name}.yaml")))?,
-                    "--mechanism",
-                    c.mechanism.name(),
-                    "--epsilon",
-                    &c.epsilon.to_string(),
-                    "--cache",
-                    path(&job.dir("edges").join(&name))?,
-                ]);
+                    &data.join(layout::edge_yaml(k)),
+                    &c.privacy,
+                    &job.dir("edges").join(&name),
+                ));
                 // The edges run side by side: one thread each keeps the cores from being oversubscribed.
                 set_threads(&mut cmd, 1);
                 handles.push(job.sup.spawn(&name, cmd, &job.log(&name))?);
@@ -287,44 +295,60 @@ impl Job {
         let out = self.dir("train");
         let epochs = self.config.epochs;
         let c = &self.config;
-        let mut args = self.training_args("train", &data.join("private-val.yaml"), &out, epochs)?;
-        args.extend(
-            ["--weights", path(&export.join("model.safetensors"))?, "--cut", &c.cut.to_string(), "--store", path(&self.dir("store"))?, "--mechanism", c.mechanism.name()]
-                .map(String::from),
-        );
-        args.extend(["--epsilon".to_string(), c.epsilon.to_string()]);
-        self.phase("train", &format!("the Back on the stored features, {epochs} epochs"), |job| job.train_child("train", args, &out, epochs))?;
-        Ok(out.join("model.safetensors"))
+        let args = train_cmd::Args {
+            run: self.run_flags(&data.join(layout::PRIVATE_VAL_YAML), &out, epochs),
+            weights: export.join(MODEL_FILE),
+            model: c.model.clone(),
+            cut: c.cut.clone(),
+            fresh_back: false,
+            privacy: c.privacy,
+            store: Some(self.dir("store")),
+        };
+        self.phase("train", &format!("the Back on the stored features, {epochs} epochs"), |job| job.train_child("train", job.cloud_cmd("train", &args), &out, epochs))?;
+        Ok(out.join(MODEL_FILE))
     }
 
     /// The centralized baseline: the whole pretrained model on the raw private images.
     fn centralized(&mut self, data: &Path, pretrained: &Path) -> Result<PathBuf> {
         let out = self.dir("centralized");
         let epochs = self.config.epochs;
-        let mut args = self.training_args("pretrain", &data.join("private.yaml"), &out, epochs)?;
-        args.extend(["--weights".to_string(), path(pretrained)?.to_string(), "--model".to_string(), self.config.model.clone()]);
-        self.phase("centralized", &format!("the whole model on the raw private images (no split), {epochs} epochs"), |job| job.train_child("centralized", args, &out, epochs))?;
-        Ok(out.join("model.safetensors"))
+        let args = pretrain::Args {
+            run: self.run_flags(&data.join(layout::PRIVATE_YAML), &out, epochs),
+            model: self.config.model.clone(),
+            weights: Some(pretrained.to_path_buf()),
+        };
+        let what = format!("the whole model on the raw private images (no split), {epochs} epochs");
+        self.phase("centralized", &what, |job| job.train_child("centralized", job.cloud_cmd("pretrain", &args), &out, epochs))?;
+        Ok(out.join(MODEL_FILE))
     }
 
-    /// The flags every training phase shares.
-    fn training_args(&self, command: &str, data: &Path, out: &Path, epochs: usize) -> Result<Vec<String>> {
+    /// The flags every training phase shares: the job's batch (also the nominal batch: no
+    /// accumulation), seed, size, warmup and device.
+    fn run_flags(&self, data: &Path, out: &Path, epochs: usize) -> RunFlags {
         let c = &self.config;
-        let batch = c.batch.to_string();
-        let mut args = [command, "--data", path(data)?, "--imgsz", &c.imgsz.to_string(), "--epochs", &epochs.to_string(), "--batch", &batch, "--nbs", &batch, "--seed", &c.seed.to_string(), "--device", &c.device, "--out", path(out)?]
-            .map(String::from)
-            .to_vec();
-        if let Some(n) = c.warmup_min_iters {
-            args.extend(["--warmup-min-iters".to_string(), n.to_string()]);
+        RunFlags {
+            data: data.to_path_buf(),
+            imgsz: c.imgsz,
+            epochs,
+            batch: c.batch,
+            nbs: c.batch,
+            hyp: None,
+            warmup_min_iters: c.warmup_min_iters,
+            cos_lr: false,
+            no_augment: false,
+            seed: c.seed,
+            device: c.device,
+            skip_bad: false,
+            out: out.to_path_buf(),
+            stop_after: None,
+            resume: false,
         }
-        Ok(args)
     }
 
     /// Runs a training child with a bar over epochs fed by its `results.csv`.
-    fn train_child(&self, name: &str, args: Vec<String>, out: &Path, epochs: usize) -> Result<()> {
-        let cmd = self.cloud_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    fn train_child(&self, name: &str, cmd: Command, out: &Path, epochs: usize) -> Result<()> {
         let bar = ProgressBar::new(epochs as u64).with_style(bar_style(name));
-        let results = out.join("results.csv");
+        let results = out.join(RESULTS_FILE);
         self.run_child(name, cmd, bar, |bar| {
             if let Ok(records) = read_results(&results, usize::MAX)
                 && let Some(last) = records.last()
@@ -338,19 +362,27 @@ impl Job {
     fn val(&mut self, data: &Path, models: [(&str, &Path); 3]) -> Result<Vec<(String, Metrics)>> {
         let out = self.dir("val");
         std::fs::create_dir_all(&out)?;
-        let heldout = data.join("private-val.yaml");
+        let heldout = data.join(layout::PRIVATE_VAL_YAML);
         self.phase("val", "every model on the held-out private split", |job| {
             let mut all = Vec::new();
             for (name, weights) in models {
                 let json = out.join(format!("{name}.json"));
-                let cmd = job.cloud_cmd(&["val", "--weights", path(weights)?, "--data", path(&heldout)?, "--json"]);
-                let log = job.log(&format!("val-{name}"));
-                let h = job.sup.spawn(&format!("val-{name}"), cmd, &log)?;
+                let args = val::Args {
+                    weights: weights.to_path_buf(),
+                    data: heldout.clone(),
+                    split: "val".into(),
+                    imgsz: None,
+                    batch: val::DEFAULT_BATCH,
+                    device: job.config.device,
+                    skip_bad: false,
+                    save_json: None,
+                    json: false,
+                    save_metrics: Some(json.clone()),
+                };
+                let h = job.sup.spawn(&format!("val-{name}"), job.cloud_cmd("val", &args), &job.log(&format!("val-{name}")))?;
                 job.sup.wait_ok(&h)?;
-                let text = std::fs::read_to_string(&log)?;
-                let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).with_context(|| format!("val printed no JSON; see {}", log.display()))?;
-                let metrics: Metrics = serde_json::from_str(line).with_context(|| format!("val printed malformed JSON: {line}"))?;
-                std::fs::write(&json, format!("{line}\n"))?;
+                let text = std::fs::read_to_string(&json).with_context(|| format!("val wrote no metrics; see {}", h.log.display()))?;
+                let metrics: Metrics = serde_json::from_str(&text).with_context(|| format!("{}: malformed metrics", json.display()))?;
                 all.push((name.to_string(), metrics));
             }
             Ok(all)
@@ -360,35 +392,39 @@ impl Job {
     fn privacy(&mut self, export: &Path) -> Result<PathBuf> {
         let out = self.dir("privacy");
         let c = &self.config;
-        let args = [
-            "privacy",
-            "--out",
-            path(&out)?,
-            "--model",
-            &c.model,
-            "--weights",
-            path(&export.join("front.safetensors"))?,
-            "--cuts",
-            &c.cut.to_string(),
-            "--mechanism",
-            c.mechanism.name(),
-            "--epsilons",
-            &c.epsilon.to_string(),
-            "--imgsz",
-            &c.imgsz.to_string(),
-            "--seed",
-            &c.seed.to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
-        let steps = [("--decoder-steps", c.decoder_steps), ("--opt-steps", c.opt_steps)];
-        let args: Vec<String> = args.into_iter().chain(steps.into_iter().filter_map(|(flag, n)| Some([flag.to_string(), n?.to_string()])).flatten()).collect();
-        self.phase("privacy", &format!("model-inversion attacks at cut {}: float, 1-bit, ε={}", c.cut, c.epsilon), |job| {
-            let cmd = job.cloud_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let defaults = privacy_cmd::Args::defaults(out.clone());
+        let args = privacy_cmd::Args {
+            model: c.model.clone(),
+            weights: vec![export.join(export::FRONT_FILE)],
+            cuts: vec![c.cut.index],
+            mechanism: c.privacy.mechanism,
+            epsilons: c.privacy.epsilon.into_iter().collect(),
+            imgsz: c.imgsz,
+            decoder_steps: c.decoder_steps.unwrap_or(defaults.decoder_steps),
+            opt_steps: c.opt_steps.unwrap_or(defaults.opt_steps),
+            seed: c.seed,
+            threads: c.threads,
+            device: c.device,
+            ..defaults
+        };
+        let what = format!("model-inversion attacks at cut {}: float, 1-bit, {}", c.cut.index, self.privacy_setting());
+        self.phase("privacy", &what, |job| {
+            let cmd = job.cloud_cmd("privacy", &args);
             job.run_child("privacy", cmd, spinner("privacy"), |_| {})
         })?;
         Ok(out)
     }
+
+    /// The edges' mechanism and ε, for progress lines.
+    fn privacy_setting(&self) -> String {
+        let p = &self.config.privacy;
+        format!("{} ε={}", p.mechanism.name(), p.epsilon.map_or_else(|| "∞".to_string(), |e| e.to_string()))
+    }
+}
+
+/// The command line of `mistnet-edge run` for one edge.
+fn edge_run_args(client: &ClientArgs, edge: &str, data: &Path, privacy: &mistnet_cli::LdpArgs, cache: &Path) -> Vec<OsString> {
+    Argv::new().word("run").group(client).arg("--edge", edge).arg("--data", data).group(privacy).arg("--cache", cache).build()
 }
 
 /// Bytes in the store's segment files (0 while it has none).
@@ -400,10 +436,6 @@ fn stored_bytes(store: &Path) -> u64 {
 /// Caps a child's compute threads (rayon's pool; candle's own pool stays inline, `runtime::init`).
 fn set_threads(cmd: &mut Command, threads: usize) {
     cmd.env("RAYON_NUM_THREADS", threads.to_string());
-}
-
-fn path(p: &Path) -> Result<&str> {
-    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
 }
 
 fn spinner(name: &str) -> ProgressBar {

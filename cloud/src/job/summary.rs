@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mistnet::codec::{DecodeLimits, decode};
-use mistnet_train::fit::Metrics;
-use mistnet_train::fit::report::read_results;
-use mistnet_train::plot::{LinePlot, Series};
+use mistnet_privacy::report::REPORT_JSON;
 use mistnet_store::FeatureStore;
+use mistnet_train::fit::report::read_results;
+use mistnet_train::fit::{Metrics, RESULTS_FILE};
+use mistnet_train::plot::{LinePlot, Series};
 use serde::Serialize;
 
 use super::Args;
@@ -92,12 +93,12 @@ impl Summary {
         let elements = shape[1..].iter().map(|&d| u64::from(d)).product::<u64>();
         let wire = samples.iter().map(|s| s.features.len() as f64).sum::<f64>() / samples.len() as f64;
         Ok(Summary {
-            model: config.model.clone(),
-            imgsz: config.imgsz,
-            cut: config.cut,
+            model: config.model.name.clone(),
+            imgsz: config.imgsz.px,
+            cut: config.cut.index,
             edges: config.edges,
-            mechanism: config.mechanism.name().to_string(),
-            epsilon: Some(config.epsilon),
+            mechanism: config.privacy.mechanism.name().to_string(),
+            epsilon: config.privacy.epsilon,
             samples_expected: expected,
             samples_stored: samples.len(),
             bytes_per_sample: Bytes { elements, wire, f16: elements * 2, f32: elements * 4 },
@@ -114,7 +115,7 @@ impl Summary {
         std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(self)? + "\n")?;
         std::fs::write(out.join("summary.md"), self.table())?;
         let curve = |name: &str, dir: &Path| -> Result<Series> {
-            let records = read_results(&dir.join("results.csv"), usize::MAX)?;
+            let records = read_results(&dir.join(RESULTS_FILE), usize::MAX)?;
             Ok(Series { name: name.into(), points: records.iter().map(|r| ((r.epoch + 1) as f64, r.metrics.map50)).collect() })
         };
         let public = self.map.iter().find(|s| s.model == "public-only").map(|s| s.metrics.map50);
@@ -178,7 +179,7 @@ fn fmt_eps(e: Option<f64>) -> String {
 
 /// The rows of the privacy phase's `report.json`.
 fn read_privacy(dir: &Path) -> Result<Vec<Attack>> {
-    let path = dir.join("report.json");
+    let path = dir.join(REPORT_JSON);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?;
     let rows = report["rows"].as_array().with_context(|| format!("{}: no rows", path.display()))?;
     rows.iter()

@@ -6,6 +6,7 @@ mod auth;
 mod service;
 mod validate;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use mistnet::codec::Shape;
-use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore, config::EMBEDDED_CONFIGS, split::front_prefixes};
+use mistnet::model::{Front, ModelConfig, ParamStore, split::front_prefixes};
+use mistnet_cli::{Argv, FrontArgs, ImageSizeArgs, ToArgs};
 use mistnet_store::{StoreLimits, StoreWriter};
 use mistnet_proto::pb::{
     self, feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer,
@@ -28,8 +30,11 @@ use auth::Tokens;
 use service::{Ingest, Services};
 use validate::Expected;
 
-#[derive(clap::Args)]
-#[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls.\n\n\
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+#[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls. The standard gRPC health service \
+(grpc.health.v1.Health, no token needed) reports mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution and \
+mistnet.v1.IngestStatus SERVING from then on, and NOT_SERVING once shutdown begins. Of --weights, only the \
+Front's tensors are served.\n\n\
 On SIGTERM or Ctrl-C it stops accepting connections and samples, acknowledges the samples already \
 taken once they are durable, ends each upload stream with UNAVAILABLE (edges reconnect and resume \
 later), closes the store and exits 0. Connections still open 10 s after the signal are cut.\n\n\
@@ -41,54 +46,74 @@ Example:\n  mistnet-cloud serve --model yolov5s --weights yolov5s.safetensors --
 pub struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
+    pub listen: SocketAddr,
     /// Directory of the durable feature store (created if missing).
     #[arg(long, default_value = "feature-store")]
-    store: PathBuf,
-    /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x.
-    #[arg(long, default_value = "yolov5s")]
-    model: String,
-    /// Weights in safetensors with Ultralytics key names (repeatable); only the Front's tensors are served.
-    #[arg(long, required = true)]
-    weights: Vec<PathBuf>,
-    /// Split point in Plato's convention: edges run modules 0..cut-1.
-    #[arg(long, default_value_t = DEFAULT_CUT)]
-    cut: usize,
-    /// Letterbox size in pixels edges must use (features are imgsz/stride square).
-    #[arg(long, default_value_t = 640)]
-    imgsz: u32,
+    pub store: PathBuf,
+    // The Front edges run.
+    #[command(flatten)]
+    pub front: FrontArgs,
+    // The letterbox size edges must use: features are imgsz/stride square.
+    #[command(flatten)]
+    pub imgsz: ImageSizeArgs,
     /// Tokens file: one `edge-id token` per line (tokens of at least 16 characters; `#` starts a comment).
     #[arg(long)]
-    tokens: PathBuf,
+    pub tokens: PathBuf,
     /// File holding the operator token (first line, at least 16 characters, not any edge's token): it may
     /// call GetStatus for every edge and nothing else. Without it, status shows each edge only itself.
     #[arg(long)]
-    operator_token_file: Option<PathBuf>,
+    pub operator_token_file: Option<PathBuf>,
     /// Server certificate chain (PEM). With --tls-key, serves TLS.
     #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
     #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// CA certificate (PEM) that client certificates must chain to: turns on mutual TLS.
     #[arg(long, requires = "tls_cert")]
-    client_ca: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
     /// Serve plaintext on a non-loopback address. INSECURE: tokens and features travel in the clear.
     #[arg(long)]
-    insecure_plaintext: bool,
+    pub insecure_plaintext: bool,
     /// Per-edge ε budget (basic composition over every accepted upload, re-uploads included);
     /// uploads past it are refused with RESOURCE_EXHAUSTED. Mechanism-none uploads count as ε = ∞.
     #[arg(long)]
-    epsilon_budget: Option<f64>,
+    pub epsilon_budget: Option<f64>,
     /// Most samples stored per edge; new samples past it are refused with RESOURCE_EXHAUSTED.
     #[arg(long)]
-    max_samples_per_edge: Option<u64>,
+    pub max_samples_per_edge: Option<u64>,
     /// Largest gRPC message accepted from an edge, in bytes.
-    #[arg(long, default_value_t = 16 << 20)]
-    max_message_bytes: usize,
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
     /// Most records written per fsync (group commit).
-    #[arg(long, default_value_t = 256)]
-    max_batch: usize,
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+}
+
+/// Largest gRPC message accepted from an edge by default.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Records per fsync by default.
+pub const DEFAULT_MAX_BATCH: usize = 256;
+
+impl ToArgs for Args {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new()
+            .arg("--listen", self.listen.to_string())
+            .arg("--store", &self.store)
+            .group(&self.front)
+            .group(&self.imgsz)
+            .arg("--tokens", &self.tokens)
+            .opt("--operator-token-file", self.operator_token_file.as_ref())
+            .opt("--tls-cert", self.tls_cert.as_ref())
+            .opt("--tls-key", self.tls_key.as_ref())
+            .opt("--client-ca", self.client_ca.as_ref())
+            .switch("--insecure-plaintext", self.insecure_plaintext)
+            .opt("--epsilon-budget", self.epsilon_budget.map(|b| b.to_string()))
+            .opt("--max-samples-per-edge", self.max_samples_per_edge.map(|n| n.to_string()))
+            .arg("--max-message-bytes", self.max_message_bytes.to_string())
+            .arg("--max-batch", self.max_batch.to_string())
+            .build()
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -212,31 +237,63 @@ fn tls_config(args: &Args) -> Result<Option<ServerTlsConfig>> {
 
 /// Loads the Front to serve and what samples must match.
 fn load_front(args: &Args) -> Result<(pb::GetFrontResponse, Expected)> {
-    if args.imgsz == 0 || !args.imgsz.is_multiple_of(32) {
-        bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
-    }
-    let model_yaml = match std::fs::read_to_string(&args.model) {
-        Ok(text) => text,
-        Err(_) => EMBEDDED_CONFIGS
-            .iter()
-            .find(|(name, _)| *name == args.model)
-            .map(|(_, text)| text.to_string())
-            .with_context(|| format!("model config {} not found (give a YAML file or one of yolov5n/s/m/l/x)", args.model))?,
-    };
+    let (cut, imgsz) = (args.front.cut.index, args.imgsz.px);
+    let model_yaml = args.front.model.yaml()?;
     let config = ModelConfig::from_yaml(&model_yaml)?;
     let specs = config.layers()?;
-    let store = ParamStore::open(&args.weights)?;
-    let front = Front::load(&specs, args.cut, &store, &Device::Cpu)?;
-    let prefixes = front_prefixes(args.cut);
+    let store = ParamStore::open(&args.front.weights)?;
+    let front = Front::load(&specs, cut, &store, &Device::Cpu)?;
+    let prefixes = front_prefixes(cut);
     let tensors: Vec<_> = store.tensors().into_iter().filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p.as_str()))).collect();
     let weights = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).context("cannot serialize the Front's weights")?;
-    let side = args.imgsz as usize / front.out_stride();
+    let side = imgsz as usize / front.out_stride();
     let expected = Expected {
         front_hash: front.hash(),
-        cut: u16::try_from(args.cut).context("--cut is too large")?,
+        cut: u16::try_from(cut).context("--cut is too large")?,
         shape: Shape::from_dims(&[1, front.out_channels(), side, side])?,
         nc: config.nc,
     };
-    let response = pb::GetFrontResponse { model_yaml, cut: args.cut as u32, weights, front_hash: front.hash().to_string(), imgsz: args.imgsz };
+    let response = pb::GetFrontResponse { model_yaml, cut: cut as u32, weights, front_hash: front.hash().to_string(), imgsz };
     Ok((response, expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistnet_cli::{CutArgs, ModelArgs};
+
+    #[test]
+    fn serve_flags_parse_back() {
+        let a = Args {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: "store".into(),
+            front: FrontArgs { model: ModelArgs { name: "yolov5s".into() }, weights: vec!["f.safetensors".into()], cut: CutArgs { index: 2 } },
+            imgsz: ImageSizeArgs { px: 128 },
+            tokens: "tokens.txt".into(),
+            operator_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            insecure_plaintext: false,
+            epsilon_budget: None,
+            max_samples_per_edge: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+        };
+        assert_eq!(mistnet_cli::argv::reparse(&a).unwrap(), a);
+        let b = Args {
+            listen: "[::]:50051".parse().unwrap(),
+            operator_token_file: Some("op.token".into()),
+            tls_cert: Some("s.pem".into()),
+            tls_key: Some("s.key".into()),
+            client_ca: Some("ca.pem".into()),
+            insecure_plaintext: true,
+            epsilon_budget: Some(12.5),
+            max_samples_per_edge: Some(10),
+            max_message_bytes: 1 << 20,
+            max_batch: 8,
+            ..a
+        };
+        assert_eq!(mistnet_cli::argv::reparse(&b).unwrap(), b);
+    }
 }

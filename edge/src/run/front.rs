@@ -10,7 +10,7 @@ use mistnet_proto::MAX_MESSAGE_BYTES;
 use mistnet_proto::pb::{self, front_distribution_client::FrontDistributionClient};
 use tonic::transport::Channel;
 
-use super::connect::Cloud;
+use mistnet_proto::client::Client as Cloud;
 
 /// The Front to run and the geometry the cloud expects.
 pub struct ServedFront {

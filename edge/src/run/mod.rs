@@ -1,7 +1,6 @@
 //! `mistnet-edge run`: fetch the Front, extract and encode the local dataset once, stream it to the
 //! cloud until every sample is acknowledged. Inference only.
 
-mod connect;
 mod front;
 mod spool;
 mod upload;
@@ -15,10 +14,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::codec::{ENCODING_HELP, Encoding};
 use mistnet::data::{BadDataPolicy, Dataset, Sample, Split};
 use mistnet::encoder::EdgeEncoder;
+use mistnet_cli::ClientArgs;
+use mistnet_proto::client::Client as Cloud;
 use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient};
 
 use crate::privatize::PrivacyArgs;
-use connect::{Cloud, TlsFiles};
 use upload::Retry;
 
 #[derive(clap::Args)]
@@ -26,27 +26,12 @@ use upload::Retry;
 Example:\n  mistnet-edge run --server https://cloud:50051 --ca-cert ca.pem --edge edge-1 --token-file edge-1.token \\\n    \
 --data edge-1.yaml --mechanism sue --epsilon 2")]
 pub struct Args {
-    /// Cloud URL: https://HOST:PORT (TLS), or http://127.0.0.1:PORT (plaintext, loopback only).
-    #[arg(long)]
-    server: String,
+    // The cloud (`mistnet-cloud serve`) and this edge's token.
+    #[command(flatten)]
+    client: ClientArgs,
     /// This edge's id, as in the cloud's tokens file.
     #[arg(long)]
     edge: String,
-    /// File holding this edge's token (first line).
-    #[arg(long)]
-    token_file: PathBuf,
-    /// CA certificate (PEM) to verify the cloud with (default: the system roots).
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// Client private key (PEM) for mutual TLS.
-    #[arg(long, requires = "client_cert")]
-    client_key: Option<PathBuf>,
-    /// Allow plaintext to a non-loopback server. INSECURE: the token and features travel in the clear.
-    #[arg(long)]
-    insecure_plaintext: bool,
     /// Local dataset: a dataset YAML or a YOLO-format directory (its train split is uploaded).
     #[arg(long)]
     data: PathBuf,
@@ -72,15 +57,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     args.privacy.privacy()?; // refuse bad privacy flags before connecting
-    let token = mistnet_proto::read_token_file(&args.token_file)?;
-    let tls = TlsFiles { ca_cert: args.ca_cert.clone(), client_cert: args.client_cert.clone(), client_key: args.client_key.clone() };
-    let cloud = Cloud::new(&args.server, &args.edge, &token, &tls, args.insecure_plaintext)?;
+    let cloud: Cloud = args.client.client(Some(&args.edge))?;
     let samples = load_samples(&args.data, if args.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail })?;
     let total = samples.len();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
 
     let (served, stored) = runtime.block_on(async {
-        let channel = cloud.connect().await.with_context(|| format!("cannot connect to {}", args.server))?;
+        let channel = cloud.connect().await?;
         let served = front::fetch(&cloud, channel.clone(), &args.cache).await?;
         let stored = list_stored(&cloud, channel).await?;
         anyhow::Ok((served, stored))

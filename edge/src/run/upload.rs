@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use super::connect::Cloud;
+use mistnet_proto::client::Client as Cloud;
 use super::spool::Spooled;
 
 /// Retry policy.

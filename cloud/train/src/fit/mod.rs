@@ -241,18 +241,6 @@ pub fn save_untrained_back(weights: &Path, cut: usize, out: &Path) -> Result<(),
     Ok(())
 }
 
-/// Parses `--device`: `cpu` or `cuda:N` (the latter needs the `cuda` cargo feature).
-pub fn parse_device(s: &str) -> Result<Device, FitError> {
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let ordinal = s
-        .strip_prefix("cuda:")
-        .and_then(|n| n.parse::<usize>().ok())
-        .ok_or_else(|| FitError::Config(format!("--device must be cpu or cuda:N, got {s}")))?;
-    Device::new_cuda(ordinal).map_err(|e| FitError::Config(format!("--device {s}: {e} (CUDA needs a build with `--features cuda`)")))
-}
-
 /// The checkpoint path of a run directory.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join(CHECKPOINT_FILE)

@@ -38,6 +38,21 @@ pub use canvas::Canvas;
 pub use domain::Domain;
 pub use shapes::{CLASSES, Object};
 
+/// The dataset YAMLs of the layout, relative to the output directory (what `mistnet-cloud job --data` expects).
+pub mod layout {
+    /// The public train + val split.
+    pub const PUBLIC_YAML: &str = "public.yaml";
+    /// Every edge's private images as train (the centralized baseline), the private val split as val.
+    pub const PRIVATE_YAML: &str = "private.yaml";
+    /// The held-out private split.
+    pub const PRIVATE_VAL_YAML: &str = "private-val.yaml";
+
+    /// Edge `k`'s private split.
+    pub fn edge_yaml(k: usize) -> String {
+        format!("private/edge-{k}.yaml")
+    }
+}
+
 /// Settings of a generated dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SynthConfig {
@@ -274,13 +289,13 @@ fn write_yamls(cfg: &SynthConfig, root: &Path) -> Result<Vec<PathBuf>, DataError
     let yaml = |path: PathBuf, train, val| DatasetYaml { path, train, val, nc: names.len(), names: names.clone() };
     let edges: Vec<String> = (0..cfg.edges).map(|k| format!("edge-{k}/images")).collect();
     let mut files = vec![
-        ("public.yaml".to_string(), yaml(root.join("public"), one("train/images"), one("val/images"))),
-        ("private-val.yaml".to_string(), yaml(root.join("private/val"), one("images"), one("images"))),
-        ("private.yaml".to_string(), yaml(root.join("private"), SplitEntry::Many(edges), one("val/images"))),
+        (layout::PUBLIC_YAML.to_string(), yaml(root.join("public"), one("train/images"), one("val/images"))),
+        (layout::PRIVATE_VAL_YAML.to_string(), yaml(root.join("private/val"), one("images"), one("images"))),
+        (layout::PRIVATE_YAML.to_string(), yaml(root.join("private"), SplitEntry::Many(edges), one("val/images"))),
     ];
     for k in 0..cfg.edges {
         let dir = root.join(format!("private/edge-{k}"));
-        files.push((format!("private/edge-{k}.yaml"), yaml(dir, one("images"), one("../val/images"))));
+        files.push((layout::edge_yaml(k), yaml(dir, one("images"), one("../val/images"))));
     }
     let mut written = Vec::with_capacity(files.len());
     for (name, y) in files {
