@@ -17,7 +17,7 @@ use mistnet::encoder::{EdgeEncoder, WireSettings};
 use mistnet::model::deploy::{DeployMeta, specs_for};
 use mistnet::model::{Front, ParamStore, load_back};
 use mistnet_cli::{Argv, CutArgs, LdpArgs, ModelArgs, ToArgs};
-use mistnet_store::FeatureStore;
+use mistnet_store::{FeatureStore, OnCorruption};
 use mistnet_train::fit::{self, EvalSet, FeatureSet, LabelledSource, StoreExpect, Trainee, checkpoint_path, initialize_detect_biases};
 
 use crate::run_flags::RunFlags;
@@ -52,6 +52,10 @@ pub struct Args {
     /// simulating the edges on --data's train split with --mechanism/--epsilon.
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// What reading --store does with corruption at rest (damage followed by valid records): refuse (stop, naming
+    /// the file and byte) or quarantine (skip the damaged bytes with a warning and read every valid record).
+    #[arg(long, value_name = "refuse|quarantine", default_value_t = OnCorruption::Refuse)]
+    pub on_corruption: OnCorruption,
 }
 
 impl ToArgs for Args {
@@ -64,6 +68,7 @@ impl ToArgs for Args {
             .switch("--fresh-back", self.fresh_back)
             .group(&self.privacy)
             .opt("--store", self.store.as_ref())
+            .arg("--on-corruption", self.on_corruption.to_string())
             .build()
     }
 }
@@ -99,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let features = match &args.store {
-        Some(dir) => stored_features(dir, &front, config.imgsz, names.len(), args.run.bad_data_policy())?,
+        Some(dir) => stored_features(dir, args.on_corruption, &front, config.imgsz, names.len(), args.run.bad_data_policy())?,
         None => {
             let privacy = args.privacy.privacy()?;
             let bar = ProgressBar::new(train.samples.len() as u64).with_style(
@@ -125,8 +130,8 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Every usable sample of a feature store (see [`FeatureSet::from_store`]); with --skip-bad the
 /// others are left out and counted.
-fn stored_features(dir: &std::path::Path, front: &Front, imgsz: u32, nc: usize, policy: BadDataPolicy) -> Result<FeatureSet> {
-    let store = FeatureStore::open(dir)?;
+fn stored_features(dir: &std::path::Path, on_corruption: OnCorruption, front: &Front, imgsz: u32, nc: usize, policy: BadDataPolicy) -> Result<FeatureSet> {
+    let store = FeatureStore::open_with(dir, on_corruption)?;
     anyhow::ensure!(!store.is_empty(), "the feature store {} holds no samples", dir.display());
     let expect = StoreExpect::new(front, imgsz, nc)?;
     let (features, skipped) = FeatureSet::from_store(store.samples()?, &expect, policy).with_context(|| format!("feature store {}", dir.display()))?;
@@ -170,9 +175,10 @@ mod tests {
             fresh_back: false,
             privacy: LdpArgs { mechanism: Mechanism::Rr, epsilon: Some(0.5) },
             store: None,
+            on_corruption: OnCorruption::Refuse,
         };
         assert_eq!(reparse(&a).unwrap(), a);
-        let b = Args { fresh_back: true, privacy: LdpArgs { mechanism: Mechanism::None, epsilon: None }, store: Some("store".into()), ..a };
+        let b = Args { fresh_back: true, privacy: LdpArgs { mechanism: Mechanism::None, epsilon: None }, store: Some("store".into()), on_corruption: OnCorruption::Quarantine, ..a };
         assert_eq!(reparse(&b).unwrap(), b);
     }
 }

@@ -303,6 +303,7 @@ impl Job {
             fresh_back: false,
             privacy: c.privacy,
             store: Some(self.dir("store")),
+            on_corruption: mistnet_store::OnCorruption::Refuse,
         };
         self.phase("train", &format!("the Back on the stored features, {epochs} epochs"), |job| job.train_child("train", job.cloud_cmd("train", &args), &out, epochs))?;
         Ok(out.join(MODEL_FILE))

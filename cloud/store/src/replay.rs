@@ -27,6 +27,15 @@ pub enum OnCorruption {
     Quarantine,
 }
 
+impl std::fmt::Display for OnCorruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Refuse => "refuse",
+            Self::Quarantine => "quarantine",
+        })
+    }
+}
+
 impl std::str::FromStr for OnCorruption {
     type Err = String;
 
