@@ -160,7 +160,8 @@ impl Job {
 
     fn export(&mut self, pretrained: &Path) -> Result<PathBuf> {
         let out = self.dir("export");
-        let args = ["export", "--weights", path(pretrained)?, "--cut", &self.config.cut.to_string(), "--out", path(&out)?].map(String::from);
+        let (cut, imgsz) = (self.config.cut.to_string(), self.config.imgsz.to_string());
+        let args = ["export", "--weights", path(pretrained)?, "--cut", &cut, "--imgsz", &imgsz, "--out", path(&out)?].map(String::from);
         self.phase("export", &format!("the Front (modules 0..{}) for the edges", self.config.cut - 1), |job| {
             let cmd = job.cloud_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
             job.run_child("export", cmd, spinner("export"), |_| {})
@@ -180,21 +181,14 @@ impl Job {
                 lines += &format!("edge-{k} {token}\n");
             }
             std::fs::write(tokens.join("tokens.txt"), lines)?;
-            let c = &job.config;
             let cmd = job.cloud_cmd(&[
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--store",
                 path(&job.dir("store"))?,
-                "--model",
-                &c.model,
-                "--weights",
-                path(&export.join("front.safetensors"))?,
-                "--cut",
-                &c.cut.to_string(),
-                "--imgsz",
-                &c.imgsz.to_string(),
+                "--front",
+                path(export)?,
                 "--tokens",
                 path(&tokens.join("tokens.txt"))?,
             ]);

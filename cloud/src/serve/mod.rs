@@ -3,6 +3,7 @@
 //! quotas and an ε budget.
 
 mod auth;
+pub mod manifest;
 mod service;
 mod validate;
 
@@ -12,21 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
-use mistnet::codec::{FrontHash, Shape};
-use mistnet::model::{DEFAULT_CUT, Front, ModelConfig, ParamStore, config::EMBEDDED_CONFIGS, split::front_prefixes};
+use mistnet::model::DEFAULT_CUT;
 use mistnet_cloud::store::{StoreLimits, StoreWriter};
 use mistnet_proto::pb::{
-    self, feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer,
-    ingest_status_server::IngestStatusServer,
+    feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer, ingest_status_server::IngestStatusServer,
 };
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use auth::Tokens;
+use manifest::ServedFront;
 use service::{Ingest, Services};
-use validate::Expected;
 
 #[derive(clap::Args)]
 #[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls.\n\n\
@@ -36,8 +34,12 @@ later), closes the store and exits 0. Connections still open 10 s after the sign
 Every edge call needs `authorization: Bearer <token>` and `x-mistnet-edge: <edge id>` metadata matching a line of \
 --tokens. With --operator-token-file, a GetStatus call with the operator token and no `x-mistnet-edge` shows every \
 edge (`mistnet-cloud status` without --edge); an edge's token shows only that edge.\n\n\
-Example:\n  mistnet-cloud serve --model yolov5s --weights yolov5s.safetensors --cut 4 --tokens tokens.txt \\\n    \
---tls-cert server.pem --tls-key server.key --listen 0.0.0.0:50051 --store features/")]
+Samples are checked against the served model: its Front hash, cut and feature shape, and its own classes (a box's \
+class must be below its nc).\n\n\
+Examples:\n  mistnet-cloud export --weights model.safetensors --cut 4 --out deploy/\n  \
+mistnet-cloud serve --front deploy/ --tokens tokens.txt --tls-cert server.pem --tls-key server.key \\\n    \
+--listen 0.0.0.0:50051 --store features/\n  \
+mistnet-cloud serve --model yolov5s --weights yolov5s.safetensors --cut 4 --imgsz 640 --tokens tokens.txt --store features/")]
 pub struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -45,11 +47,17 @@ pub struct Args {
     /// Directory of the durable feature store (created if missing).
     #[arg(long, default_value = "feature-store")]
     store: PathBuf,
-    /// Model config: a YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x.
+    /// Serve the output directory of `mistnet-cloud export` (manifest.json and front.safetensors): the Front,
+    /// cut, imgsz, feature shape and classes come from its manifest; no model is built.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["weights", "model", "cut", "imgsz"])]
+    front: Option<PathBuf>,
+    /// Model config (YAML file in the Ultralytics format, or one of yolov5n/s/m/l/x) of --weights that have
+    /// no `mistnet` metadata; a deployable model's own config and class names are used otherwise.
     #[arg(long, default_value = "yolov5s")]
     model: String,
-    /// Weights in safetensors with Ultralytics key names (repeatable); only the Front's tensors are served.
-    #[arg(long, required = true)]
+    /// Weights in safetensors with Ultralytics key names (repeatable), without --front; only the Front's tensors
+    /// are served. Classes: a deployable model's names, else as many as the Detect head outputs.
+    #[arg(long, required_unless_present = "front")]
     weights: Vec<PathBuf>,
     /// Split point in Plato's convention: edges run modules 0..cut-1.
     #[arg(long, default_value_t = DEFAULT_CUT)]
@@ -102,7 +110,14 @@ pub fn run(args: Args) -> Result<()> {
     if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
         bail!("refusing plaintext on {}: give --tls-cert/--tls-key, listen on loopback, or pass --insecure-plaintext", args.listen);
     }
-    let (front, expected) = load_front(&args)?;
+    let served = match &args.front {
+        Some(dir) => ServedFront::read(dir)?,
+        None => front_of_weights(&args)?,
+    };
+    let expected = served.expected()?;
+    let names = &served.manifest.names;
+    tracing::info!(cut = served.manifest.cut, imgsz = served.manifest.imgsz, nc = names.len(), ?names, "serving the Front");
+    let front = served.response();
     let limits = StoreLimits {
         epsilon_budget: args.epsilon_budget,
         max_samples_per_edge: args.max_samples_per_edge,
@@ -210,33 +225,10 @@ fn tls_config(args: &Args) -> Result<Option<ServerTlsConfig>> {
     Ok(Some(tls))
 }
 
-/// Loads the Front to serve and what samples must match.
-fn load_front(args: &Args) -> Result<(pb::GetFrontResponse, Expected)> {
-    if args.imgsz == 0 || !args.imgsz.is_multiple_of(32) {
-        bail!("--imgsz must be a positive multiple of 32, got {}", args.imgsz);
-    }
-    let model_yaml = match std::fs::read_to_string(&args.model) {
-        Ok(text) => text,
-        Err(_) => EMBEDDED_CONFIGS
-            .iter()
-            .find(|(name, _)| *name == args.model)
-            .map(|(_, text)| text.to_string())
-            .with_context(|| format!("model config {} not found (give a YAML file or one of yolov5n/s/m/l/x)", args.model))?,
-    };
-    let config = ModelConfig::from_yaml(&model_yaml)?;
-    let specs = config.layers()?;
-    let store = ParamStore::open(&args.weights)?;
-    let front = Front::load(&specs, args.cut, &store, &Device::Cpu)?;
-    let prefixes = front_prefixes(args.cut);
-    let tensors: Vec<_> = store.tensors().into_iter().filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p.as_str()))).collect();
-    let weights = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).context("cannot serialize the Front's weights")?;
-    let side = args.imgsz as usize / front.out_stride();
-    let expected = Expected {
-        front_hash: front.hash().parse::<FrontHash>()?,
-        cut: u16::try_from(args.cut).context("--cut is too large")?,
-        shape: Shape::from_dims(&[1, front.out_channels(), side, side])?,
-        nc: config.nc,
-    };
-    let response = pb::GetFrontResponse { model_yaml, cut: args.cut as u32, weights, front_hash: front.hash().to_string(), imgsz: args.imgsz };
-    Ok((response, expected))
+/// The Front of --model/--weights/--cut/--imgsz, computed as `export` computes it.
+fn front_of_weights(args: &Args) -> Result<ServedFront> {
+    let (model_yaml, names) = crate::export::model_and_classes(&args.model, &args.weights)?;
+    let exported = crate::export::export_front(&model_yaml, names, args.imgsz, args.cut, &args.weights)?;
+    let weights = safetensors::serialize(exported.tensors.iter(), None).context("cannot serialize the Front's weights")?;
+    ServedFront::new(exported.manifest, weights)
 }

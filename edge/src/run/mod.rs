@@ -83,6 +83,10 @@ pub fn run(args: Args) -> Result<()> {
         let stored = list_stored(&cloud, channel).await?;
         anyhow::Ok((served, stored))
     })?;
+    let nc = served.names.len();
+    if let Some((id, class)) = samples.iter().find_map(|(id, s)| s.labels.iter().find(|l| nc > 0 && l.class >= nc).map(|l| (id, l.class))) {
+        bail!("sample {id} has class {class}, but the cloud's model has {nc} classes {:?}: the dataset does not match the served model", served.names);
+    }
     let params = args.privacy.encode_params(args.encoding, served.front.cut(), served.front.hash())?;
     let spool_dir = spool::dir(&args.cache, served.front.hash(), &params);
     tracing::info!(samples = total, already_stored = stored.len(), front = %served.front.hash(), "starting");
