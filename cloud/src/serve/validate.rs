@@ -1,5 +1,6 @@
-//! Validation of an uploaded sample against the served Front: the codec decoder, cut, shape and
-//! Front hash, then the sample id, image size and labels. Every failure is a sentence for the edge.
+//! Validation of an uploaded sample against the served model ([`Expected`], from its manifest):
+//! the sample id, the codec decoder, Front hash, cut and shape, then the image size and labels
+//! (docs/feature-store.md, "Validation before storage"). Every failure is a sentence for the edge.
 
 use mistnet::codec::{DecodeLimits, FrontHash, Shape, decode};
 use mistnet::data::Label;
@@ -9,13 +10,13 @@ use mistnet_proto::pb;
 /// Longest sample id accepted, in bytes.
 pub const MAX_SAMPLE_ID: usize = 256;
 
-/// What every sample must match.
+/// What every sample must match ([`super::manifest::ServedFront::expected`]).
 #[derive(Debug, Clone)]
 pub struct Expected {
     pub front_hash: FrontHash,
     pub cut: u16,
     pub shape: Shape,
-    /// Number of classes of the model.
+    /// Number of classes of the served model (its own, not a config's).
     pub nc: usize,
 }
 
