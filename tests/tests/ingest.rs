@@ -6,6 +6,7 @@ use std::process::Command;
 
 use mistnet::codec::{EncodeParams, Encoding, FrontHash, Mechanism, Privacy, encode, seeded_rng};
 use mistnet_cloud::store::FeatureStore;
+use mistnet::data::synth::{SynthConfig, generate};
 use mistnet_e2e::{Proc, binary, start_cloud};
 use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient, ingest_status_client::IngestStatusClient};
 use mistnet_proto::{AUTHORIZATION, EDGE_HEADER};
@@ -293,4 +294,31 @@ fn epsilon_total_is_infinite_once_an_upload_without_noise_is_accepted() {
     assert_eq!(edge["epsilon_total"], "inf");
     let ledger: Vec<(&str, &serde_json::Value)> = edge["ledger"].as_array().unwrap().iter().map(|l| (l["sample_id"].as_str().unwrap(), &l["epsilon_total"])).collect();
     assert_eq!(ledger, [("noisy", &serde_json::json!(2.0)), ("plain", &serde_json::json!("inf"))]);
+}
+
+#[test]
+fn an_edge_whose_labels_are_not_the_served_models_classes_stops_before_uploading() {
+    let w = world();
+    let (_cloud, addr) = w.serve("store", &["--front", s(&w.export)]);
+    // The edge's dataset has 8 classes; one image has an object of class 7, which the served model (5) lacks.
+    let data = w.root.join("data");
+    generate(&SynthConfig { images: 20, imgsz: 128, seed: 7, edges: 1 }, &data).unwrap();
+    let yaml = data.join("private/edge-0.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap().replace("nc: 5", "nc: 8") + "- extra-5\n- extra-6\n- extra-7\n";
+    std::fs::write(&yaml, text).unwrap();
+    let labels = data.join("private/edge-0/labels");
+    let first = std::fs::read_dir(&labels).unwrap().map(|e| e.unwrap().path()).filter(|p| std::fs::read_to_string(p).unwrap().contains(' ')).min().unwrap();
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&first, format!("7{}", &text[text.find(' ').unwrap()..])).unwrap();
+
+    let out = Command::new(binary("mistnet-edge"))
+        .args(["run", "--server", &format!("http://{addr}"), "--edge", EDGE, "--token-file", s(&w.root.join("edge.token")), "--data", s(&yaml)])
+        .args(["--mechanism", "sue", "--epsilon", "2", "--cache", s(&w.root.join("cache"))])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the edge uploaded a dataset the model cannot learn");
+    assert!(err.contains("has class 7, but the cloud's model has 5 classes"), "{err}");
+    assert_eq!(FeatureStore::open(w.root.join("store")).map(|s| s.len()).unwrap_or(0), 0);
 }
