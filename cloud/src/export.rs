@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use mistnet::model::deploy::{DeployMeta, META_KEY, model_yaml, save_deployable, specs_for};
 use mistnet::model::split::front_prefixes;
 use mistnet::model::weights::{hash_tensors, save_tensors};
-use mistnet::model::{DEFAULT_CUT, Front, LayerKind, ModelConfig, ParamStore, check_cut};
+use mistnet::model::{DEFAULT_CUT, Front, LayerKind, ModelConfig, ParamStore};
 use serde::Serialize;
 
 use crate::serve::manifest::{FileEntry, FrontManifest, MANIFEST_FILE};
@@ -128,7 +128,6 @@ fn read_header(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>
 
 pub fn run(args: Args) -> Result<()> {
     let meta = DeployMeta::read(&args.weights)?;
-    check_cut(&meta.specs()?, args.cut)?;
     if let Some(cut) = meta.binarized_cut.filter(|&c| c != args.cut) {
         bail!("{} is a MistNet model trained at cut {cut}; --cut must be {cut}", args.weights.display());
     }

@@ -1,6 +1,10 @@
 //! `mistnet-cloud serve`: the ingest service. Serves the Front, validates uploaded samples and
 //! stores them durably, exactly once per (edge, sample id), with per-edge tokens, TLS/mTLS,
 //! quotas and an ε budget.
+//!
+//! What it serves is a [`manifest::ServedFront`]: read from `export`'s directory (`--front`), or
+//! computed from `--weights` by `export`'s own function. The services (`service`, `validate`,
+//! `auth`) see only that, never the model.
 
 mod auth;
 pub mod manifest;
