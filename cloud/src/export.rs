@@ -22,8 +22,8 @@ pub const FRONT_FILE: &str = "front.safetensors";
 #[command(after_help = "Writes into --out:\n  \
 front.safetensors   layers 0..cut-1 (Ultralytics names, f32): what `mistnet-edge extract` and the edge agents load\n  \
 model.safetensors   every layer, deployable (`mistnet-edge detect`, `mistnet-cloud val`)\n  \
-manifest.json       model config, class names (nc, names), imgsz, cut, stride, feature shape, whether the Back expects\n                      \
-binarized features, SHA-256 hashes: everything `mistnet-cloud serve --front DIR` needs\n\
+manifest.json       everything `mistnet-cloud serve --front DIR` needs (model config, class names nc/names, imgsz, cut, \
+stride, feature shape, the Front's SHA-256), whether the Back expects binarized features, the model's SHA-256\n\
 The Front hash is the one edges put in every feature message (SHA-256 over names, shapes and f32 values; \
 docs/wire-format.md).\n\n\
 Example:\n  mistnet-cloud export --weights runs/pretrain/model.safetensors --cut 4 --out deploy/")]

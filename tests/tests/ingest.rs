@@ -322,3 +322,16 @@ fn an_edge_whose_labels_are_not_the_served_models_classes_stops_before_uploading
     assert!(err.contains("has class 7, but the cloud's model has 5 classes"), "{err}");
     assert_eq!(FeatureStore::open(w.root.join("store")).map(|s| s.len()).unwrap_or(0), 0);
 }
+
+#[test]
+fn weights_without_class_names_serve_as_many_classes_as_their_detect_head_outputs() {
+    let w = world();
+    // Converted from Ultralytics: no `mistnet` metadata, an 80-class Detect head (255 = 3 × (80 + 5) rows).
+    let raw = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/tests/fixtures/yolov5/yolov5n_weights.safetensors");
+    let (_cloud, addr) = w.serve("store", &["--model", "yolov5n", "--weights", raw, "--cut", "4", "--imgsz", "64"]);
+    let front = tokio::runtime::Runtime::new().unwrap().block_on(get_front(&addr, ""));
+    assert_eq!(front.names, (0..80).map(|c| c.to_string()).collect::<Vec<_>>());
+    // A config whose Detect head does not match the weights' is refused, not served with the config's nc.
+    let err = w.serve_fails(&["--model", "yolov5s", "--weights", raw, "--cut", "4", "--imgsz", "64"]);
+    assert!(err.contains("shape"), "{err}");
+}

@@ -145,8 +145,8 @@ pub fn front_hash(safetensors_bytes: &[u8], cut: usize) -> Result<(String, usize
     let mut h = Sha256::new();
     for (name, view) in &tensors {
         let layer = name.strip_prefix("model.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok());
-        if !layer.is_some_and(|i| i < cut) {
-            bail!("tensor {name} is not a Front tensor at cut {cut} (model.0. .. model.{}.)", cut - 1);
+        if layer.is_none_or(|i| i >= cut) {
+            bail!("tensor {name} is not a Front tensor at cut {cut} (model.{{i}}. with i < {cut})");
         }
         if view.dtype() != safetensors::Dtype::F32 {
             bail!("tensor {name} is {:?}; the Front file holds f32 tensors", view.dtype());
