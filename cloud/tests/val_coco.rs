@@ -77,3 +77,15 @@ fn save_json_writes_the_coco_files_own_image_and_category_ids() {
         assert!((yolo[key].as_f64().unwrap() - metrics[key].as_f64().unwrap()).abs() < 1e-3, "{key}: COCO {metrics} vs YOLO {yolo}");
     }
 }
+
+#[test]
+fn a_coco_file_with_an_image_id_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coco = tmp.path().join("instances.json");
+    let image = |id: u64, file: &str| json!({"id": id, "file_name": file, "width": 8, "height": 8});
+    let categories: Vec<_> = ["disc", "square", "triangle", "ring", "cross"].iter().zip(CATEGORY_IDS).map(|(n, id)| json!({"id": id, "name": n})).collect();
+    std::fs::write(&coco, json!({"images": [image(0, "a.png"), image(5, "b.png"), image(5, "c.png")], "annotations": [], "categories": categories}).to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mistnet-cloud")).args(["val", "--weights", PRETRAINED, "--data", coco.to_str().unwrap(), "--split", "train"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("image id 5 appears twice"), "{err}");
+}
