@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use mistnet::codec::{EncodeParams, Encoding, FrontHash, Mechanism, Privacy, encode, seeded_rng};
-use mistnet::model::{Front, ModelConfig, ParamStore};
+use mistnet::model::batch_norm::BatchNormConfig;
+use mistnet::model::{Front, ModelConfig, ParamStore, Yolo};
 use mistnet_proto::client::{Connection, Credentials, TlsFiles};
 use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient};
 use rand::Rng;
@@ -48,11 +49,13 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let tokens: String = (0..edge_counts.iter().copied().max().unwrap_or(1)).map(|e| format!("edge-{e:03} {}\n", token(e))).collect();
     std::fs::write(tmp.path().join("tokens.txt"), tokens).unwrap();
-    // A random-init yolov5s Front: the server needs weights to serve, and their values do not matter here.
-    let weights = tmp.path().join("yolov5s-front.safetensors");
+    // A random-init yolov5s: the server needs the Front to serve and the Detect head to know the classes;
+    // the values do not matter here.
+    let weights = tmp.path().join("yolov5s.safetensors");
     let specs = ModelConfig::load("yolov5s").unwrap().layers().unwrap();
     let params = ParamStore::fresh(0);
     let front = Front::load(&specs, CUT, &params, &Device::Cpu).unwrap();
+    Yolo::load(params.var_builder(&Device::Cpu), &specs, 0, BatchNormConfig::default()).unwrap();
     params.save(&weights).unwrap();
     let shape = [1usize, front.out_channels(), IMGSZ / front.out_stride(), IMGSZ / front.out_stride()];
     // MISTNET_CLOUD_BIN runs another build of the server against this client (before/after comparisons).

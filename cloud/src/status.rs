@@ -63,7 +63,7 @@ fn to_json(s: &pb::StatusResponse) -> serde_json::Value {
             "samples": e.samples,
             "feature_bytes": e.feature_bytes,
             "uploads": e.uploads,
-            "epsilon_total": e.epsilon_total,
+            "epsilon_total": eps(e.epsilon_total),
             "uploads_without_privacy": e.uploads_without_privacy,
             "ledger": e.ledger.iter().map(|l| json!({
                 "sample_id": l.sample_id,

@@ -15,7 +15,8 @@ use mistnet_train::fit::EvalSet;
 without randomized response, then the Back. A whole model (from `pretrain`) runs on the images directly.\n\
 NMS as YOLOv5 val.py: conf 0.001, IoU 0.6, class-aware, multi-label, at most 300 detections per image.\n\
 Prints COCO mAP@[.5:.95] and mAP@.5 (pycocotools semantics) and YOLOv5 val.py's mAP (101-point interpolation).\n\
-COCO ids: image k of the split (in load order, from 0) is image_id k+1; class c is category_id c+1.\n\n\
+COCO ids: with a COCO JSON dataset, the file's own image_id and category_id (so pycocotools scores the detections \
+against that file); otherwise image k of the split (in load order, from 0) is image_id k+1 and class c is category_id c+1.\n\n\
 Example:\n  mistnet-cloud val --weights runs/mistnet/model.safetensors --data data/synth/private-val.yaml --json")]
 pub struct Args {
     /// A deployable model (model.safetensors of `train`/`pretrain`, or `export`'s).

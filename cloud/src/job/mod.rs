@@ -28,9 +28,9 @@ const DEFAULT_EPSILON: &str = "4";
 #[command(after_help = "Phases, each a child process with its log in --out/logs/<phase>.log:\n\
 1. data: `synth` writes the public split, one private shard per edge and a held-out private split (skipped with --data).\n\
 2. pretrain: `pretrain` trains the whole model on the public split (skipped with --weights).\n\
-3. export: `export` writes the Front at --cut.\n\
-4. serve: `serve` listens on 127.0.0.1 (a free port) with a fresh token per edge; the store is --out/store. The job waits \
-until its gRPC health service reports the upload service SERVING.\n\
+3. export: `export` writes the Front at --cut and --imgsz with its manifest.\n\
+4. serve: `serve --front` serves the export on 127.0.0.1 (a free port) with a fresh token per edge; the store is --out/store. \
+The job waits until its gRPC health service reports the upload service SERVING.\n\
 5. edges: one `mistnet-edge run` per shard fetches the Front, extracts, privatizes and streams over gRPC.\n\
 6. train: `train --store` trains the Back on the stored features, from the pretrained weights.\n\
 7. centralized: `pretrain` trains the whole model on the raw private images (no split, no noise), same start and epochs.\n\

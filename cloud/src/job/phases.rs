@@ -16,7 +16,7 @@ use mistnet::data::synth::layout;
 use mistnet_cli::{Argv, ClientArgs, FrontArgs, ToArgs};
 use mistnet_proto::client::{Connection, TlsFiles};
 use mistnet_proto::pb::feature_upload_server::SERVICE_NAME as FEATURE_UPLOAD;
-use mistnet_store::segment;
+use mistnet_store::{OnCorruption, segment};
 use mistnet_train::fit::report::read_results;
 use mistnet_train::fit::{MODEL_FILE, Metrics, RESULTS_FILE};
 use rand::Rng;
@@ -167,7 +167,7 @@ impl Job {
 
     fn export(&mut self, pretrained: &Path) -> Result<PathBuf> {
         let out = self.dir("export");
-        let args = export::Args { weights: pretrained.to_path_buf(), cut: self.config.cut.clone(), out: out.clone() };
+        let args = export::Args { weights: pretrained.to_path_buf(), cut: self.config.cut.clone(), imgsz: Some(self.config.imgsz.px), out: out.clone() };
         self.phase("export", &format!("the Front (modules 0..{}) for the edges", self.config.cut.index - 1), |job| {
             let cmd = job.cloud_cmd("export", &args);
             job.run_child("export", cmd, spinner("export"), |_| {})
@@ -193,7 +193,8 @@ impl Job {
             let args = serve::Args {
                 listen: addr,
                 store: job.dir("store"),
-                front: FrontArgs { model: c.model.clone(), weights: vec![export.join(export::FRONT_FILE)], cut: c.cut.clone() },
+                export: Some(export.to_path_buf()),
+                front: FrontArgs { model: c.model.clone(), weights: vec![], cut: c.cut.clone() },
                 imgsz: c.imgsz,
                 tokens: tokens.join("tokens.txt"),
                 operator_token_file: None,
@@ -203,6 +204,8 @@ impl Job {
                 insecure_plaintext: false,
                 epsilon_budget: None,
                 max_samples_per_edge: None,
+                max_bytes_per_edge: None,
+                on_corruption: OnCorruption::Refuse,
                 max_message_bytes: serve::DEFAULT_MAX_MESSAGE_BYTES,
                 max_batch: serve::DEFAULT_MAX_BATCH,
             };
@@ -303,7 +306,7 @@ impl Job {
             fresh_back: false,
             privacy: c.privacy,
             store: Some(self.dir("store")),
-            on_corruption: mistnet_store::OnCorruption::Refuse,
+            on_corruption: OnCorruption::Refuse,
         };
         self.phase("train", &format!("the Back on the stored features, {epochs} epochs"), |job| job.train_child("train", job.cloud_cmd("train", &args), &out, epochs))?;
         Ok(out.join(MODEL_FILE))

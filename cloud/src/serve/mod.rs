@@ -1,8 +1,13 @@
 //! `mistnet-cloud serve`: the ingest service. Serves the Front, validates uploaded samples and
 //! stores them durably, exactly once per (edge, sample id), with per-edge tokens, TLS/mTLS,
 //! quotas and an ε budget.
+//!
+//! What it serves is a [`manifest::ServedFront`]: read from `export`'s directory (`--front`), or
+//! computed from `--weights` by `export`'s own function. The services (`service`, `validate`,
+//! `auth`) see only that, never the model.
 
 mod auth;
+pub mod manifest;
 mod service;
 mod validate;
 
@@ -13,24 +18,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
-use mistnet::codec::Shape;
-use mistnet::model::{Front, ModelConfig, ParamStore, split::front_prefixes};
 use mistnet_cli::{Argv, FrontArgs, ImageSizeArgs, ToArgs};
-use mistnet_store::{StoreLimits, StoreWriter};
+use mistnet_store::{OnCorruption, StoreLimits, StoreWriter};
 use mistnet_proto::pb::{
-    self, feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer,
-    ingest_status_server::IngestStatusServer,
+    feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer, ingest_status_server::IngestStatusServer,
 };
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use auth::Tokens;
+use manifest::ServedFront;
 use service::{Ingest, Services};
-use validate::Expected;
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
+#[command(mut_arg("weights", |a| a.required(false).required_unless_present("export")))]
 #[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls. The standard gRPC health service \
 (grpc.health.v1.Health, no token needed) reports mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution and \
 mistnet.v1.IngestStatus SERVING from then on, and NOT_SERVING once shutdown begins. Of --weights, only the \
@@ -41,8 +43,12 @@ later), closes the store and exits 0. Connections still open 10 s after the sign
 Every edge call needs `authorization: Bearer <token>` and `x-mistnet-edge: <edge id>` metadata matching a line of \
 --tokens. With --operator-token-file, a GetStatus call with the operator token and no `x-mistnet-edge` shows every \
 edge (`mistnet-cloud status` without --edge); an edge's token shows only that edge.\n\n\
-Example:\n  mistnet-cloud serve --model yolov5s --weights yolov5s.safetensors --cut 4 --tokens tokens.txt \\\n    \
---tls-cert server.pem --tls-key server.key --listen 0.0.0.0:50051 --store features/")]
+Samples are checked against the served model: its Front hash, cut and feature shape, and its own classes (a box's \
+class must be below its nc).\n\n\
+Examples:\n  mistnet-cloud export --weights model.safetensors --cut 4 --out deploy/\n  \
+mistnet-cloud serve --front deploy/ --tokens tokens.txt --tls-cert server.pem --tls-key server.key \\\n    \
+--listen 0.0.0.0:50051 --store features/\n  \
+mistnet-cloud serve --model yolov5s --weights yolov5s.safetensors --cut 4 --imgsz 640 --tokens tokens.txt --store features/")]
 pub struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -50,7 +56,12 @@ pub struct Args {
     /// Directory of the durable feature store (created if missing).
     #[arg(long, default_value = "feature-store")]
     pub store: PathBuf,
-    // The Front edges run.
+    /// Serve the output directory of `mistnet-cloud export` (manifest.json and front.safetensors): the Front,
+    /// cut, imgsz, feature shape and classes come from its manifest; no model is built.
+    #[arg(long = "front", value_name = "DIR", conflicts_with_all = ["weights", "model", "cut", "imgsz"])]
+    pub export: Option<PathBuf>,
+    // Without --front: the Front edges run, computed as `export` computes it. Only the Front's tensors of
+    // --weights are served; classes are a deployable model's names, else as many as the Detect head outputs.
     #[command(flatten)]
     pub front: FrontArgs,
     // The letterbox size edges must use: features are imgsz/stride square.
@@ -82,6 +93,14 @@ pub struct Args {
     /// Most samples stored per edge; new samples past it are refused with RESOURCE_EXHAUSTED.
     #[arg(long)]
     pub max_samples_per_edge: Option<u64>,
+    /// Refuse new samples of an edge once its stored feature bytes would pass this many.
+    #[arg(long, value_name = "BYTES")]
+    pub max_bytes_per_edge: Option<u64>,
+    /// What opening the store does with corruption at rest (damage followed by valid records): refuse (do not start,
+    /// naming the file and byte) or quarantine (set the damaged bytes aside in DIR/quarantine/ and keep every valid
+    /// record; the lost samples' edges upload them again). A torn tail left by a crash is always cut off.
+    #[arg(long, value_name = "refuse|quarantine", default_value_t = OnCorruption::Refuse)]
+    pub on_corruption: OnCorruption,
     /// Largest gRPC message accepted from an edge, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
@@ -97,12 +116,13 @@ pub const DEFAULT_MAX_BATCH: usize = 256;
 
 impl ToArgs for Args {
     fn to_args(&self) -> Vec<OsString> {
-        Argv::new()
-            .arg("--listen", self.listen.to_string())
-            .arg("--store", &self.store)
-            .group(&self.front)
-            .group(&self.imgsz)
-            .arg("--tokens", &self.tokens)
+        let mut argv = Argv::new();
+        argv.arg("--listen", self.listen.to_string()).arg("--store", &self.store);
+        match &self.export {
+            Some(dir) => argv.arg("--front", dir),
+            None => argv.group(&self.front).group(&self.imgsz),
+        };
+        argv.arg("--tokens", &self.tokens)
             .opt("--operator-token-file", self.operator_token_file.as_ref())
             .opt("--tls-cert", self.tls_cert.as_ref())
             .opt("--tls-key", self.tls_key.as_ref())
@@ -110,6 +130,8 @@ impl ToArgs for Args {
             .switch("--insecure-plaintext", self.insecure_plaintext)
             .opt("--epsilon-budget", self.epsilon_budget.map(|b| b.to_string()))
             .opt("--max-samples-per-edge", self.max_samples_per_edge.map(|n| n.to_string()))
+            .opt("--max-bytes-per-edge", self.max_bytes_per_edge.map(|n| n.to_string()))
+            .arg("--on-corruption", self.on_corruption.to_string())
             .arg("--max-message-bytes", self.max_message_bytes.to_string())
             .arg("--max-batch", self.max_batch.to_string())
             .build()
@@ -127,10 +149,19 @@ pub fn run(args: Args) -> Result<()> {
     if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
         bail!("refusing plaintext on {}: give --tls-cert/--tls-key, listen on loopback, or pass --insecure-plaintext", args.listen);
     }
-    let (front, expected) = load_front(&args)?;
+    let served = match &args.export {
+        Some(dir) => ServedFront::read(dir)?,
+        None => front_of_weights(&args)?,
+    };
+    let expected = served.expected()?;
+    let names = &served.manifest.names;
+    tracing::info!(cut = served.manifest.cut, imgsz = served.manifest.imgsz, nc = names.len(), ?names, "serving the Front");
+    let front = served.response();
     let limits = StoreLimits {
         epsilon_budget: args.epsilon_budget,
         max_samples_per_edge: args.max_samples_per_edge,
+        max_bytes_per_edge: args.max_bytes_per_edge,
+        on_corruption: args.on_corruption,
         max_batch: args.max_batch,
         ..StoreLimits::default()
     };
@@ -235,26 +266,13 @@ fn tls_config(args: &Args) -> Result<Option<ServerTlsConfig>> {
     Ok(Some(tls))
 }
 
-/// Loads the Front to serve and what samples must match.
-fn load_front(args: &Args) -> Result<(pb::GetFrontResponse, Expected)> {
-    let (cut, imgsz) = (args.front.cut.index, args.imgsz.px);
-    let model_yaml = args.front.model.yaml()?;
-    let config = ModelConfig::from_yaml(&model_yaml)?;
-    let specs = config.layers()?;
-    let store = ParamStore::open(&args.front.weights)?;
-    let front = Front::load(&specs, cut, &store, &Device::Cpu)?;
-    let prefixes = front_prefixes(cut);
-    let tensors: Vec<_> = store.tensors().into_iter().filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p.as_str()))).collect();
-    let weights = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).context("cannot serialize the Front's weights")?;
-    let side = imgsz as usize / front.out_stride();
-    let expected = Expected {
-        front_hash: front.hash(),
-        cut: u16::try_from(cut).context("--cut is too large")?,
-        shape: Shape::from_dims(&[1, front.out_channels(), side, side])?,
-        nc: config.nc,
-    };
-    let response = pb::GetFrontResponse { model_yaml, cut: cut as u32, weights, front_hash: front.hash().to_string(), imgsz };
-    Ok((response, expected))
+/// The Front of --model/--weights/--cut/--imgsz, computed as `export` computes it.
+fn front_of_weights(args: &Args) -> Result<ServedFront> {
+    let weights = &args.front.weights;
+    let (model_yaml, names) = crate::export::model_and_classes(&args.front.model.name, weights)?;
+    let exported = crate::export::export_front(&model_yaml, names, args.imgsz.px, args.front.cut.index, weights)?;
+    let bytes = safetensors::serialize(exported.tensors.iter(), None).context("cannot serialize the Front's weights")?;
+    ServedFront::new(exported.manifest, bytes)
 }
 
 #[cfg(test)]
@@ -267,6 +285,7 @@ mod tests {
         let a = Args {
             listen: "127.0.0.1:0".parse().unwrap(),
             store: "store".into(),
+            export: None,
             front: FrontArgs { model: ModelArgs { name: "yolov5s".into() }, weights: vec!["f.safetensors".into()], cut: CutArgs { index: 2 } },
             imgsz: ImageSizeArgs { px: 128 },
             tokens: "tokens.txt".into(),
@@ -277,6 +296,8 @@ mod tests {
             insecure_plaintext: false,
             epsilon_budget: None,
             max_samples_per_edge: None,
+            max_bytes_per_edge: None,
+            on_corruption: OnCorruption::Refuse,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
         };
@@ -290,10 +311,16 @@ mod tests {
             insecure_plaintext: true,
             epsilon_budget: Some(12.5),
             max_samples_per_edge: Some(10),
+            max_bytes_per_edge: Some(1 << 30),
+            on_corruption: OnCorruption::Quarantine,
             max_message_bytes: 1 << 20,
             max_batch: 8,
             ..a
         };
         assert_eq!(mistnet_cli::argv::reparse(&b).unwrap(), b);
+        // --front alone: the weights flags keep their defaults and are not rendered.
+        let front = FrontArgs { model: ModelArgs { name: mistnet_cli::model::DEFAULT_MODEL.into() }, weights: vec![], cut: CutArgs { index: mistnet::model::DEFAULT_CUT } };
+        let c = Args { export: Some("deploy".into()), front, imgsz: ImageSizeArgs { px: mistnet_cli::image::DEFAULT_IMGSZ }, ..b };
+        assert_eq!(mistnet_cli::argv::reparse(&c).unwrap(), c);
     }
 }

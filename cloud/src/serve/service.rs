@@ -160,7 +160,7 @@ impl IngestStatus for Services {
                 edge: edge.clone(),
                 samples: l.samples,
                 feature_bytes: l.feature_bytes,
-                epsilon_total: l.epsilon_total,
+                epsilon_total: l.epsilon_spent(),
                 uploads_without_privacy: l.uploads_without_privacy,
                 uploads: l.uploads,
                 ledger: l

@@ -1,30 +1,26 @@
-//! Validation of an uploaded sample against the served Front: the codec decoder, cut, shape and
-//! Front hash, then the sample id, image size and labels. Every failure is a sentence for the edge.
+//! Validation of an uploaded sample against the served model ([`Expected`], from its manifest):
+//! the sample id, the codec decoder, Front hash, cut and shape, then the image size and labels
+//! (docs/feature-store.md, "Validation before storage"). Every failure is a sentence for the edge.
 
 use mistnet::codec::{DecodeLimits, FrontHash, Shape, decode};
 use mistnet::data::Label;
 use mistnet_store::Upload;
 use mistnet_proto::pb;
 
-/// Longest sample id accepted, in bytes.
-pub const MAX_SAMPLE_ID: usize = 256;
-
-/// What every sample must match.
+/// What every sample must match ([`super::manifest::ServedFront::expected`]).
 #[derive(Debug, Clone)]
 pub struct Expected {
     pub front_hash: FrontHash,
     pub cut: u16,
     pub shape: Shape,
-    /// Number of classes of the model.
+    /// Number of classes of the served model (its own, not a config's).
     pub nc: usize,
 }
 
 /// Checks `sample` of `edge`; `Err` is the INVALID_ARGUMENT message.
 pub fn validate(edge: &str, sample: pb::Sample, expected: &Expected) -> Result<Upload, String> {
     let id = &sample.sample_id;
-    if id.is_empty() || id.len() > MAX_SAMPLE_ID || id.chars().any(char::is_control) {
-        return Err(format!("sample id {id:?} must be 1 to {MAX_SAMPLE_ID} bytes without control characters"));
-    }
+    mistnet_proto::check_sample_id(id)?;
     let limits = DecodeLimits { max_elements: expected.shape.elements() };
     let decoded = decode(&sample.features, &limits).map_err(|e| format!("sample {id}: features: {e}"))?;
     let h = decoded.header;

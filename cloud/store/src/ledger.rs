@@ -14,7 +14,8 @@ pub struct EdgeLedger {
     pub feature_bytes: u64,
     /// Accepted uploads, re-uploads of stored samples included.
     pub uploads: u64,
-    /// Sum of the finite ε of every accepted upload.
+    /// Sum of the finite ε of every accepted upload; [`EdgeLedger::epsilon_spent`] is the total
+    /// that counts an upload without noise as +inf (what the budget and `GetStatus` use).
     pub epsilon_total: f64,
     /// Accepted uploads without noise (mechanism none), whose ε is unbounded.
     pub uploads_without_privacy: u64,

@@ -16,6 +16,8 @@ use mistnet_proto::client::Client as Cloud;
 pub struct ServedFront {
     pub front: Front,
     pub imgsz: u32,
+    /// The served model's class names (empty from a server that does not send them).
+    pub names: Vec<String>,
 }
 
 /// Asks the cloud which Front it serves; downloads it unless `cache/front/<hash>/` has it.
@@ -45,7 +47,7 @@ pub async fn fetch(cloud: &Cloud, channel: Channel, cache: &Path) -> Result<Serv
         let _ = std::fs::remove_dir_all(&dir);
         bail!("the Front in {} hashes to {}, the cloud says {served_hash}; removed the cache entry, run again", dir.display(), front.hash());
     }
-    Ok(ServedFront { front, imgsz: reply.imgsz })
+    Ok(ServedFront { front, imgsz: reply.imgsz, names: reply.names })
 }
 
 fn latest_cached(cache: &Path) -> Option<String> {

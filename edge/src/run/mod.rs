@@ -68,6 +68,10 @@ pub fn run(args: Args) -> Result<()> {
         let stored = list_stored(&cloud, channel).await?;
         anyhow::Ok((served, stored))
     })?;
+    let nc = served.names.len();
+    if let Some((id, class)) = samples.iter().find_map(|(id, s)| s.labels.iter().find(|l| nc > 0 && l.class >= nc).map(|l| (id, l.class))) {
+        bail!("sample {id} has class {class}, but the cloud's model has {nc} classes {:?}: the dataset does not match the served model", served.names);
+    }
     let encoder = EdgeEncoder::new(served.front, served.imgsz, args.privacy.wire(args.encoding)?)?;
     let spool_dir = spool::dir(&args.cache, &encoder);
     tracing::info!(samples = total, already_stored = stored.len(), front = %encoder.front().hash(), "starting");

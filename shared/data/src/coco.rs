@@ -2,7 +2,8 @@
 //! `categories`) read into YOLO-convention [`Sample`]s.
 //!
 //! Categories are sorted by `id` and numbered 0.. in that order (COCO's 80 categories have ids
-//! 1..90 with gaps; classes here are contiguous). Annotations with `iscrowd: 1` are left out and
+//! 1..90 with gaps; classes here are contiguous); [`CocoDataset::category_ids`] maps them back, and
+//! each [`Sample`] keeps its image's `id`, so results can be written with the file's own ids. Annotations with `iscrowd: 1` are left out and
 //! counted, as Ultralytics' COCO-to-YOLO conversion does. A bad annotation makes its whole image a
 //! bad sample; an annotation whose `image_id` is not in `images` is a bad sample of its own.
 
@@ -56,6 +57,8 @@ pub struct CocoDataset {
     pub images_dir: PathBuf,
     /// Category names in class order (categories sorted by id).
     pub names: Vec<String>,
+    /// Category ids in class order (ascending).
+    category_ids: Vec<u64>,
     file: CocoFile,
     class_of: HashMap<u64, usize>,
 }
@@ -74,9 +77,20 @@ impl CocoDataset {
         if let Some(w) = categories.windows(2).find(|w| w[0].id == w[1].id) {
             return Err(bad(format!("category id {} appears twice", w[0].id)));
         }
+        let mut image_ids: Vec<u64> = file.images.iter().map(|i| i.id).collect();
+        image_ids.sort_unstable();
+        if let Some(w) = image_ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(format!("image id {} appears twice", w[0])));
+        }
         let names = categories.iter().map(|c| c.name.clone()).collect();
+        let category_ids = categories.iter().map(|c| c.id).collect();
         let class_of = categories.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
-        Ok(CocoDataset { source: json.to_path_buf(), images_dir: images_dir.to_path_buf(), names, file, class_of })
+        Ok(CocoDataset { source: json.to_path_buf(), images_dir: images_dir.to_path_buf(), names, category_ids, file, class_of })
+    }
+
+    /// The category id of each class: `category_ids()[class]`.
+    pub fn category_ids(&self) -> &[u64] {
+        &self.category_ids
     }
 
     /// Loads every image with its (non-crowd) annotations, checking each.
@@ -118,7 +132,7 @@ impl CocoDataset {
             return Err(BadSample::MalformedLabel { file: self.source.clone(), at, reason }.into());
         }
         let labels = anns.iter().map(|a| self.label(a, size)).collect::<Result<_, _>>()?;
-        Ok(Sample { image_path: path, size, labels })
+        Ok(Sample { image_path: path, size, labels, image_id: Some(image.id) })
     }
 
     fn label(&self, ann: &CocoAnnotation, (w, h): (u32, u32)) -> Result<Label, BadSample> {

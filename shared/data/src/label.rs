@@ -24,6 +24,8 @@ pub struct Sample {
     /// Width and height of the image file in pixels.
     pub size: (u32, u32),
     pub labels: Vec<Label>,
+    /// The image's id in its dataset file: COCO `images[].id`; `None` for YOLO-format data.
+    pub image_id: Option<u64>,
 }
 
 impl Label {
@@ -126,7 +128,7 @@ mod tests {
     #[test]
     fn dominant_class_counts_objects_and_breaks_ties_low() {
         let lab = |class| Label { class, cx: 0.5, cy: 0.5, w: 0.1, h: 0.1 };
-        let s = |labels| Sample { image_path: "x.png".into(), size: (10, 10), labels };
+        let s = |labels| Sample { image_path: "x.png".into(), size: (10, 10), labels, image_id: None };
         assert_eq!(s(vec![lab(3), lab(1), lab(3)]).dominant_class(), Some(3));
         assert_eq!(s(vec![lab(4), lab(2)]).dominant_class(), Some(2));
         assert_eq!(s(vec![]).dominant_class(), None);

@@ -205,6 +205,7 @@ mod tests {
                 image_path: format!("{i}.png").into(),
                 size: (8, 8),
                 labels: vec![Label { class: i % nc, cx: 0.5, cy: 0.5, w: 0.5, h: 0.5 }],
+                image_id: None,
             })
             .collect()
     }

@@ -230,7 +230,7 @@ impl YoloDataset {
         }
         let size = image_size(&image.path)?;
         let labels = read_labels(&label_path(&image.path), self.names.len())?;
-        Ok(Sample { image_path: image.path, size, labels })
+        Ok(Sample { image_path: image.path, size, labels, image_id: None })
     }
 }
 

@@ -2,8 +2,8 @@
 //! settings (conf 0.001, IoU 0.6, multi-label, 300 per image), boxes mapped back to
 //! original-image pixels, then COCO mAP (pycocotools semantics) and YOLOv5's mAP.
 //!
-//! COCO ids: image `k` of the split (0-based) has `image_id` k + 1; class `c` has
-//! `category_id` c + 1 (COCO ids are positive).
+//! COCO ids: a COCO JSON dataset's own `image_id` and `category_id`; otherwise image `k` of the
+//! split (0-based) has `image_id` k + 1 and class `c` has `category_id` c + 1.
 
 use std::path::Path;
 
@@ -26,6 +26,8 @@ pub struct EvalImage {
     pub letterbox: Letterbox,
     /// Labels normalized to the original image.
     pub labels: Vec<Label>,
+    /// The COCO `image_id` of this image.
+    pub image_id: i64,
 }
 
 /// A labelled evaluation split.
@@ -33,6 +35,8 @@ pub struct EvalImage {
 pub struct EvalSet {
     pub images: Vec<EvalImage>,
     pub names: Vec<String>,
+    /// The COCO `category_id` of each class.
+    pub category_ids: Vec<i64>,
 }
 
 /// The four numbers `mistnet-cloud val --json` prints.
@@ -64,17 +68,20 @@ impl Evaluation {
 }
 
 impl EvalSet {
-    /// Reads and letterboxes every sample to `imgsz`.
+    /// Reads and letterboxes every sample to `imgsz`. Image ids are the samples' own
+    /// ([`Sample::image_id`]) or k + 1; category ids c + 1.
     pub fn load(samples: &[Sample], names: &[String], imgsz: u32) -> Result<Self, FitError> {
         let images = samples
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(k, s)| {
                 let img = read_rgb(&s.image_path).map_err(FitError::Sample)?;
                 let (boxed, lb) = letterbox(&img, imgsz);
-                Ok(EvalImage { image: image_to_tensor(&boxed, &Device::Cpu)?.squeeze(0)?, letterbox: lb, labels: s.labels.clone() })
+                let image_id = s.image_id.map_or(Ok(k as i64 + 1), i64::try_from).map_err(|_| FitError::Sample(format!("{}: image id too large", s.image_path.display())))?;
+                Ok(EvalImage { image: image_to_tensor(&boxed, &Device::Cpu)?.squeeze(0)?, letterbox: lb, labels: s.labels.clone(), image_id })
             })
             .collect::<Result<_, FitError>>()?;
-        Ok(Self { images, names: names.to_vec() })
+        Ok(Self { images, names: names.to_vec(), category_ids: (1..=names.len() as i64).collect() })
     }
 
     /// The `split` of the labelled dataset at `data` (an Ultralytics YAML, COCO JSON or YOLO
@@ -90,7 +97,11 @@ impl EvalSet {
                 dataset.names()
             )));
         }
-        Self::load(&loaded.samples, dataset.names(), imgsz)
+        let mut set = Self::load(&loaded.samples, dataset.names(), imgsz)?;
+        if let Dataset::Coco(coco) = &dataset {
+            set.category_ids = coco.category_ids().iter().map(|&id| i64::try_from(id)).collect::<Result<_, _>>().map_err(|_| FitError::Config("a category id is too large".into()))?;
+        }
+        Ok(set)
     }
 
     /// The ground truth in COCO form.
@@ -99,24 +110,23 @@ impl EvalSet {
         let images = self
             .images
             .iter()
-            .enumerate()
-            .map(|(k, e)| {
+            .map(|e| {
                 for l in &e.labels {
                     let [x1, y1, x2, y2] = l.to_pixels(e.letterbox.original).map(f64::from);
                     annotations.push(CocoAnnotation {
                         id: annotations.len() as i64 + 1,
-                        image_id: k as i64 + 1,
-                        category_id: l.class as i64 + 1,
+                        image_id: e.image_id,
+                        category_id: self.category_ids[l.class],
                         bbox: [x1, y1, x2 - x1, y2 - y1],
                         area: (x2 - x1) * (y2 - y1),
                         iscrowd: 0,
                     });
                 }
-                CocoImage { id: k as i64 + 1, file_name: None, width: Some(e.letterbox.original.0), height: Some(e.letterbox.original.1) }
+                CocoImage { id: e.image_id, file_name: None, width: Some(e.letterbox.original.0), height: Some(e.letterbox.original.1) }
             })
             .collect();
         let categories =
-            self.names.iter().enumerate().map(|(c, name)| CocoCategory { id: c as i64 + 1, name: name.clone(), supercategory: None }).collect();
+            self.names.iter().zip(&self.category_ids).map(|(name, &id)| CocoCategory { id, name: name.clone(), supercategory: None }).collect();
         Ok(CocoGroundTruth::new("evaluation split", images, annotations, categories)?)
     }
 
@@ -148,7 +158,7 @@ impl EvalSet {
         }
         let nms = NmsConfig::default();
         let mut detections = Vec::new();
-        for (b, chunk) in self.images.chunks(batch.max(1)).enumerate() {
+        for chunk in self.images.chunks(batch.max(1)) {
             let inputs: Vec<&Tensor> = chunk.iter().map(|e| &e.image).collect();
             let preds = predict(&Tensor::stack(&inputs, 0).map_err(FitError::from)?)?;
             for (i, e) in chunk.iter().enumerate() {
@@ -156,8 +166,8 @@ impl EvalSet {
                 for d in non_max_suppression(&rows, nc, &nms).map_err(FitError::from)? {
                     let [x1, y1, x2, y2] = e.letterbox.to_original(d.bbox).map(f64::from);
                     detections.push(CocoDetection {
-                        image_id: (b * batch.max(1) + i) as i64 + 1,
-                        category_id: d.class as i64 + 1,
+                        image_id: e.image_id,
+                        category_id: self.category_ids[d.class],
                         bbox: [x1, y1, x2 - x1, y2 - y1],
                         score: f64::from(d.score),
                     });

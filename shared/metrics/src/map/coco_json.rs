@@ -2,8 +2,9 @@
 //! (`[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]`) read with serde and checked
 //! once, so the evaluators can index them without further checks.
 //!
-//! Checks beyond the JSON shape: unique positive ids (pycocotools keeps annotations in a dict by
-//! id, and uses id 0 as "unmatched"), finite non-negative box sizes and areas, `iscrowd` 0 or 1,
+//! Checks beyond the JSON shape: unique image and category ids (0 included: COCO files may use
+//! image id 0), unique positive annotation ids (pycocotools keeps annotations in a dict by id, and
+//! uses id 0 as "unmatched"), finite non-negative box sizes and areas, `iscrowd` 0 or 1,
 //! annotations and detections that name a known image and category, finite scores.
 
 use std::collections::{HashMap, HashSet};
@@ -87,9 +88,9 @@ impl CocoGroundTruth {
     ) -> Result<Self, CocoError> {
         let origin = origin.into();
         let invalid = |what: String| CocoError::Invalid { origin: origin.clone(), what };
-        let image_ids = unique_positive_ids(images.iter().map(|i| i.id), "images").map_err(&invalid)?;
-        let category_ids = unique_positive_ids(categories.iter().map(|c| c.id), "categories").map_err(&invalid)?;
-        unique_positive_ids(annotations.iter().map(|a| a.id), "annotations").map_err(&invalid)?;
+        let image_ids = unique_ids(images.iter().map(|i| i.id), "images", 0).map_err(&invalid)?;
+        let category_ids = unique_ids(categories.iter().map(|c| c.id), "categories", 0).map_err(&invalid)?;
+        unique_ids(annotations.iter().map(|a| a.id), "annotations", 1).map_err(&invalid)?;
         for (index, a) in annotations.iter().enumerate() {
             let at = format!("annotations[{index}] (id {})", a.id);
             check_box(&a.bbox).map_err(|e| invalid(format!("{at}: {e}")))?;
@@ -214,11 +215,13 @@ fn read(path: &Path) -> Result<String, CocoError> {
     std::fs::read_to_string(path).map_err(|source| CocoError::Io { path: path.to_path_buf(), source })
 }
 
-fn unique_positive_ids(ids: impl Iterator<Item = i64>, list: &str) -> Result<HashSet<i64>, String> {
+/// The ids of `list`, each unique and at least `min`.
+fn unique_ids(ids: impl Iterator<Item = i64>, list: &str, min: i64) -> Result<HashSet<i64>, String> {
     let mut seen = HashSet::new();
     for (index, id) in ids.enumerate() {
-        if id < 1 {
-            return Err(format!("{list}[{index}]: id {id} must be positive"));
+        if id < min {
+            let must = if min == 1 { "be positive".to_string() } else { format!("be at least {min}") };
+            return Err(format!("{list}[{index}]: id {id} must {must}"));
         }
         if !seen.insert(id) {
             return Err(format!("{list}[{index}]: id {id} appears twice"));
@@ -302,6 +305,13 @@ mod tests {
         );
         let zero_id = GT.replace("{\"id\": 1, \"image_id\"", "{\"id\": 0, \"image_id\"");
         assert!(CocoGroundTruth::from_json("gt", &zero_id).unwrap_err().to_string().contains("must be positive"));
+        // Image and category id 0 are legal COCO ids; negative ones are not.
+        let zero_image = GT.replace("{\"id\": 1}", "{\"id\": 0}").replace("\"image_id\": 1", "\"image_id\": 0");
+        let zero_ids = zero_image.replace("\"id\": 3", "\"id\": 0").replace("\"category_id\": 3", "\"category_id\": 0");
+        let gt = CocoGroundTruth::from_json("gt", &zero_ids).unwrap();
+        assert_eq!((gt.annotations()[0].image_id, gt.annotations()[0].category_id), (0, 0));
+        let negative_image = GT.replace("{\"id\": 2}", "{\"id\": -2}");
+        assert!(CocoGroundTruth::from_json("gt", &negative_image).unwrap_err().to_string().contains("must be at least 0"));
         let unknown_image = GT.replace("\"image_id\": 1", "\"image_id\": 9");
         assert!(matches!(
             CocoGroundTruth::from_json("gt", &unknown_image),
