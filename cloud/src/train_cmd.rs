@@ -1,7 +1,7 @@
 //! `mistnet-cloud train`: trains the Back (layers cut..) on binarized, privatized Front features.
 //!
 //! The features come from the feature store that `serve` filled (`--store DIR`: what the edges
-//! really sent), or, without `--store`, from the simulation path: the edges are simulated on
+//! really sent, read by [`FeatureSet::from_store`]), or, without `--store`, from the simulation path: the edges are simulated on
 //! `--data`'s train split (letterbox, Front, binarize, randomized response with
 //! `--mechanism`/`--epsilon`, the real wire format, decode), as Plato's MistNet does. `--data`'s
 //! val split is the evaluation set either way.
@@ -47,7 +47,9 @@ pub struct Args {
     #[arg(long, long_help = EPSILON_HELP)]
     epsilon: Option<f64>,
     /// Train on the samples in this feature store (the directory of `mistnet-cloud serve --store`) instead of
-    /// simulating the edges on --data's train split; --mechanism/--epsilon are then what the edges chose.
+    /// simulating the edges on --data's train split; --mechanism/--epsilon are then what the edges chose. Boxes are
+    /// placed in the --imgsz letterbox from each sample's original image size; a sample the trainer cannot use
+    /// fails the run, naming it (or see --skip-bad).
     #[arg(long)]
     store: Option<PathBuf>,
 }

@@ -2,11 +2,11 @@
 //!
 //! - [`FeatureSet`]: Front features as the cloud receives them (codec wire messages, decoded and
 //!   held as packed bits, unpacked to 0/1 f32 maps one sample at a time by
-//!   [`LabelledSource::get`]), with feature-space augmentation. [`FeatureSet::from_store`] reads what the
-//!   edges sent (the feature store), placing each box in the letterboxed canvas the edge fed its
-//!   Front; [`FeatureSet::from_messages`] takes any other source of messages with letterboxed
-//!   labels; [`FeatureSet::extract`] simulates the edges on a local dataset (letterbox, Front,
-//!   binarize, randomized response, wire format, decode).
+//!   [`LabelledSource::get`]), with feature-space augmentation. [`FeatureSet::from_store`] reads
+//!   what the edges sent (the feature store), placing each box in the letterboxed canvas the
+//!   edge fed its Front; [`FeatureSet::from_messages`] takes any other source of messages with
+//!   letterboxed labels; [`FeatureSet::extract`] simulates the edges on a local dataset
+//!   (letterbox, Front, binarize, randomized response, wire format, decode).
 //! - [`super::images::ImageSet`]: letterboxed images with image augmentation, for `pretrain`.
 
 use candle_core::{Device, Tensor};
