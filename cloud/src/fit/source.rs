@@ -71,7 +71,7 @@ impl StoreExpect {
     /// What `front` makes of `imgsz`×`imgsz` images, with labels of `nc` classes.
     pub fn new(front: &Front, imgsz: u32, nc: usize) -> Result<Self, FitError> {
         let stride = front.out_stride();
-        if stride == 0 || imgsz as usize % stride != 0 {
+        if stride == 0 || !(imgsz as usize).is_multiple_of(stride) {
             return Err(FitError::Config(format!("--imgsz {imgsz} is not a multiple of the Front's stride {stride}")));
         }
         let side = imgsz as usize / stride;
