@@ -171,4 +171,6 @@ fn train_store_fails_naming_an_unusable_sample_and_skip_bad_counts_it() {
     let stdout = String::from_utf8_lossy(&skipped.stdout);
     assert!(skipped.status.success(), "train --store --skip-bad failed: {}", String::from_utf8_lossy(&skipped.stderr));
     assert!(stdout.contains(&format!("skipped 1 of {} stored samples", IMAGES.len() + 1)), "{stdout}");
+    let warnings = String::from_utf8_lossy(&skipped.stderr);
+    assert!(warnings.contains("edge=edge-9 sample=images/other.png") && warnings.contains("another Front"), "{warnings}");
 }
