@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo bench -p mistnet-cloud --bench ingest [-- SAMPLES [EDGES...]]` (default 3000 samples
 //! per configuration, edges 1 16 64). `RUST_LOG` is passed to the server (default `warn`;
-//! `mistnet_cloud=debug` logs every group commit). Besides throughput and latency it prints the CPU
+//! `mistnet_store=debug` logs every group commit). Besides throughput and latency it prints the CPU
 //! time the server and this client process spent per sample (from /proc, Linux only).
 //! `MISTNET_CLOUD_BIN=PATH` benchmarks another `mistnet-cloud` binary with the same client.
 

@@ -1,7 +1,7 @@
 //! `mistnet-cloud train`: trains the Back (layers cut..) on binarized, privatized Front features.
 //!
 //! The features come from the feature store that `serve` filled (`--store DIR`: what the edges
-//! really sent), or, without `--store`, from the simulation path: the edges are simulated on
+//! really sent, read by [`FeatureSet::from_store`]), or, without `--store`, from the simulation path: the edges are simulated on
 //! `--data`'s train split (letterbox, Front, binarize, randomized response with
 //! `--mechanism`/`--epsilon`, the real wire format, decode), as Plato's MistNet does. `--data`'s
 //! val split is the evaluation set either way.
@@ -49,7 +49,9 @@ pub struct Args {
     #[command(flatten)]
     pub privacy: LdpArgs,
     /// Train on the samples in this feature store (the directory of `mistnet-cloud serve --store`) instead of
-    /// simulating the edges on --data's train split with --mechanism/--epsilon.
+    /// simulating the edges on --data's train split with --mechanism/--epsilon. Boxes are placed in the --imgsz
+    /// letterbox from each sample's original image size; a sample the trainer cannot use fails the run, naming it
+    /// (or see --skip-bad).
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// What reading --store does with corruption at rest (damage followed by valid records): refuse (stop, naming

@@ -1,7 +1,7 @@
 //! `train --store` against `train --data`: a store filled by `mistnet-cloud serve` and
 //! `mistnet-edge run` (real processes on loopback) gives the trainer exactly the inputs the
-//! simulation path makes of the same non-square images; unusable stored samples fail the run,
-//! naming them, or are skipped and counted with `--skip-bad`.
+//! simulation path makes of the same non-square images; unusable stored samples (another Front,
+//! another letterbox size) fail the run, naming them, or are skipped and counted with `--skip-bad`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -118,8 +118,9 @@ fn the_store_gives_the_trainer_what_the_simulation_makes_of_the_same_images() {
         let j = ids.iter().position(|s| s == id).unwrap_or_else(|| panic!("{id} is not in the store: {ids:?}"));
         assert_eq!(sizes[j], sample.size, "{id}");
         let (a, b) = (from_store.get(j, None).unwrap(), simulated.get(i, None).unwrap());
-        assert_eq!(flat(&a.input), flat(&b.input), "{id}: feature bits");
-        assert!(flat(&a.input).iter().any(|&v| v == 1.0) && flat(&a.input).iter().any(|&v| v == 0.0), "{id}: a map of both bits");
+        let bits = flat(&a.input);
+        assert_eq!(bits, flat(&b.input), "{id}: feature bits");
+        assert!(bits.contains(&1.0) && bits.contains(&0.0), "{id}: a map of both bits");
         assert_eq!(a.labels, b.labels, "{id}: letterboxed labels");
         if sample.size.0 != sample.size.1 {
             assert_ne!(a.labels, sample.labels, "{id}: a non-square image's boxes move in the letterbox");
@@ -132,9 +133,10 @@ fn the_store_gives_the_trainer_what_the_simulation_makes_of_the_same_images() {
     }
 }
 
-fn train(w: &World, extra: &[&str]) -> Output {
-    let out = w.root.join(format!("run-{}", extra.len()));
-    let imgsz = IMGSZ.to_string();
+/// `train --store` for 1 epoch at `imgsz` with `extra` flags.
+fn train(w: &World, imgsz: u32, extra: &[&str]) -> Output {
+    let out = w.root.join(format!("run-{imgsz}-{}", extra.len()));
+    let imgsz = imgsz.to_string();
     let mut args = vec![
         "train", "--store", s(&w.store), "--data", s(&w.yaml), "--weights", s(&w.weights), "--model", "yolov5n", "--fresh-back", "--cut", "4", "--imgsz",
         &imgsz, "--epochs", "1", "--batch", "2", "--nbs", "2", "--warmup-min-iters", "0", "--out", s(&out),
@@ -156,13 +158,21 @@ fn train_store_fails_naming_an_unusable_sample_and_skip_bad_counts_it() {
     assert_eq!(outcome, Outcome::Stored);
     writer.close();
 
-    let failed = train(&w, &[]);
+    // Features of 128 px letterboxes are not what a 64 px run needs.
+    let wrong_size = train(&w, 64, &[]);
+    let stderr = String::from_utf8_lossy(&wrong_size.stderr);
+    assert!(!wrong_size.status.success(), "train --store --imgsz 64 took 128 px features");
+    assert!(stderr.contains("feature map is 16×16, --imgsz 64 needs 8×8 (stride 8): the edge letterboxed to 128×128 px"), "{stderr}");
+
+    let failed = train(&w, IMGSZ, &[]);
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "train --store took a sample of another Front");
     assert!(stderr.contains("edge-9/images/other.png") && stderr.contains("another Front"), "{stderr}");
 
-    let skipped = train(&w, &["--skip-bad"]);
+    let skipped = train(&w, IMGSZ, &["--skip-bad"]);
     let stdout = String::from_utf8_lossy(&skipped.stdout);
     assert!(skipped.status.success(), "train --store --skip-bad failed: {}", String::from_utf8_lossy(&skipped.stderr));
     assert!(stdout.contains(&format!("skipped 1 of {} stored samples", IMAGES.len() + 1)), "{stdout}");
+    let warnings = String::from_utf8_lossy(&skipped.stderr);
+    assert!(warnings.contains("edge=edge-9 sample=images/other.png") && warnings.contains("another Front"), "{warnings}");
 }

@@ -2,11 +2,11 @@
 //!
 //! - [`FeatureSet`]: Front features as the cloud receives them (codec wire messages, decoded and
 //!   held as packed bits, unpacked to 0/1 f32 maps one sample at a time by
-//!   [`LabelledSource::get`]), with feature-space augmentation. [`FeatureSet::from_store`] reads what the
-//!   edges sent (the feature store), placing each box in the letterboxed canvas the edge fed its
-//!   Front; [`FeatureSet::from_messages`] takes any other source of messages with letterboxed
-//!   labels; [`FeatureSet::extract`] simulates the edges on a local dataset through the one edge
-//!   pipeline ([`EdgeEncoder`]), then decodes.
+//!   [`LabelledSource::get`]), with feature-space augmentation. [`FeatureSet::from_store`] reads
+//!   what the edges sent (the feature store), placing each box in the letterboxed canvas the
+//!   edge fed its Front; [`FeatureSet::from_messages`] takes any other source of messages with
+//!   letterboxed labels; [`FeatureSet::extract`] simulates the edges on a local dataset through
+//!   the one edge pipeline ([`EdgeEncoder`]), then decodes.
 //! - [`super::images::ImageSet`]: letterboxed images with image augmentation, for `pretrain`.
 
 use candle_core::{Device, Tensor};
@@ -72,7 +72,7 @@ impl StoreExpect {
     /// What `front` makes of `imgsz`×`imgsz` images, with labels of `nc` classes.
     pub fn new(front: &Front, imgsz: u32, nc: usize) -> Result<Self, FitError> {
         let stride = front.out_stride();
-        if stride == 0 || imgsz as usize % stride != 0 {
+        if stride == 0 || !(imgsz as usize).is_multiple_of(stride) {
             return Err(FitError::Config(format!("--imgsz {imgsz} is not a multiple of the Front's stride {stride}")));
         }
         let side = imgsz as usize / stride;
