@@ -17,7 +17,7 @@ use mistnet_cli::{Argv, CutArgs, ToArgs};
 use mistnet_train::fit::MODEL_FILE;
 use serde::Serialize;
 
-use crate::serve::manifest::{FileEntry, FrontManifest, MANIFEST_FILE};
+use mistnet_ingest::manifest::{FileEntry, FrontManifest, MANIFEST_FILE};
 
 /// The Front's file in the output directory (the model's is [`MODEL_FILE`]).
 pub const FRONT_FILE: &str = "front.safetensors";

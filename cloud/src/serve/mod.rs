@@ -2,14 +2,9 @@
 //! stores them durably, exactly once per (edge, sample id), with per-edge tokens, TLS/mTLS,
 //! quotas and an ε budget.
 //!
-//! What it serves is a [`manifest::ServedFront`]: read from `export`'s directory (`--front`), or
-//! computed from `--weights` by `export`'s own function. The services (`service`, `validate`,
-//! `auth`) see only that, never the model.
-
-mod auth;
-pub mod manifest;
-mod service;
-mod validate;
+//! What it serves is a [`ServedFront`]: read from `export`'s directory (`--front`), or computed
+//! from `--weights` by `export`'s own function. The services (crate `mistnet-ingest`) see only
+//! that, never the model; this module turns the flags into their settings and listens.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -27,9 +22,9 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use auth::Tokens;
-use manifest::ServedFront;
-use service::{Ingest, Services};
+use mistnet_ingest::auth::Tokens;
+use mistnet_ingest::manifest::ServedFront;
+use mistnet_ingest::service::{Ingest, Services};
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(mut_arg("weights", |a| a.required(false).required_unless_present("export")))]

@@ -22,7 +22,7 @@ pub use bits::{Bits, binarize};
 pub use privacy::{CodecRng, EPSILON_MAX, Mechanism, Privacy, os_rng, seeded_rng};
 pub use stats::Stats;
 pub use wire::{
-    Compression, DEFAULT_ZSTD_LEVEL, DecodeLimits, Decoded, EncodeParams, Encoding, FrontHash, HEADER_LEN, Header,
+    Compression, DEFAULT_ZSTD_LEVEL, DecodeLimits, Decoded, EncodeParams, Encoding, FrontHash, FrontHasher, HEADER_LEN, Header,
     MAGIC, Shape, VERSION, decode, encode,
 };
 

@@ -23,6 +23,7 @@ use std::io::Read;
 use std::str::FromStr;
 
 use rand::CryptoRng;
+use sha2::{Digest, Sha256};
 
 use super::{Bits, CodecError, Mechanism, Privacy, binarize};
 
@@ -144,6 +145,29 @@ impl FromStr for FrontHash {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(s, &mut bytes).map_err(|_| CodecError::InvalidFrontHash(s.to_string()))?;
         Ok(Self(bytes))
+    }
+}
+
+/// Computes a [`FrontHash`] tensor by tensor: SHA-256 over each tensor's `u64 LE name length,
+/// name, u64 LE rank, u64 LE dims, f32 LE values`, in the order added (by name, for a Front;
+/// docs/wire-format.md, "The Front hash").
+#[derive(Default)]
+pub struct FrontHasher(Sha256);
+
+impl FrontHasher {
+    /// Adds one tensor; `le_values` are the little-endian bytes of its f32 values.
+    pub fn add(&mut self, name: &str, dims: &[usize], le_values: &[u8]) {
+        self.0.update((name.len() as u64).to_le_bytes());
+        self.0.update(name.as_bytes());
+        self.0.update((dims.len() as u64).to_le_bytes());
+        for d in dims {
+            self.0.update((*d as u64).to_le_bytes());
+        }
+        self.0.update(le_values);
+    }
+
+    pub fn finish(self) -> FrontHash {
+        FrontHash(self.0.finalize().into())
     }
 }
 

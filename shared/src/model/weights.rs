@@ -18,8 +18,7 @@ use candle_nn::{Init, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use crate::codec::FrontHash;
-use sha2::{Digest, Sha256};
+use crate::codec::{FrontHash, FrontHasher};
 
 use super::ModelError;
 
@@ -139,20 +138,13 @@ impl ParamStore {
 /// SHA-256 of named tensors (name, dims, f32 LE bytes), in the iteration order given: the Front
 /// hash for the Front's tensors.
 pub fn hash_tensors<'a>(tensors: impl Iterator<Item = (&'a String, &'a Tensor)>) -> Result<FrontHash, ModelError> {
-    let mut h = Sha256::new();
+    let mut h = FrontHasher::default();
     for (name, t) in tensors {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((t.rank() as u64).to_le_bytes());
-        for d in t.dims() {
-            h.update((*d as u64).to_le_bytes());
-        }
         let values = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>())?;
-        for v in values {
-            h.update(v.to_le_bytes());
-        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        h.add(name, t.dims(), &bytes);
     }
-    Ok(FrontHash(h.finalize().into()))
+    Ok(h.finish())
 }
 
 /// Writes named tensors to `path` through a temporary file, fsync and rename.

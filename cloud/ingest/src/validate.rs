@@ -2,12 +2,12 @@
 //! the sample id, the codec decoder, Front hash, cut and shape, then the image size and labels
 //! (docs/feature-store.md, "Validation before storage"). Every failure is a sentence for the edge.
 
-use mistnet::codec::{DecodeLimits, FrontHash, Shape, decode};
-use mistnet::data::Label;
+use mistnet_codec::{DecodeLimits, FrontHash, Shape, decode};
+use mistnet_data::Label;
 use mistnet_store::Upload;
 use mistnet_proto::pb;
 
-/// What every sample must match ([`super::manifest::ServedFront::expected`]).
+/// What every sample must match ([`crate::manifest::ServedFront::expected`]).
 #[derive(Debug, Clone)]
 pub struct Expected {
     pub front_hash: FrontHash,

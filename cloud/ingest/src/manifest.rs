@@ -8,12 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use mistnet::codec::{FrontHash, Shape};
+use mistnet_codec::{FrontHash, FrontHasher, Shape};
 use mistnet_proto::pb;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::validate::Expected;
+use crate::validate::Expected;
 
 /// The manifest's file name in `export`'s output directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -142,7 +141,6 @@ pub fn front_hash(safetensors_bytes: &[u8], cut: usize) -> Result<(String, usize
     let file = safetensors::SafeTensors::deserialize(safetensors_bytes).context("the Front file is not a safetensors file")?;
     let mut tensors = file.tensors();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut h = Sha256::new();
     for (name, view) in &tensors {
         let layer = name.strip_prefix("model.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok());
         if layer.is_none_or(|i| i >= cut) {
@@ -151,14 +149,11 @@ pub fn front_hash(safetensors_bytes: &[u8], cut: usize) -> Result<(String, usize
         if view.dtype() != safetensors::Dtype::F32 {
             bail!("tensor {name} is {:?}; the Front file holds f32 tensors", view.dtype());
         }
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((view.shape().len() as u64).to_le_bytes());
-        for d in view.shape() {
-            h.update((*d as u64).to_le_bytes());
-        }
-        // safetensors stores little-endian: the data are the f32 LE bytes.
-        h.update(view.data());
     }
-    Ok((hex::encode(h.finalize()), tensors.len()))
+    // safetensors stores little-endian: the data are the f32 LE bytes the hash covers.
+    let mut h = FrontHasher::default();
+    for (name, view) in &tensors {
+        h.add(name, view.shape(), view.data());
+    }
+    Ok((h.finish().to_string(), tensors.len()))
 }

@@ -13,8 +13,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::auth::Caller;
-use super::validate::{Expected, validate};
+use crate::auth::Caller;
+use crate::validate::{Expected, validate};
 
 /// Samples of one upload stream being validated or written at once (bounds memory per stream).
 const IN_FLIGHT_PER_STREAM: usize = 32;
