@@ -40,7 +40,7 @@ fn mistnet_on_non_square_edge_photos_stays_close_to_centralized() {
             .arg(&data)
             .args(["--weights", PRETRAINED])
             .args(["--imgsz", "128", "--edges", "2", "--epochs", "6", "--batch", "8", "--warmup-min-iters", "20"])
-            .args(["--epsilon", "4", "--skip-privacy", "--threads", "1"]),
+            .args(["--epsilon", "16", "--skip-privacy", "--threads", "1"]),
         "the job",
     );
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::data::synth::layout;
-use mistnet_cli::{Argv, ClientArgs, FrontArgs, ToArgs};
+use mistnet_cli::{Argv, ClientArgs, ToArgs};
 use mistnet_proto::client::{Connection, TlsFiles};
 use mistnet_proto::pb::feature_upload_server::SERVICE_NAME as FEATURE_UPLOAD;
 use mistnet_store::{OnCorruption, segment};
@@ -187,28 +187,9 @@ impl Job {
                 lines += &format!("edge-{k} {token}\n");
             }
             std::fs::write(tokens.join("tokens.txt"), lines)?;
-            let c = &job.config;
             // A free port, taken from the kernel and released for serve to bind.
             let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-            let args = serve::Args {
-                listen: addr,
-                store: job.dir("store"),
-                export: Some(export.to_path_buf()),
-                front: FrontArgs { model: c.model.clone(), weights: vec![], cut: c.cut.clone() },
-                imgsz: c.imgsz,
-                tokens: tokens.join("tokens.txt"),
-                operator_token_file: None,
-                tls_cert: None,
-                tls_key: None,
-                client_ca: None,
-                insecure_plaintext: false,
-                epsilon_budget: None,
-                max_samples_per_edge: None,
-                max_bytes_per_edge: None,
-                on_corruption: OnCorruption::Refuse,
-                max_message_bytes: serve::DEFAULT_MAX_MESSAGE_BYTES,
-                max_batch: serve::DEFAULT_MAX_BATCH,
-            };
+            let args = serve::Args::of_export(addr, job.dir("store"), export.to_path_buf(), tokens.join("tokens.txt"));
             let h = job.sup.spawn("serve", job.cloud_cmd("serve", &args), &job.log("serve"))?;
             let server = format!("http://{addr}");
             job.wait_serving(&h, &server)?;

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use mistnet_cli::{Argv, FrontArgs, ImageSizeArgs, ToArgs};
+use mistnet::model::DEFAULT_CUT;
+use mistnet_cli::image::DEFAULT_IMGSZ;
+use mistnet_cli::model::DEFAULT_MODEL;
+use mistnet_cli::{Argv, CutArgs, FrontArgs, ImageSizeArgs, ModelArgs, ToArgs};
 use mistnet_store::{OnCorruption, StoreLimits, StoreWriter};
 use mistnet_proto::pb::{
     feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer, ingest_status_server::IngestStatusServer,
@@ -108,6 +111,31 @@ pub struct Args {
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Records per fsync by default.
 pub const DEFAULT_MAX_BATCH: usize = 256;
+
+impl Args {
+    /// `serve --front EXPORT --store STORE --tokens TOKENS` on `listen`, every other flag at its default.
+    pub fn of_export(listen: SocketAddr, store: PathBuf, export: PathBuf, tokens: PathBuf) -> Self {
+        Args {
+            listen,
+            store,
+            export: Some(export),
+            front: FrontArgs { model: ModelArgs { name: DEFAULT_MODEL.into() }, weights: Vec::new(), cut: CutArgs { index: DEFAULT_CUT } },
+            imgsz: ImageSizeArgs { px: DEFAULT_IMGSZ },
+            tokens,
+            operator_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            insecure_plaintext: false,
+            epsilon_budget: None,
+            max_samples_per_edge: None,
+            max_bytes_per_edge: None,
+            on_corruption: OnCorruption::Refuse,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
 
 impl ToArgs for Args {
     fn to_args(&self) -> Vec<OsString> {
@@ -273,28 +301,14 @@ fn front_of_weights(args: &Args) -> Result<ServedFront> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mistnet_cli::{CutArgs, ModelArgs};
 
     #[test]
     fn serve_flags_parse_back() {
         let a = Args {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            store: "store".into(),
             export: None,
             front: FrontArgs { model: ModelArgs { name: "yolov5s".into() }, weights: vec!["f.safetensors".into()], cut: CutArgs { index: 2 } },
             imgsz: ImageSizeArgs { px: 128 },
-            tokens: "tokens.txt".into(),
-            operator_token_file: None,
-            tls_cert: None,
-            tls_key: None,
-            client_ca: None,
-            insecure_plaintext: false,
-            epsilon_budget: None,
-            max_samples_per_edge: None,
-            max_bytes_per_edge: None,
-            on_corruption: OnCorruption::Refuse,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_batch: DEFAULT_MAX_BATCH,
+            ..Args::of_export("127.0.0.1:0".parse().unwrap(), "store".into(), "unused".into(), "tokens.txt".into())
         };
         assert_eq!(mistnet_cli::argv::reparse(&a).unwrap(), a);
         let b = Args {
@@ -314,8 +328,7 @@ mod tests {
         };
         assert_eq!(mistnet_cli::argv::reparse(&b).unwrap(), b);
         // --front alone: the weights flags keep their defaults and are not rendered.
-        let front = FrontArgs { model: ModelArgs { name: mistnet_cli::model::DEFAULT_MODEL.into() }, weights: vec![], cut: CutArgs { index: mistnet::model::DEFAULT_CUT } };
-        let c = Args { export: Some("deploy".into()), front, imgsz: ImageSizeArgs { px: mistnet_cli::image::DEFAULT_IMGSZ }, ..b };
+        let c = Args::of_export("127.0.0.1:7".parse().unwrap(), "store".into(), "deploy".into(), "t.txt".into());
         assert_eq!(mistnet_cli::argv::reparse(&c).unwrap(), c);
     }
 }
