@@ -3,9 +3,11 @@
 //! places without the letterbox misses its object. MistNet, trained on what the edges stored, must
 //! stay close to the centralized baseline trained on the same raw images.
 //!
-//! At this size (6 epochs from a Back pretrained on float features) MistNet reaches about 0.6 of
-//! centralized on square photos and 0.5 on these; with the boxes left unplaced it reached 0.16.
-//! The exact equality of the store's and the simulation's inputs is `store_training.rs`'s test.
+//! The edges send at ε = 16 (next to no flips): the test is about where the boxes go, and the noise
+//! of a small ε made runs vary by ±0.05 mAP. At this size (6 epochs from a Back pretrained on float
+//! features) MistNet reached 0.37–0.45 against centralized 0.58; with the boxes left unplaced (and
+//! ε = 4) it reached 0.09. The exact equality of the store's and the simulation's inputs is
+//! `store_training.rs`'s test.
 
 use std::path::Path;
 use std::process::Command;
@@ -48,6 +50,6 @@ fn mistnet_on_non_square_edge_photos_stays_close_to_centralized() {
     let score = |name: &str| map.iter().find(|m| m["model"] == name).unwrap_or_else(|| panic!("no {name} in {map:?}"))["map50"].as_f64().unwrap();
     let (mistnet, centralized) = (score("mistnet"), score("centralized"));
     println!("mAP@.5 on non-square photos: MistNet {mistnet:.4}, centralized {centralized:.4}, public-only {:.4}", score("public-only"));
-    assert!(mistnet >= 0.4 * centralized, "MistNet mAP@.5 {mistnet} against centralized {centralized} on non-square photos");
+    assert!(mistnet >= 0.5 * centralized, "MistNet mAP@.5 {mistnet} against centralized {centralized} on non-square photos");
     assert!(Path::new(&out.join("train/model.safetensors")).exists());
 }
