@@ -10,7 +10,7 @@ use mistnet::data::letterbox::{is_image, read_rgb};
 use mistnet::encoder::{EdgeEncoder, WireSettings};
 use mistnet_cli::{DeviceArgs, FrontArgs, ImageSizeArgs};
 
-use crate::privatize::PrivacyArgs;
+use mistnet_cli::PrivacyArgs;
 
 #[derive(clap::Args)]
 #[command(after_help = "Without --encoding, writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, \

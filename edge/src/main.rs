@@ -6,7 +6,6 @@ use clap::{Parser, Subcommand};
 
 mod detect;
 mod extract;
-mod privatize;
 mod run;
 
 #[derive(Parser)]

@@ -5,7 +5,6 @@
 //! results come back through files it is told to write, and `serve` is ready when its gRPC health
 //! service says so: nothing is read from a child's log but the lines quoted when it fails.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::data::synth::layout;
+use mistnet::codec::{DEFAULT_ZSTD_LEVEL, Encoding};
+use mistnet_cli::edge::{PrivacyArgs, RunArgs};
 use mistnet_cli::{Argv, ClientArgs, ToArgs};
 use mistnet_proto::client::{Connection, TlsFiles};
 use mistnet_proto::pb::feature_upload_server::SERVICE_NAME as FEATURE_UPLOAD;
@@ -228,9 +229,8 @@ impl Job {
             let mut handles = Vec::new();
             for k in 0..c.edges {
                 let name = format!("edge-{k}");
-                let mut cmd = Command::new(&job.edge);
-                cmd.args(edge_run_args(
-                    &ClientArgs {
+                let run = RunArgs {
+                    client: ClientArgs {
                         server: server.to_string(),
                         token_file: tokens.join(format!("{name}.token")),
                         ca_cert: None,
@@ -238,11 +238,17 @@ impl Job {
                         client_key: None,
                         insecure_plaintext: false,
                     },
-                    &name,
-                    &data.join(layout::edge_yaml(k)),
-                    &c.privacy,
-                    &job.dir("edges").join(&name),
-                ));
+                    edge: name.clone(),
+                    data: data.join(layout::edge_yaml(k)),
+                    privacy: PrivacyArgs { ldp: c.privacy, zstd_level: DEFAULT_ZSTD_LEVEL, seed: None },
+                    encoding: Encoding::Packed,
+                    cache: job.dir("edges").join(&name),
+                    max_attempts: 8,
+                    max_rate: None,
+                    skip_bad: false,
+                };
+                let mut cmd = Command::new(&job.edge);
+                cmd.args(Argv::new().word("run").group(&run).build());
                 // The edges run side by side: one thread each keeps the cores from being oversubscribed.
                 set_threads(&mut cmd, 1);
                 handles.push(job.sup.spawn(&name, cmd, &job.log(&name))?);
@@ -408,9 +414,6 @@ impl Job {
 }
 
 /// The command line of `mistnet-edge run` for one edge.
-fn edge_run_args(client: &ClientArgs, edge: &str, data: &Path, privacy: &mistnet_cli::LdpArgs, cache: &Path) -> Vec<OsString> {
-    Argv::new().word("run").group(client).arg("--edge", edge).arg("--data", data).group(privacy).arg("--cache", cache).build()
-}
 
 /// Bytes in the store's segment files (0 while it has none).
 fn stored_bytes(store: &Path) -> u64 {

@@ -29,8 +29,14 @@ use mistnet_ingest::auth::Tokens;
 use mistnet_ingest::manifest::ServedFront;
 use mistnet_ingest::service::{Ingest, Services};
 
+/// `--weights` of serve: unlike a Front alone, serving needs the model's classes too.
+const SERVE_WEIGHTS_HELP: &str = "Without --front: a deployable model, or Ultralytics-named weights with their Detect head \
+(repeat for checkpoints split over several files); only the Front's tensors are served. Classes are a deployable \
+model's names, else as many as the Detect head outputs; a file holding only the Front's tensors has no classes: export \
+it and use --front";
+
 #[derive(clap::Args, Debug, Clone, PartialEq)]
-#[command(mut_arg("weights", |a| a.required(false).required_unless_present("export")))]
+#[command(mut_arg("weights", |a| a.required(false).required_unless_present("export").help(SERVE_WEIGHTS_HELP)))]
 #[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls. The standard gRPC health service \
 (grpc.health.v1.Health, no token needed) reports mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution and \
 mistnet.v1.IngestStatus SERVING from then on, and NOT_SERVING once shutdown begins. Of --weights, only the \

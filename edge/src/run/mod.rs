@@ -6,54 +6,20 @@ mod spool;
 mod upload;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use mistnet::codec::{ENCODING_HELP, Encoding};
 use mistnet::data::{BadDataPolicy, Dataset, Sample, Split};
 use mistnet::encoder::EdgeEncoder;
-use mistnet_cli::ClientArgs;
 use mistnet_proto::client::Client as Cloud;
 use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient};
 
-use crate::privatize::PrivacyArgs;
 use upload::Retry;
 
-#[derive(clap::Args)]
-#[command(after_help = "Exits 0 only when every sample is acknowledged as stored; otherwise non-zero with the reason.\n\n\
-Example:\n  mistnet-edge run --server https://cloud:50051 --ca-cert ca.pem --edge edge-1 --token-file edge-1.token \\\n    \
---data edge-1.yaml --mechanism sue --epsilon 2")]
-pub struct Args {
-    // The cloud (`mistnet-cloud serve`) and this edge's token.
-    #[command(flatten)]
-    client: ClientArgs,
-    /// This edge's id, as in the cloud's tokens file.
-    #[arg(long)]
-    edge: String,
-    /// Local dataset: a dataset YAML or a YOLO-format directory (its train split is uploaded).
-    #[arg(long)]
-    data: PathBuf,
-    #[command(flatten)]
-    privacy: PrivacyArgs,
-    /// How the bits are serialized: packed (1 bit per element), f16 or f32 (baselines).
-    #[arg(long, default_value = "packed", long_help = ENCODING_HELP)]
-    encoding: Encoding,
-    /// Cache directory: the Front (by hash) and the spool of encoded messages awaiting acknowledgement.
-    #[arg(long, default_value = ".mistnet-edge")]
-    cache: PathBuf,
-    /// Failed connection attempts in a row before giving up.
-    #[arg(long, default_value_t = 8)]
-    max_attempts: u32,
-    /// Send at most this many samples per second (to share a thin uplink); default: as fast as acks allow.
-    #[arg(long)]
-    max_rate: Option<f64>,
-    /// Skip bad samples of the dataset (missing or undecodable images, malformed labels, ids the cloud
-    /// would refuse: over 256 bytes or with control characters) instead of stopping; each is counted.
-    #[arg(long)]
-    skip_bad: bool,
-}
+/// The flags of `mistnet-edge run`, defined in `mistnet-cli` so the job renders them from the same type.
+pub type Args = mistnet_cli::edge::RunArgs;
 
 pub fn run(args: Args) -> Result<()> {
     args.privacy.privacy()?; // refuse bad privacy flags before connecting
