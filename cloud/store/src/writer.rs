@@ -341,7 +341,7 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
             }
             Err(e) => {
                 let reason = e.to_string();
-                writable.send_replace(false);
+                writable.send_if_modified(|ok| std::mem::replace(ok, false));
                 // What the failed write left after the last durable byte is cut off; everything
                 // before it was fsync'd by earlier batches. If even that fails, the file's state is
                 // unknown: refuse everything until a restart replays what is on disk.
