@@ -135,7 +135,7 @@ fn a_flood_of_health_watch_streams_is_capped_and_an_edge_still_uploads() {
     // A legitimate edge uploads meanwhile.
     let mut edge = w.edge(&addr);
     assert!(edge.wait_for(LIMIT).success(), "the edge failed during the flood");
-    assert!(FeatureStore::open(w.store()).unwrap().len() > 0);
+    assert!(!FeatureStore::open(w.store()).unwrap().is_empty());
     let rss_after = rss_kb(cloud.0.id());
     println!("server RSS: {rss_before} kB before the flood, {rss_after} kB with 2,500 Watch calls pending or refused and the edge's upload done");
     assert!(rss_after < rss_before + 64 * 1024, "the flood grew the server from {rss_before} to {rss_after} kB");
@@ -154,7 +154,7 @@ fn silent_sockets_under_a_small_open_file_limit_are_cut_and_an_edge_gets_in() {
     assert!(read.is_ok() || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "a silent socket was not closed: {read:?}");
     let mut edge = w.edge(&addr);
     assert!(edge.wait_for(LIMIT).success(), "the edge failed while 300 silent sockets were open");
-    assert!(FeatureStore::open(w.store()).unwrap().len() > 0);
+    assert!(!FeatureStore::open(w.store()).unwrap().is_empty());
     drop(silent);
 }
 

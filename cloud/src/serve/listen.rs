@@ -43,10 +43,14 @@ pub fn incoming(listener: TcpListener, limits: Limits) -> ReceiverStream<io::Res
 async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<io::Result<Conn>>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = BACKOFF.0;
+    // Warned once each time the limit is reached.
+    let mut full = false;
     loop {
-        if slots.available_permits() == 0 {
+        let now_full = slots.available_permits() == 0;
+        if now_full && !full {
             tracing::warn!(max_connections = limits.max_connections, "connection limit reached; new connections wait in the backlog");
         }
+        full = now_full;
         let slot = tokio::select! {
             () = tx.closed() => return,
             slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
