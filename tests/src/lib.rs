@@ -51,14 +51,22 @@ impl Proc {
 
 /// Starts `mistnet-cloud serve` with `args` and waits for its `listening on ADDR` line.
 pub fn start_cloud(args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(binary("mistnet-cloud"))
-        .arg("serve")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start mistnet-cloud");
+    let mut cmd = Command::new(binary("mistnet-cloud"));
+    cmd.arg("serve").args(args);
+    spawn_cloud(cmd)
+}
+
+/// As [`start_cloud`], with the server started by `sh -c` after the shell commands `prelude`
+/// (resource limits: `ulimit -n 256`; signal dispositions: `trap '' XFSZ`), then `exec`'d, so
+/// the returned process is the server itself.
+pub fn start_cloud_after(prelude: &str, args: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("{prelude}\nexec \"$0\" serve \"$@\"")).arg(binary("mistnet-cloud")).args(args);
+    spawn_cloud(cmd)
+}
+
+fn spawn_cloud(mut cmd: Command) -> (Proc, String) {
+    let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start mistnet-cloud");
     let stdout = child.stdout.take().expect("stdout");
     let proc = Proc(child);
     let mut line = String::new();

@@ -4,7 +4,11 @@
 //!
 //! What it serves is a [`ServedFront`]: read from `export`'s directory (`--front`), or computed
 //! from `--weights` by `export`'s own function. The services (crate `mistnet-ingest`) see only
-//! that, never the model; this module turns the flags into their settings and listens.
+//! that, never the model; this module turns the flags into their settings and listens
+//! ([`listen`]: connection limits and timeouts; [`health`]: the health service and its status).
+
+mod health;
+mod listen;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -22,7 +26,6 @@ use mistnet_proto::pb::{
     feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer, ingest_status_server::IngestStatusServer,
 };
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use mistnet_ingest::auth::Tokens;
@@ -39,8 +42,15 @@ it and use --front";
 #[command(mut_arg("weights", |a| a.required(false).required_unless_present("export").help(SERVE_WEIGHTS_HELP)))]
 #[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls. The standard gRPC health service \
 (grpc.health.v1.Health, no token needed) reports mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution and \
-mistnet.v1.IngestStatus SERVING from then on, and NOT_SERVING once shutdown begins. Of --weights, only the \
-Front's tensors are served.\n\n\
+mistnet.v1.IngestStatus SERVING from then on (and the overall status, service \"\"), NOT_SERVING while the store \
+cannot write (a failed write, e.g. a full disk, is rolled back and the next upload tries again; SERVING once one \
+succeeds), and NOT_SERVING once shutdown begins. At most 256 Health.Watch streams are open at once. Of --weights, \
+only the Front's tensors are served.\n\n\
+Under hostile load: the open-file limit is raised to its hard limit; at most --max-connections connections are \
+served at once (fewer when the open-file limit leaves no room: 64 descriptors stay for the store), the rest wait in \
+the kernel's backlog; each carries at most --max-streams-per-connection concurrent streams; a connection that sends \
+no handshake within --handshake-timeout, or reads nothing for 60 s (a live client answers the 20 s HTTP/2 keepalive \
+pings), is closed.\n\n\
 On SIGTERM or Ctrl-C it stops accepting connections and samples, acknowledges the samples already \
 taken once they are durable, ends each upload stream with UNAVAILABLE (edges reconnect and resume \
 later), closes the store and exits 0. Connections still open 10 s after the signal are cut.\n\n\
@@ -111,12 +121,35 @@ pub struct Args {
     /// Most records written per fsync (group commit).
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// Most connections served at once; more wait in the kernel's backlog.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    #[arg(long, default_value_t = DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Seconds a new connection has to start its TLS or HTTP/2 handshake (and to finish a TLS one).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout: u64,
 }
 
 /// Largest gRPC message accepted from an edge by default.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Records per fsync by default.
 pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Connections served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Concurrent streams per connection by default (tonic's default is unlimited).
+pub const DEFAULT_MAX_STREAMS: u32 = 100;
+/// Handshake deadline by default, in seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 10;
+/// Descriptors kept free of connections: the store's files, the runtime, stdio.
+const RESERVED_DESCRIPTORS: u64 = 64;
+/// HTTP/2 keepalive: a ping after this long without a frame from the client...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...which must be answered within this long.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connection that reads nothing for this long is closed (a live client answers the pings).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Args {
     /// `serve --front EXPORT --store STORE --tokens TOKENS` on `listen`, every other flag at its default.
@@ -139,6 +172,9 @@ impl Args {
             on_corruption: OnCorruption::Refuse,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT_S,
         }
     }
 }
@@ -163,6 +199,9 @@ impl ToArgs for Args {
             .arg("--on-corruption", self.on_corruption.to_string())
             .arg("--max-message-bytes", self.max_message_bytes.to_string())
             .arg("--max-batch", self.max_batch.to_string())
+            .arg("--max-connections", self.max_connections.to_string())
+            .arg("--max-streams-per-connection", self.max_streams_per_connection.to_string())
+            .arg("--handshake-timeout", self.handshake_timeout.to_string())
             .build()
     }
 }
@@ -200,7 +239,8 @@ pub fn run(args: Args) -> Result<()> {
     let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping });
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(args, tokens, tls, Services(Arc::clone(&ingest)), stop));
+    let writable = ingest.store.writable();
+    let served = runtime.block_on(serve(args, tokens, tls, Services(Arc::clone(&ingest)), writable, stop));
     // Dropping the runtime drops every task still holding the store (streams cut after the grace period).
     drop(runtime);
     match Arc::try_unwrap(ingest) {
@@ -216,44 +256,49 @@ pub fn run(args: Args) -> Result<()> {
 /// How long after SIGTERM/Ctrl-C open connections may take to finish before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, services: Services, stop: watch::Sender<bool>) -> Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<FeatureUploadServer<Services>>().await;
-    health.set_serving::<FrontDistributionServer<Services>>().await;
-    health.set_serving::<IngestStatusServer<Services>>().await;
+async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, services: Services, writable: watch::Receiver<bool>, stop: watch::Sender<bool>) -> Result<()> {
+    let (health, health_service) = health::service();
+    health::set(&health, true).await;
+    let mut follower = health::follow_store(health.clone(), writable);
+    let limits = listen::Limits {
+        max_connections: connection_limit(args.max_connections)?,
+        handshake: Duration::from_secs(args.handshake_timeout),
+        idle: IDLE_TIMEOUT,
+    };
 
     let check = |t: Tokens| move |req| t.check(req);
     let upload = FeatureUploadServer::new(services.clone()).max_decoding_message_size(args.max_message_bytes);
     let front = FrontDistributionServer::new(services.clone()).max_encoding_message_size(mistnet_proto::MAX_MESSAGE_BYTES);
     let status = IngestStatusServer::new(services);
 
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .max_concurrent_streams(args.max_streams_per_connection)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("invalid TLS configuration")?;
+        builder = builder.tls_config(tls.timeout(limits.handshake)).context("invalid TLS configuration")?;
     }
     // Installed before `listening on` is printed: a signal from then on is a clean shutdown.
     let signal = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
-    tracing::info!(%addr, "serving");
+    tracing::info!(%addr, max_connections = limits.max_connections, max_streams_per_connection = args.max_streams_per_connection, "serving");
     let mut stopped = stop.subscribe();
     let server = builder
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(upload, check(tokens.clone())))
         .add_service(tonic::service::interceptor::InterceptedService::new(front, check(tokens.clone())))
         .add_service(tonic::service::interceptor::InterceptedService::new(status, check(tokens)))
-        // TCP_NODELAY: without it, Nagle holds back the small WINDOW_UPDATE and ack frames until the
-        // peer's delayed ACK (40 ms), which capped a stream at ~1 MB (10 samples) per 40 ms.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+        .serve_with_incoming_shutdown(listen::incoming(listener, limits), async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         });
     let drain = async {
         signal.await;
         tracing::info!(grace_s = SHUTDOWN_GRACE.as_secs(), "shutting down: no new connections or samples; acknowledging the samples in flight");
-        health.set_not_serving::<FeatureUploadServer<Services>>().await;
-        health.set_not_serving::<FrontDistributionServer<Services>>().await;
-        health.set_not_serving::<IngestStatusServer<Services>>().await;
+        follower.abort();
+        let _ = (&mut follower).await;
+        health::set(&health, false).await;
         stop.send_replace(true);
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
@@ -263,6 +308,20 @@ async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, service
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// `--max-connections`, lowered to what the open-file limit (raised to its hard limit first) leaves
+/// after [`RESERVED_DESCRIPTORS`].
+fn connection_limit(max: u32) -> Result<usize> {
+    let files = listen::raise_descriptor_limit().context("cannot read or raise the open-file limit")?;
+    let room = files.saturating_sub(RESERVED_DESCRIPTORS);
+    if room == 0 {
+        bail!("the open-file limit ({files}) leaves no descriptor for connections: {RESERVED_DESCRIPTORS} are kept for the store");
+    }
+    if room < u64::from(max) {
+        tracing::warn!(max_connections = max, open_file_limit = files, serving = room, "the open-file limit lowers --max-connections");
+    }
+    Ok(room.min(u64::from(max)) as usize)
 }
 
 /// A future that resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed by this call,
@@ -330,6 +389,9 @@ mod tests {
             on_corruption: OnCorruption::Quarantine,
             max_message_bytes: 1 << 20,
             max_batch: 8,
+            max_connections: 16,
+            max_streams_per_connection: 4,
+            handshake_timeout: 3,
             ..a
         };
         assert_eq!(mistnet_cli::argv::reparse(&b).unwrap(), b);

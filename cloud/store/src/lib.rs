@@ -36,6 +36,8 @@ pub enum StoreError {
     Locked { dir: PathBuf },
     #[error("the store stopped accepting writes after an I/O error: {0}")]
     Poisoned(String),
+    #[error("the store could not write this batch (rolled back; a later upload tries again): {0}")]
+    WriteFailed(String),
     #[error("the store writer has shut down")]
     Closed,
 }

@@ -1,6 +1,11 @@
 //! The ingest side of the store: one writer thread appends records and fsyncs them in batches
 //! (group commit) before any of them is acknowledged; it alone decides duplicates, quotas and
 //! the ε budget, so those decisions are serial and exact.
+//!
+//! A batch whose write or fsync fails (a full disk) is rolled back: the segment is truncated to
+//! its last durable length and fsync'd, the batch is refused, and the next batch tries again;
+//! [`StoreWriter::writable`] reports false from the failure until a batch is durable again. Only
+//! when the rollback itself fails does the writer refuse everything until restarted.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -11,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use mistnet_data::Label;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::ledger::Index;
 use super::record::{Record, RecordKind};
@@ -88,6 +93,7 @@ struct Job {
 pub struct StoreWriter {
     tx: Option<mpsc::Sender<Job>>,
     index: Arc<Mutex<Index>>,
+    writable: watch::Receiver<bool>,
     thread: Option<JoinHandle<()>>,
     _lock: File,
 }
@@ -126,11 +132,12 @@ impl StoreWriter {
         let index = Arc::new(Mutex::new(index));
         let (tx, rx) = mpsc::channel(limits.queue.max(1));
         let thread_index = Arc::clone(&index);
+        let (writable_tx, writable) = watch::channel(true);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(rx, active, thread_index, limits))
+            .spawn(move || write_loop(rx, active, thread_index, writable_tx, limits))
             .map_err(|e| StoreError::io(dir, e))?;
-        Ok(Self { tx: Some(tx), index, thread: Some(thread), _lock: lock })
+        Ok(Self { tx: Some(tx), index, writable, thread: Some(thread), _lock: lock })
     }
 
     /// Stores `upload`; resolves once the decision is durable. Waits while the queue is full.
@@ -139,6 +146,12 @@ impl StoreWriter {
         let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
         tx.send(Job { upload, reply }).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether the last batch was durable: false from a failed write or fsync until a batch is
+    /// durable again (or for good, when the failed write could not be rolled back).
+    pub fn writable(&self) -> watch::Receiver<bool> {
+        self.writable.clone()
     }
 
     /// The index as of the last fsync'd batch.
@@ -222,7 +235,9 @@ impl Segment {
         let io = |e| StoreError::io(path, e);
         let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
         let mut len = file.metadata().map_err(io)?.len();
-        if len == 0 {
+        if len < SEGMENT_MAGIC.len() as u64 {
+            // New, or an earlier roll that failed while writing the magic.
+            file.set_len(0).map_err(io)?;
             file.write_all(SEGMENT_MAGIC).map_err(io)?;
             file.sync_all().map_err(io)?;
             sync_dir(dir)?;
@@ -240,6 +255,14 @@ impl Segment {
         Ok(())
     }
 
+    /// Cuts off whatever a failed [`append`](Self::append) may have left after the last durable
+    /// byte, and makes the cut durable.
+    fn roll_back(&mut self) -> Result<(), StoreError> {
+        let io = |e| StoreError::io(&self.path, e);
+        self.file.set_len(self.len).map_err(io)?;
+        self.file.sync_all().map_err(io)
+    }
+
     /// The next segment.
     fn roll(&self) -> Result<Self, StoreError> {
         let number = self.number + 1;
@@ -252,7 +275,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
 }
 
-fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex<Index>>, limits: StoreLimits) {
+fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex<Index>>, writable: watch::Sender<bool>, limits: StoreLimits) {
     let mut poisoned: Option<String> = None;
     // One buffer for every batch's frames: each record's features are copied once, into it.
     let mut bytes = Vec::new();
@@ -311,20 +334,36 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
                 for (reply, outcome) in replies {
                     let _ = reply.send(Ok(outcome));
                 }
-                // One batch of large samples must not keep its buffer for the life of the server.
-                if bytes.capacity() > KEEP_BATCH_BUFFER {
-                    bytes = Vec::new();
+                if !*writable.borrow() {
+                    tracing::info!(segment = %active.path.display(), "store writable again");
+                    writable.send_replace(true);
                 }
             }
             Err(e) => {
-                // After a failed write or fsync the file's state is unknown: refuse everything from now on.
                 let reason = e.to_string();
-                tracing::error!(%reason, "store write failed; refusing all further uploads");
-                poisoned = Some(reason.clone());
+                writable.send_if_modified(|ok| std::mem::replace(ok, false));
+                // What the failed write left after the last durable byte is cut off; everything
+                // before it was fsync'd by earlier batches. If even that fails, the file's state is
+                // unknown: refuse everything until a restart replays what is on disk.
+                let refusal = match active.roll_back() {
+                    Ok(()) => {
+                        tracing::error!(%reason, segment = %active.path.display(), len = active.len, "store write failed and was rolled back; the next batch tries again");
+                        StoreError::WriteFailed
+                    }
+                    Err(cut) => {
+                        tracing::error!(%reason, rollback = %cut, "store write failed and could not be rolled back; refusing all further uploads");
+                        poisoned = Some(format!("{reason}; rolling it back failed: {cut}"));
+                        StoreError::Poisoned
+                    }
+                };
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                    let _ = reply.send(Err(refusal(reason.clone())));
                 }
             }
+        }
+        // One batch of large samples must not keep its buffer for the life of the server.
+        if bytes.capacity() > KEEP_BATCH_BUFFER {
+            bytes = Vec::new();
         }
     }
 }
