@@ -331,12 +331,13 @@ fn write_loop(mut rx: mpsc::Receiver<Job>, mut active: Segment, index: Arc<Mutex
                     idx.apply(rec);
                 }
                 drop(idx);
-                for (reply, outcome) in replies {
-                    let _ = reply.send(Ok(outcome));
-                }
+                // Writable again before anyone hears of the write, so health never lags an ack.
                 if !*writable.borrow() {
                     tracing::info!(segment = %active.path.display(), "store writable again");
                     writable.send_replace(true);
+                }
+                for (reply, outcome) in replies {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
