@@ -27,7 +27,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use mistnet_ingest::auth::Tokens;
 use mistnet_ingest::manifest::ServedFront;
-use mistnet_ingest::service::{Ingest, Services};
+use mistnet_ingest::service::{CallLimiter, Ingest, Services};
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(mut_arg("weights", |a| a.required(false).required_unless_present("export")))]
@@ -191,7 +191,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = StoreWriter::open(&args.store, limits)?;
     tracing::info!(store = %args.store.display(), samples = store.index().samples(), front = %front.front_hash, "store open");
     let (stop, stopping) = watch::channel(false);
-    let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping });
+    let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default() });
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served = runtime.block_on(serve(args, tokens, tls, Services(Arc::clone(&ingest)), stop));
