@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mistnet::codec::{EncodeParams, Encoding, FrontHash, Mechanism, Privacy, encode, seeded_rng};
 use mistnet::data::synth::{SynthConfig, generate};
-use mistnet_e2e::{Proc, binary, channel, start_edge};
+use mistnet_e2e::{Proc, binary, channel};
 use mistnet_proto::client::Credentials;
 use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient, ingest_status_client::IngestStatusClient};
 use tonic::Code;
