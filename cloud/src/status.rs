@@ -1,8 +1,11 @@
 //! `mistnet-cloud status`: asks a running `serve` for per-edge counts, store size and the ε ledger:
 //! of every edge with the operator token, or of one edge with that edge's token. It connects as
-//! the edges do (TLS, mTLS, no plaintext off loopback).
+//! the edges do (TLS, mTLS, no plaintext off loopback). The server sends each edge's ledger in
+//! pages; this follows them (waiting out the server's rate limit) and shows the whole ledger.
 
-use anyhow::{Context, Result};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
 use mistnet_cli::ClientArgs;
 use mistnet_proto::pb::{self, ingest_status_client::IngestStatusClient};
 use serde_json::json;
@@ -39,11 +42,42 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Ledger entries asked for per page when following an edge's ledger.
+const LEDGER_PAGE: u32 = 10_000;
+/// Rate-limited calls retried in a row before giving up.
+const RATE_LIMIT_RETRIES: u32 = 20;
+
 async fn fetch(args: &Args) -> Result<pb::StatusResponse> {
     let client = args.client.client(args.edge.as_deref())?;
     let channel = client.connect().await?;
-    let status = IngestStatusClient::new(channel).get_status(client.request(pb::StatusRequest {})).await.map_err(|s| anyhow::anyhow!("status call refused: {}: {}", s.code(), s.message()))?;
-    Ok(status.into_inner())
+    let mut rpc = IngestStatusClient::new(channel).max_decoding_message_size(mistnet_proto::MAX_MESSAGE_BYTES);
+    // The first page of every edge's ledger, then the rest edge by edge.
+    let mut status = call(&mut rpc, &client, pb::StatusRequest::default()).await?;
+    for edge in &mut status.edges {
+        while !edge.ledger_next_page_token.is_empty() {
+            let request = pb::StatusRequest { max_ledger: Some(LEDGER_PAGE), edge: edge.edge.clone(), ledger_page_token: std::mem::take(&mut edge.ledger_next_page_token) };
+            let mut page = call(&mut rpc, &client, request).await?;
+            let Some(more) = page.edges.pop().filter(|e| e.edge == edge.edge) else { bail!("the server answered a ledger page of edge {} with another edge", edge.edge) };
+            edge.ledger.extend(more.ledger);
+            edge.ledger_next_page_token = more.ledger_next_page_token;
+        }
+    }
+    Ok(status)
+}
+
+/// One GetStatus call; a rate-limited one is retried after the server's advice.
+async fn call(rpc: &mut IngestStatusClient<tonic::transport::Channel>, client: &mistnet_proto::client::Client, request: pb::StatusRequest) -> Result<pb::StatusResponse> {
+    let mut refused = 0;
+    loop {
+        match rpc.get_status(client.request(request.clone())).await {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted && refused < RATE_LIMIT_RETRIES => {
+                refused += 1;
+                tokio::time::sleep(mistnet_proto::retry_after(&s).unwrap_or(Duration::from_secs(1))).await;
+            }
+            Err(s) => bail!("status call refused: {}: {}", s.code(), s.message()),
+        }
+    }
 }
 
 /// ε as JSON: a number, or the string "inf" for an upload without noise.

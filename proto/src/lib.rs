@@ -22,6 +22,15 @@ pub mod pb {
 pub const AUTHORIZATION: &str = "authorization";
 /// Metadata key naming the edge a call is made for.
 pub const EDGE_HEADER: &str = "x-mistnet-edge";
+/// Metadata key of a RESOURCE_EXHAUSTED status's retry advice (a rate limit): milliseconds to wait.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// The retry advice of `status` ([`RETRY_AFTER_MS`]), if it carries one.
+pub fn retry_after(status: &tonic::Status) -> Option<std::time::Duration> {
+    let ms = status.metadata().get(RETRY_AFTER_MS)?.to_str().ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// Largest gRPC message either side accepts: the Front's weights for yolov5x at the deepest cut fit.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 

@@ -285,7 +285,7 @@ fn epsilon_total_is_infinite_once_an_upload_without_noise_is_accepted() {
     assert_eq!(acks["plain"].code, 0, "{}", acks["plain"].message);
     let edge = rt.block_on(async {
         let mut client = IngestStatusClient::new(channel(&addr).await);
-        client.get_status(authed(pb::StatusRequest {})).await.unwrap().into_inner().edges.remove(0)
+        client.get_status(authed(pb::StatusRequest::default())).await.unwrap().into_inner().edges.remove(0)
     });
     assert_eq!(edge.epsilon_total, f64::INFINITY);
     assert_eq!((edge.uploads, edge.uploads_without_privacy), (2, 1));

@@ -339,7 +339,7 @@ fn the_epsilon_ledger_counts_re_uploads_and_enforces_the_budget() {
         let channel = channel(&addr).await;
         let tok = token("edge-0");
         let mut upload = FeatureUploadClient::new(channel);
-        let mut ids = upload.list_stored(authed(pb::ListStoredRequest {}, "edge-0", &tok)).await.unwrap().into_inner();
+        let mut ids = upload.list_stored(authed(pb::ListStoredRequest::default(), "edge-0", &tok)).await.unwrap().into_inner();
         let id = ids.message().await.unwrap().unwrap().sample_ids[0].clone();
         let sample = FeatureStore::open(setup.root.join("store")).unwrap().samples().unwrap().into_iter().find(|s| s.sample_id == id).unwrap();
         let resend = pb::Sample {
@@ -406,12 +406,12 @@ fn status_shows_every_edge_only_to_the_operator() {
         }
         let err = FrontDistributionClient::new(channel.clone()).get_front(as_operator(pb::GetFrontRequest::default())).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-        let err = FeatureUploadClient::new(channel.clone()).list_stored(as_operator(pb::ListStoredRequest {})).await.unwrap_err();
+        let err = FeatureUploadClient::new(channel.clone()).list_stored(as_operator(pb::ListStoredRequest::default())).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
         let mut status_client = IngestStatusClient::new(channel);
-        let err = status_client.get_status(authed(pb::StatusRequest {}, "edge-0", OPERATOR_TOKEN)).await.unwrap_err();
+        let err = status_client.get_status(authed(pb::StatusRequest::default(), "edge-0", OPERATOR_TOKEN)).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "the operator token is no edge's token: {err:?}");
-        assert!(status_client.get_status(as_operator(pb::StatusRequest {})).await.unwrap().into_inner().all_edges);
+        assert!(status_client.get_status(as_operator(pb::StatusRequest::default())).await.unwrap().into_inner().all_edges);
     });
 
     let all = status(&addr, None, &operator_token).unwrap();

@@ -1,12 +1,21 @@
 //! The gRPC services: Front distribution, feature upload and status. On shutdown (see
 //! [`Ingest::stopping`]) every upload stream stops taking samples, answers the ones in flight once
 //! they are durable, and ends with UNAVAILABLE, so the server can exit without cutting off an ack.
+//! A stream whose next message cannot be read (over the size limit, a bogus length prefix,
+//! undecodable) is answered the same way and ends with the real status, logged.
+//!
+//! `ListStored` and `GetStatus` hold the index lock for one page at a time (at most
+//! [`IDS_PER_BATCH`] ids, or `max_ledger` ledger entries per edge), never for the whole store, and
+//! are rate-limited per caller ([`CallLimiter`]).
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mistnet_store::{EdgeLedger, Outcome, StoreWriter};
+use mistnet_proto::RETRY_AFTER_MS;
 use mistnet_proto::pb::{self, feature_upload_server::FeatureUpload, front_distribution_server::FrontDistribution, ingest_status_server::IngestStatus};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;
@@ -20,6 +29,10 @@ use crate::validate::{Expected, validate};
 const IN_FLIGHT_PER_STREAM: usize = 32;
 /// Sample ids per `StoredBatch`.
 const IDS_PER_BATCH: usize = 1000;
+/// Ledger entries per edge in a `GetStatus` reply that does not say (`max_ledger` absent).
+const DEFAULT_LEDGER_PAGE: usize = 1000;
+/// Most ledger entries per edge in one `GetStatus` reply.
+const MAX_LEDGER_PAGE: usize = 10_000;
 
 /// Shared state of the services.
 pub struct Ingest {
@@ -29,6 +42,91 @@ pub struct Ingest {
     pub epsilon_budget: Option<f64>,
     /// Turns true when the server starts shutting down.
     pub stopping: watch::Receiver<bool>,
+    /// Rate limit of `GetStatus` and `ListStored` calls.
+    pub limiter: CallLimiter,
+}
+
+/// A token bucket per caller (each edge, and the operator) over `GetStatus` and `ListStored`
+/// calls: `burst` calls at once, refilled at `per_second`. Callers are authenticated before they
+/// get here, so there is one bucket per configured edge at most, plus the operator's.
+pub struct CallLimiter {
+    per_second: f64,
+    burst: f64,
+    /// Tokens left and when they were counted, per caller (`None`: the operator).
+    buckets: Mutex<HashMap<Option<String>, (f64, Instant)>>,
+}
+
+impl Default for CallLimiter {
+    /// 10 calls a second, 20 at once: a status page or a resume listing costs one call.
+    fn default() -> Self {
+        Self::new(10.0, 20.0)
+    }
+}
+
+impl CallLimiter {
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Self { per_second, burst, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one call of `caller`'s bucket, or refuses with RESOURCE_EXHAUSTED and the time until
+    /// the next token in [`RETRY_AFTER_MS`].
+    fn admit(&self, caller: &Caller, call: &str) -> Result<(), Status> {
+        let key = match caller {
+            Caller::Edge(edge) => Some(edge.clone()),
+            Caller::Operator => None,
+        };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = buckets.entry(key).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - *tokens) / self.per_second);
+        drop(buckets);
+        let who = match caller {
+            Caller::Edge(edge) => format!("edge {edge}"),
+            Caller::Operator => "the operator".to_string(),
+        };
+        tracing::warn!(caller = %who, call, "status/list call rate-limited");
+        let ms = wait.as_millis().max(1) as u64;
+        let mut status = Status::resource_exhausted(format!(
+            "{call}: {who} is over the limit of {} GetStatus/ListStored calls a second ({} at once); retry in {ms} ms",
+            self.per_second, self.burst
+        ));
+        status.metadata_mut().insert(RETRY_AFTER_MS, ms.into());
+        Err(status)
+    }
+}
+
+/// Up to `n` entries of `map` after the key `after` (from the first when `after` is empty, which
+/// no sample id is), and whether more follow. Work: O(log len + n).
+fn page_after<'a, V>(map: &'a BTreeMap<String, V>, after: &str, n: usize) -> (Vec<(&'a String, &'a V)>, bool) {
+    let mut range = map.range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+    let page: Vec<_> = range.by_ref().take(n).collect();
+    (page, range.next().is_some())
+}
+
+/// A page token is a sample id (the last one of the previous page).
+fn check_page_token(token: &str, field: &str) -> Result<(), Status> {
+    if token.is_empty() {
+        return Ok(());
+    }
+    mistnet_proto::check_sample_id(token).map_err(|e| Status::invalid_argument(format!("{field} is not a page token: {e}")))
+}
+
+/// The status an upload stream ends with when its next message cannot be read: tonic's
+/// "message length too large" (OUT_OF_RANGE, also for a bogus length prefix) is RESOURCE_EXHAUSTED
+/// as gRPC specifies; an undecodable or truncated message (INTERNAL) is INVALID_ARGUMENT; any
+/// other (the connection broke, the client cancelled) stays as it is. Also: whether to warn.
+fn unreadable(status: Status) -> (Status, bool) {
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => (Status::resource_exhausted(format!("upload message refused: {}", status.message())), true),
+        Code::Internal => (Status::invalid_argument(format!("upload message unreadable: {}", status.message())), true),
+        _ => (status, false),
+    }
 }
 
 /// A handle the three services share.
@@ -68,10 +166,33 @@ impl FeatureUpload for Services {
 
     async fn list_stored(&self, req: Request<pb::ListStoredRequest>) -> Result<Response<Self::ListStoredStream>, Status> {
         let edge = edge_of(&req)?;
-        let ids: Vec<String> = self.0.store.index().edges.get(&edge).map(|l| l.per_sample.keys().cloned().collect()).unwrap_or_default();
-        let batches: Vec<Result<pb::StoredBatch, Status>> =
-            ids.chunks(IDS_PER_BATCH).map(|c| Ok(pb::StoredBatch { sample_ids: c.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+        self.0.limiter.admit(caller(&req)?, "ListStored")?;
+        let pb::ListStoredRequest { page_token, max_ids } = req.into_inner();
+        check_page_token(&page_token, "page_token")?;
+        let ingest = Arc::clone(&self.0);
+        // One batch at a time, each read under the lock on its own; the channel holds back the next one.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut after = page_token;
+            let mut left = if max_ids == 0 { usize::MAX } else { max_ids as usize };
+            loop {
+                let (sample_ids, more) = {
+                    let index = ingest.store.index();
+                    let Some(ledger) = index.edges.get(&edge) else { break };
+                    let (page, more) = page_after(&ledger.per_sample, &after, IDS_PER_BATCH.min(left));
+                    (page.into_iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), more)
+                };
+                let Some(last) = sample_ids.last().cloned() else { break };
+                left -= sample_ids.len();
+                let cut_short = more && left == 0;
+                let next_page_token = if cut_short { last.clone() } else { String::new() };
+                if tx.send(Ok(pb::StoredBatch { sample_ids, next_page_token })).await.is_err() || !more || cut_short {
+                    break;
+                }
+                after = last;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn upload(&self, req: Request<Streaming<pb::Sample>>) -> Result<Response<Self::UploadStream>, Status> {
@@ -101,7 +222,16 @@ impl FeatureUpload for Services {
                     Ok(Some(s)) => s,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%edge, %status, "upload stream ended");
+                        // Answer what is in flight, then end the stream with the real status.
+                        drop(permit);
+                        let (status, warn) = unreadable(status);
+                        if warn {
+                            tracing::warn!(%edge, code = ?status.code(), reason = status.message(), "upload stream ended: a message could not be read");
+                        } else {
+                            tracing::debug!(%edge, %status, "upload stream ended");
+                        }
+                        let _ = permits.acquire_many(IN_FLIGHT_PER_STREAM as u32).await;
+                        let _ = acks.send(Err(status)).await;
                         break;
                     }
                 };
@@ -142,41 +272,67 @@ async fn store_one(ingest: &Ingest, edge: &str, sample: pb::Sample) -> pb::Ack {
 
 #[tonic::async_trait]
 impl IngestStatus for Services {
-    /// The operator sees every edge and the store size; an edge sees only itself.
+    /// The operator sees every edge and the store size; an edge sees only itself. Each edge's
+    /// ledger comes as one page (`max_ledger`, after `ledger_page_token`).
     async fn get_status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let only = match caller(&req)? {
-            Caller::Operator => None,
-            Caller::Edge(edge) => Some(edge.clone()),
+        let who = caller(&req)?.clone();
+        self.0.limiter.admit(&who, "GetStatus")?;
+        let pb::StatusRequest { max_ledger, edge, ledger_page_token } = req.into_inner();
+        let max_ledger = max_ledger.map_or(DEFAULT_LEDGER_PAGE, |n| (n as usize).min(MAX_LEDGER_PAGE));
+        check_page_token(&ledger_page_token, "ledger_page_token")?;
+        if !ledger_page_token.is_empty() && edge.is_empty() {
+            return Err(Status::invalid_argument("ledger_page_token needs the edge it pages (StatusRequest.edge)"));
+        }
+        let operator = who == Caller::Operator;
+        let only = match who {
+            Caller::Edge(me) if !edge.is_empty() && edge != me => {
+                return Err(Status::permission_denied(format!("edge {me} may only ask for its own status, not edge {edge}'s")));
+            }
+            Caller::Edge(me) => Some(me),
+            Caller::Operator => (!edge.is_empty()).then_some(edge),
         };
         let index = self.0.store.index();
         let empty = EdgeLedger::default();
         let listed: Vec<(&String, &EdgeLedger)> = match &only {
             None => index.edges.iter().collect(),
-            Some(edge) => vec![(edge, index.edges.get(edge).unwrap_or(&empty))],
+            Some(edge) => match index.edges.get(edge) {
+                Some(ledger) => vec![(edge, ledger)],
+                None if operator => return Err(Status::not_found(format!("edge {edge} has nothing stored"))),
+                None => vec![(edge, &empty)],
+            },
         };
         let edges: Vec<pb::EdgeStatus> = listed
             .into_iter()
-            .map(|(edge, l)| pb::EdgeStatus {
-                edge: edge.clone(),
-                samples: l.samples,
-                feature_bytes: l.feature_bytes,
-                epsilon_total: l.epsilon_spent(),
-                uploads_without_privacy: l.uploads_without_privacy,
-                uploads: l.uploads,
-                ledger: l
-                    .per_sample
-                    .iter()
-                    .map(|(id, eps)| pb::SampleLedger { sample_id: id.clone(), epsilon: eps.clone(), epsilon_total: eps.iter().sum() })
-                    .collect(),
+            .map(|(edge, l)| {
+                let (page, more) = page_after(&l.per_sample, &ledger_page_token, max_ledger);
+                let ledger_next_page_token = match page.last() {
+                    Some((id, _)) if more => (*id).clone(),
+                    _ => String::new(),
+                };
+                pb::EdgeStatus {
+                    edge: edge.clone(),
+                    samples: l.samples,
+                    feature_bytes: l.feature_bytes,
+                    epsilon_total: l.epsilon_spent(),
+                    uploads_without_privacy: l.uploads_without_privacy,
+                    uploads: l.uploads,
+                    ledger: page
+                        .into_iter()
+                        .map(|(id, eps)| pb::SampleLedger { sample_id: id.clone(), epsilon: eps.clone(), epsilon_total: eps.iter().sum() })
+                        .collect(),
+                    ledger_next_page_token,
+                }
             })
             .collect();
+        let store_bytes = if operator { index.store_bytes } else { 0 };
+        drop(index);
         Ok(Response::new(pb::StatusResponse {
             samples: edges.iter().map(|e| e.samples).sum(),
             edges,
-            store_bytes: if only.is_none() { index.store_bytes } else { 0 },
+            store_bytes,
             front_hash: self.0.front.front_hash.clone(),
             epsilon_budget: self.0.epsilon_budget,
-            all_edges: only.is_none(),
+            all_edges: operator && only.is_none(),
         }))
     }
 }

@@ -30,7 +30,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use mistnet_ingest::auth::Tokens;
 use mistnet_ingest::manifest::ServedFront;
-use mistnet_ingest::service::{Ingest, Services};
+use mistnet_ingest::service::{CallLimiter, Ingest, Services};
 
 /// `--weights` of serve: unlike a Front alone, serving needs the model's classes too.
 const SERVE_WEIGHTS_HELP: &str = "Without --front: a deployable model, or Ultralytics-named weights with their Detect head \
@@ -236,7 +236,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = StoreWriter::open(&args.store, limits)?;
     tracing::info!(store = %args.store.display(), samples = store.index().samples(), front = %front.front_hash, "store open");
     let (stop, stopping) = watch::channel(false);
-    let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping });
+    let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default() });
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let writable = ingest.store.writable();

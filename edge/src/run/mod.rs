@@ -110,7 +110,7 @@ fn load_samples(data: &Path, policy: BadDataPolicy) -> Result<Vec<(String, Sampl
 async fn list_stored(cloud: &Cloud, channel: tonic::transport::Channel) -> Result<HashSet<String>> {
     let mut client = FeatureUploadClient::new(channel);
     let mut stream = client
-        .list_stored(cloud.request(pb::ListStoredRequest {}))
+        .list_stored(cloud.request(pb::ListStoredRequest::default()))
         .await
         .map_err(|s| anyhow::anyhow!("ListStored refused: {}: {}", s.code(), s.message()))?
         .into_inner();

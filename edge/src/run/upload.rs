@@ -1,6 +1,7 @@
 //! Streaming spooled samples to the cloud until every one is acknowledged: each round lists what
 //! the cloud already stored (resume), streams the rest and collects acks; a broken round is retried
-//! with exponential backoff and full jitter.
+//! with exponential backoff and full jitter (no sooner than the server's retry advice). A stream
+//! the server ends with an error reports that status.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,7 +43,7 @@ pub async fn upload_all(
         match round(cloud, &mut pending, &mut refused, pace, bar).await {
             Ok(()) => {}
             Err(RoundError::Fatal(e)) => return Err(e),
-            Err(RoundError::Transient(e)) => {
+            Err(RoundError::Transient(e, advice)) => {
                 if pending.len() < before {
                     failures = 0;
                 }
@@ -51,7 +52,7 @@ pub async fn upload_all(
                     bail!("gave up after {failures} failed attempts in a row, {} samples unacknowledged: {e}", pending.len());
                 }
                 let ceiling = retry.base.saturating_mul(1 << failures.min(16)).min(retry.cap);
-                let wait = rand::rng().random_range(Duration::ZERO..=ceiling);
+                let wait = rand::rng().random_range(Duration::ZERO..=ceiling).max(advice.unwrap_or_default());
                 bar.println(format!("connection lost ({e}); retry {failures}/{} in {wait:.1?}", retry.max_attempts));
                 tokio::time::sleep(wait).await;
             }
@@ -61,17 +62,23 @@ pub async fn upload_all(
 }
 
 enum RoundError {
-    /// Worth retrying: the connection or the server's storage.
-    Transient(anyhow::Error),
-    /// Retrying cannot help (authentication).
+    /// Worth retrying: the connection, the server's storage or its rate limit (wait at least
+    /// the server's retry advice).
+    Transient(anyhow::Error, Option<Duration>),
+    /// Retrying cannot help (authentication, a message the server cannot take).
     Fatal(anyhow::Error),
 }
 
+/// A failed call or stream: RESOURCE_EXHAUSTED with retry advice is a rate limit (transient);
+/// without it, a stream-level one is a message over the server's size limit, which a retry would
+/// send again.
 fn classify(status: tonic::Status, what: &str) -> RoundError {
     let e = anyhow!("{what}: {}: {}", status.code(), status.message());
+    let advice = mistnet_proto::retry_after(&status);
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::Unimplemented => RoundError::Fatal(e),
-        _ => RoundError::Transient(e),
+        Code::ResourceExhausted if advice.is_none() => RoundError::Fatal(e),
+        _ => RoundError::Transient(e, advice),
     }
 }
 
@@ -82,10 +89,10 @@ async fn round(
     pace: Option<Duration>,
     bar: &ProgressBar,
 ) -> Result<(), RoundError> {
-    let channel = cloud.connect().await.map_err(|e| RoundError::Transient(anyhow!("cannot connect: {e}")))?;
+    let channel = cloud.connect().await.map_err(|e| RoundError::Transient(anyhow!("cannot connect: {e}"), None))?;
     let mut client = FeatureUploadClient::new(channel).max_decoding_message_size(mistnet_proto::MAX_MESSAGE_BYTES);
 
-    let mut stored = client.list_stored(cloud.request(pb::ListStoredRequest {})).await.map_err(|s| classify(s, "ListStored"))?.into_inner();
+    let mut stored = client.list_stored(cloud.request(pb::ListStoredRequest::default())).await.map_err(|s| classify(s, "ListStored"))?.into_inner();
     while let Some(batch) = stored.message().await.map_err(|s| classify(s, "ListStored"))? {
         for id in batch.sample_ids {
             if pending.remove(&id).is_some() {
@@ -138,10 +145,10 @@ async fn round(
                         refused.push((ack.sample_id, ack.message));
                     }
                 }
-                code => break Err(RoundError::Transient(anyhow!("sample {}: {code}: {}", ack.sample_id, ack.message))),
+                code => break Err(RoundError::Transient(anyhow!("sample {}: {code}: {}", ack.sample_id, ack.message), None)),
             },
             Ok(None) if pending.is_empty() => break Ok(()),
-            Ok(None) => break Err(RoundError::Transient(anyhow!("the server closed the stream with {} samples unacknowledged", pending.len()))),
+            Ok(None) => break Err(RoundError::Transient(anyhow!("the server closed the stream with {} samples unacknowledged", pending.len()), None)),
             Err(s) => break Err(classify(s, "Upload")),
         }
         if pending.is_empty() {
