@@ -28,7 +28,7 @@ use mistnet_proto::pb::{
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use mistnet_ingest::auth::Tokens;
+use mistnet_ingest::auth::{Policy, Tokens};
 use mistnet_ingest::manifest::ServedFront;
 use mistnet_ingest::service::{CallLimiter, Ingest, Services};
 
@@ -81,7 +81,8 @@ pub struct Args {
     // The letterbox size edges must use: features are imgsz/stride square.
     #[command(flatten)]
     pub imgsz: ImageSizeArgs,
-    /// Tokens file: one `edge-id token` per line (tokens of at least 16 characters; `#` starts a comment).
+    /// Tokens file: one `edge-id token` per line (tokens of at least 16 characters; `#` starts a comment). Edge ids
+    /// and tokens are visible ASCII, and every edge has its own token: else serve refuses to start, naming the line.
     #[arg(long)]
     pub tokens: PathBuf,
     /// File holding the operator token (first line, at least 16 characters, not any edge's token): it may
@@ -97,6 +98,13 @@ pub struct Args {
     /// CA certificate (PEM) that client certificates must chain to: turns on mutual TLS.
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// With --client-ca: every edge call must come with a client certificate whose SAN (a DNS name or a URI)
+    /// equals its `x-mistnet-edge`, so a stolen token is useless without that edge's certificate.
+    #[arg(long, requires = "client_ca")]
+    pub bind_cert_san: bool,
+    /// Refuse to start when --tokens or --operator-token-file is readable by group or others (without it: a warning).
+    #[arg(long)]
+    pub strict_token_permissions: bool,
     /// Serve plaintext on a non-loopback address. INSECURE: tokens and features travel in the clear.
     #[arg(long)]
     pub insecure_plaintext: bool,
@@ -165,6 +173,8 @@ impl Args {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            bind_cert_san: false,
+            strict_token_permissions: false,
             insecure_plaintext: false,
             epsilon_budget: None,
             max_samples_per_edge: None,
@@ -192,6 +202,8 @@ impl ToArgs for Args {
             .opt("--tls-cert", self.tls_cert.as_ref())
             .opt("--tls-key", self.tls_key.as_ref())
             .opt("--client-ca", self.client_ca.as_ref())
+            .switch("--bind-cert-san", self.bind_cert_san)
+            .switch("--strict-token-permissions", self.strict_token_permissions)
             .switch("--insecure-plaintext", self.insecure_plaintext)
             .opt("--epsilon-budget", self.epsilon_budget.map(|b| b.to_string()))
             .opt("--max-samples-per-edge", self.max_samples_per_edge.map(|n| n.to_string()))
@@ -207,7 +219,8 @@ impl ToArgs for Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let tokens = Tokens::load(&args.tokens, args.operator_token_file.as_deref())?;
+    let policy = Policy { strict_permissions: args.strict_token_permissions, bind_cert_san: args.bind_cert_san };
+    let tokens = Tokens::load(&args.tokens, args.operator_token_file.as_deref(), policy)?;
     if let Some(b) = args.epsilon_budget
         && !(b.is_finite() && b > 0.0)
     {
@@ -382,6 +395,8 @@ mod tests {
             tls_cert: Some("s.pem".into()),
             tls_key: Some("s.key".into()),
             client_ca: Some("ca.pem".into()),
+            bind_cert_san: true,
+            strict_token_permissions: true,
             insecure_plaintext: true,
             epsilon_budget: Some(12.5),
             max_samples_per_edge: Some(10),

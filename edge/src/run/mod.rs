@@ -73,6 +73,9 @@ pub fn run(args: Args) -> Result<()> {
 fn load_samples(data: &Path, policy: BadDataPolicy) -> Result<Vec<(String, Sample)>> {
     let dataset = Dataset::open(data)?;
     let loaded = dataset.load(Split::Train, policy)?;
+    if !loaded.summary.skipped.is_empty() {
+        eprintln!("skipped {} samples of the dataset that cannot be loaded (--skip-bad)", loaded.summary.skipped.len());
+    }
     if loaded.samples.is_empty() {
         bail!("{}: the train split has no samples", data.display());
     }
