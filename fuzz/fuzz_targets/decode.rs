@@ -1,4 +1,4 @@
-//! Fuzz target: `mistnet::codec::decode` must return `Ok` or a `CodecError` for any input, never
+//! Fuzz target: `mistnet_codec::decode` must return `Ok` or a `CodecError` for any input, never
 //! panic, overflow or allocate past the shape's bound. The first input byte picks a mode: raw
 //! bytes, or the rest of the input as edits (offset, value pairs) to a valid message, with the
 //! checksum recomputed so the edits reach the field checks behind it.
@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mistnet::codec::{DecodeLimits, EncodeParams, Encoding, FrontHash, HEADER_LEN, Mechanism, Privacy, decode, encode, seeded_rng};
+use mistnet_codec::{DecodeLimits, EncodeParams, Encoding, FrontHash, HEADER_LEN, Mechanism, Privacy, decode, encode, seeded_rng};
 
 fn valid_message(encoding: Encoding, zstd: bool) -> Vec<u8> {
     let values: Vec<f32> = (0..45).map(|i| (i as f32 * 0.7).sin()).collect();
