@@ -8,13 +8,12 @@
 //! `cd fuzz && cargo +nightly fuzz run store_record`.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use mistnet_data::Label;
 use mistnet_store::record::{FRAME_HEADER, Record, RecordKind};
-use mistnet_store::segment::{SEGMENT_MAGIC, scan};
+use mistnet_store::segment::{SEGMENT_MAGIC, scan_bytes};
 
 fn valid_segment() -> (Vec<u8>, Vec<usize>) {
     let sample = Record {
@@ -37,16 +36,10 @@ fn valid_segment() -> (Vec<u8>, Vec<usize>) {
     (file, starts)
 }
 
-fn path() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| std::env::temp_dir().join(format!("mistnet-fuzz-segment-{}.log", std::process::id())))
-}
-
 /// Scans `file` and checks the scan's account of it.
 fn scan_and_check(file: &[u8]) {
-    std::fs::write(path(), file).expect("write the fuzz segment");
     let mut records = Vec::new();
-    let Ok(end) = scan(path(), |r, at| records.push((r, at))) else { return };
+    let Ok(end) = scan_bytes(file, Path::new("fuzz-segment.log"), |r, at| records.push((r, at))) else { return };
     let len = file.len() as u64;
     // Records in order, each the canonical frame found at its offset.
     let mut pieces: Vec<(u64, u64)> = Vec::new();

@@ -45,7 +45,9 @@ pub async fn set(reporter: &HealthReporter, serving: bool) {
 }
 
 /// Follows the store's `writable` flag until shutdown: abort the returned task before setting
-/// the shutdown status, so that it cannot turn SERVING again.
+/// the shutdown status, so that it cannot turn SERVING again. The flag's sender lives as long as
+/// the store's writer thread, which outlives the server: if it goes away first, the writer died,
+/// nothing can be stored any more, and the status turns NOT_SERVING for good.
 pub fn follow_store(reporter: HealthReporter, mut writable: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while writable.changed().await.is_ok() {
@@ -57,6 +59,8 @@ pub fn follow_store(reporter: HealthReporter, mut writable: watch::Receiver<bool
             }
             set(&reporter, ok).await;
         }
+        tracing::error!("the store's writer thread has stopped: NOT_SERVING until restarted");
+        set(&reporter, false).await;
     })
 }
 

@@ -193,3 +193,120 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
     }
     Ok(hard.max(soft))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    async fn listening(limits: Limits) -> (std::net::SocketAddr, ReceiverStream<io::Result<Conn>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (addr, incoming(listener, limits))
+    }
+
+    #[test]
+    fn a_connection_silent_past_the_idle_timeout_is_cut_and_a_talking_one_is_not() {
+        runtime().block_on(async {
+            let idle = Duration::from_millis(300);
+            let (addr, mut conns) = listening(Limits { max_connections: 8, handshake: Duration::from_secs(10), idle }).await;
+            let (mut silent, mut talking) = (std::net::TcpStream::connect(addr).unwrap(), std::net::TcpStream::connect(addr).unwrap());
+            silent.write_all(&[0; HANDSHAKE_BYTES]).unwrap();
+            talking.write_all(&[0; HANDSHAKE_BYTES]).unwrap();
+            let (mut a, mut b) = (conns.next().await.unwrap().unwrap(), conns.next().await.unwrap().unwrap());
+            let mut buf = [0u8; 64];
+            assert_eq!(a.read(&mut buf).await.unwrap(), HANDSHAKE_BYTES);
+            assert_eq!(b.read(&mut buf).await.unwrap(), HANDSHAKE_BYTES);
+            let started = Instant::now();
+            // The talking client sends a byte every 100 ms for four idle timeouts: every read succeeds.
+            let talker = std::thread::spawn(move || {
+                for _ in 0..12 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    talking.write_all(&[1]).unwrap();
+                }
+                talking
+            });
+            for _ in 0..12 {
+                assert_eq!(b.read(&mut buf).await.unwrap(), 1, "a connection that talks was cut");
+            }
+            let _talking = talker.join().unwrap();
+            // The silent one was cut once idle for the timeout, not before.
+            let err = a.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+            assert!(started.elapsed() >= idle);
+            drop(silent);
+        });
+    }
+
+    #[test]
+    fn a_connection_without_a_handshake_is_cut_at_the_deadline() {
+        runtime().block_on(async {
+            let (addr, mut conns) = listening(Limits { max_connections: 8, handshake: Duration::from_millis(200), idle: Duration::from_secs(60) }).await;
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            client.write_all(&[0; HANDSHAKE_BYTES - 1]).unwrap();
+            let mut conn = conns.next().await.unwrap().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(conn.read(&mut buf).await.unwrap(), HANDSHAKE_BYTES - 1);
+            let err = conn.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+            assert!(err.to_string().contains("handshake"), "{err}");
+        });
+    }
+
+    /// Run in a child process of its own (it lowers the process's open-file limit): the parent
+    /// re-runs this test binary on this test alone, with `CHILD` set.
+    #[test]
+    fn accept_pauses_while_out_of_descriptors_instead_of_spinning_and_recovers() {
+        const CHILD: &str = "MISTNET_TEST_EMFILE_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "serve::listen::tests::accept_pauses_while_out_of_descriptors_instead_of_spinning_and_recovers", "--nocapture", "--test-threads", "1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && log.contains("1 passed"), "the child test failed:\n{log}");
+            return;
+        }
+        runtime().block_on(async {
+            let (addr, mut conns) = listening(Limits { max_connections: 1000, handshake: Duration::from_secs(30), idle: Duration::from_secs(60) }).await;
+            // Connected in the kernel's backlog, not yet accepted.
+            let clients: Vec<std::net::TcpStream> = (0..4).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+            // Every descriptor number below the limit taken: accept fails with EMFILE.
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            let highest = std::fs::read_dir("/proc/self/fd").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok()).max().unwrap();
+            setrlimit(Resource::RLIMIT_NOFILE, highest + 1, hard).unwrap();
+            let mut fillers = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                fillers.push(f);
+            }
+            let cpu = || {
+                let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+                let (user, system) = (u.user_time(), u.system_time());
+                (user.tv_sec() + system.tv_sec()) as f64 + (user.tv_usec() + system.tv_usec()) as f64 / 1e6
+            };
+            let before = cpu();
+            assert!(tokio::time::timeout(Duration::from_millis(1500), conns.next()).await.is_err(), "accepted with no descriptor free");
+            let spent = cpu() - before;
+            // A loop retrying accept at once would burn most of the 1.5 s; the pauses cost nothing.
+            assert!(spent < 0.3, "the accept loop spun: {spent:.2} s of CPU in 1.5 s out of descriptors");
+            // Descriptors free again: every waiting client is accepted after the pause.
+            drop(fillers);
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+            for _ in &clients {
+                let conn = tokio::time::timeout(Duration::from_secs(5), conns.next()).await.expect("not accepted once descriptors were free");
+                conn.unwrap().unwrap();
+            }
+        });
+    }
+}
