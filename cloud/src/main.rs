@@ -39,11 +39,14 @@ enum Command {
     Privacy(privacy_cmd::Args),
     /// The whole MistNet job on this machine: data, pretraining, cloud service, edge processes, training, centralized baseline, privacy attacks, summary.
     Job(job::Args),
+    /// Ask a running `serve` whether it is SERVING (gRPC health service): exit 0 if so, 1 if not. The container HEALTHCHECK.
+    Health(health::Args),
 }
 
 mod cuts;
 mod decode;
 mod export;
+mod health;
 mod inspect;
 mod job;
 mod partition;
@@ -56,10 +59,11 @@ mod synth;
 mod train_cmd;
 mod val;
 
-fn main() -> Result<()> {
+fn main() -> Result<std::process::ExitCode> {
     mistnet::runtime::init();
     mistnet_cli::logging::init();
     match Cli::parse().command {
+        Command::Health(args) => return health::run(args),
         Command::Cuts(args) => cuts::run(args),
         Command::Partition(args) => partition::run(args),
         Command::Synth(args) => synth::run(args),
@@ -74,4 +78,5 @@ fn main() -> Result<()> {
         Command::Privacy(args) => privacy_cmd::run(args),
         Command::Job(args) => job::run(args),
     }
+    .map(|()| std::process::ExitCode::SUCCESS)
 }
