@@ -95,6 +95,10 @@ fn scan_from(mut reader: impl Read + Seek, file_len: u64, path: &Path, mut visit
         if len > MAX_PAYLOAD {
             break format!("record at byte {offset} declares {len} bytes, over the {MAX_PAYLOAD}-byte limit");
         }
+        // Checked before allocating: a damaged header must not cost a 64 MiB buffer.
+        if offset + (FRAME_HEADER + len) as u64 > file_len {
+            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
+        }
         payload.resize(len, 0);
         if !read_exact_or_eof(&mut reader, &mut payload, path)? {
             break format!("record at byte {offset} is incomplete ({len} bytes declared)");
