@@ -8,7 +8,7 @@
 # Environment: MISTNET_WORK (default: ./mistnet-compose), MISTNET_TAG (default: latest),
 #   MISTNET_WEIGHTS (default: the yolov5n pretrained on the synthetic data, tests/fixtures/),
 #   MISTNET_IMAGES (synthetic images in all, default 600), MISTNET_EPOCHS (default 5).
-# Tear down: docker-compose -f deploy/docker/compose.yaml -p mistnet down --volumes
+# Tear down: MISTNET_WORK=DIR docker-compose -f deploy/docker/compose.yaml -p mistnet down --volumes
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
