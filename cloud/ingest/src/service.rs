@@ -6,7 +6,7 @@
 //!
 //! `ListStored` and `GetStatus` hold the index lock for one page at a time (at most
 //! [`IDS_PER_BATCH`] ids, or `max_ledger` ledger entries per edge), never for the whole store, and
-//! are rate-limited per caller ([`CallLimiter`]).
+//! are rate-limited per caller ([`CallLimiter`]; a refusal is answered once the caller may call again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -52,9 +52,25 @@ pub struct Ingest {
 pub struct CallLimiter {
     per_second: f64,
     burst: f64,
-    /// Tokens left and when they were counted, per caller (`None`: the operator).
-    buckets: Mutex<HashMap<Option<String>, (f64, Instant)>>,
+    /// Per caller (`None`: the operator).
+    buckets: Mutex<HashMap<Option<String>, Bucket>>,
 }
+
+/// One caller's bucket, and what its refusals have logged.
+struct Bucket {
+    tokens: f64,
+    counted_at: Instant,
+    /// When the last refusal was logged, and the refusals since (logged with the next line).
+    logged_at: Option<Instant>,
+    refused_unlogged: u64,
+}
+
+/// A caller that keeps being refused is logged once per this interval, with the count: a flood of
+/// refused calls must not become a flood of log lines (each one costs CPU and disk).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest a refused status/list call is held before its answer.
+const MAX_REFUSAL_HOLD: Duration = Duration::from_secs(1);
 
 impl Default for CallLimiter {
     /// 10 calls a second, 20 at once: a status page or a resume listing costs one call.
@@ -69,35 +85,57 @@ impl CallLimiter {
     }
 
     /// Takes one call of `caller`'s bucket, or refuses with RESOURCE_EXHAUSTED and the time until
-    /// the next token in [`RETRY_AFTER_MS`].
-    fn admit(&self, caller: &Caller, call: &str) -> Result<(), Status> {
+    /// the next token in [`RETRY_AFTER_MS`]. A refusal is answered only after that time (at most
+    /// [`MAX_REFUSAL_HOLD`]): a client that retries at once, in a loop, is slowed to the rate it is
+    /// allowed instead of costing the server thousands of refusals a second.
+    async fn admit(&self, caller: &Caller, call: &str) -> Result<(), Status> {
+        let (status, wait) = match self.take(caller, call) {
+            Ok(()) => return Ok(()),
+            Err(refusal) => refusal,
+        };
+        tokio::time::sleep(wait.min(MAX_REFUSAL_HOLD)).await;
+        Err(status)
+    }
+
+    /// One token of `caller`'s bucket, or the refusal and the time until its next token.
+    fn take(&self, caller: &Caller, call: &str) -> Result<(), (Status, Duration)> {
         let key = match caller {
             Caller::Edge(edge) => Some(edge.clone()),
             Caller::Operator => None,
         };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = buckets.entry(key).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let b = buckets.entry(key).or_insert(Bucket { tokens: self.burst, counted_at: now, logged_at: None, refused_unlogged: 0 });
+        b.tokens = (b.tokens + now.duration_since(b.counted_at).as_secs_f64() * self.per_second).min(self.burst);
+        b.counted_at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
             return Ok(());
         }
-        let wait = Duration::from_secs_f64((1.0 - *tokens) / self.per_second);
+        let wait = Duration::from_secs_f64((1.0 - b.tokens) / self.per_second);
+        b.refused_unlogged += 1;
+        let log = b.logged_at.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
+        let refused = if log {
+            b.logged_at = Some(now);
+            std::mem::take(&mut b.refused_unlogged)
+        } else {
+            0
+        };
         drop(buckets);
         let who = match caller {
             Caller::Edge(edge) => format!("edge {edge}"),
             Caller::Operator => "the operator".to_string(),
         };
-        tracing::warn!(caller = %who, call, "status/list call rate-limited");
+        if log {
+            tracing::warn!(caller = %who, call, refused, interval_s = REFUSAL_LOG_INTERVAL.as_secs(), "status/list calls rate-limited (refused since the last such line)");
+        }
         let ms = wait.as_millis().max(1) as u64;
         let mut status = Status::resource_exhausted(format!(
             "{call}: {who} is over the limit of {} GetStatus/ListStored calls a second ({} at once); retry in {ms} ms",
             self.per_second, self.burst
         ));
         status.metadata_mut().insert(RETRY_AFTER_MS, ms.into());
-        Err(status)
+        Err((status, wait))
     }
 }
 
@@ -166,7 +204,7 @@ impl FeatureUpload for Services {
 
     async fn list_stored(&self, req: Request<pb::ListStoredRequest>) -> Result<Response<Self::ListStoredStream>, Status> {
         let edge = edge_of(&req)?;
-        self.0.limiter.admit(caller(&req)?, "ListStored")?;
+        self.0.limiter.admit(caller(&req)?, "ListStored").await?;
         let pb::ListStoredRequest { page_token, max_ids } = req.into_inner();
         check_page_token(&page_token, "page_token")?;
         let ingest = Arc::clone(&self.0);
@@ -276,7 +314,7 @@ impl IngestStatus for Services {
     /// ledger comes as one page (`max_ledger`, after `ledger_page_token`).
     async fn get_status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let who = caller(&req)?.clone();
-        self.0.limiter.admit(&who, "GetStatus")?;
+        self.0.limiter.admit(&who, "GetStatus").await?;
         let pb::StatusRequest { max_ledger, edge, ledger_page_token } = req.into_inner();
         let max_ledger = max_ledger.map_or(DEFAULT_LEDGER_PAGE, |n| (n as usize).min(MAX_LEDGER_PAGE));
         check_page_token(&ledger_page_token, "ledger_page_token")?;
