@@ -53,7 +53,12 @@ pub async fn upload_all(
                 }
                 let ceiling = retry.base.saturating_mul(1 << failures.min(16)).min(retry.cap);
                 let wait = rand::rng().random_range(Duration::ZERO..=ceiling).max(advice.unwrap_or_default());
-                bar.println(format!("connection lost ({e}); retry {failures}/{} in {wait:.1?}", retry.max_attempts));
+                if bar.is_hidden() {
+                    // No terminal (a container, a service): the bar prints nothing, the log does.
+                    tracing::warn!(attempt = failures, max_attempts = retry.max_attempts, wait = ?wait, "connection lost ({e}); retrying");
+                } else {
+                    bar.println(format!("connection lost ({e}); retry {failures}/{} in {wait:.1?}", retry.max_attempts));
+                }
                 tokio::time::sleep(wait).await;
             }
         }
