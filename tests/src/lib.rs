@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mistnet_data::{BadDataPolicy, Dataset, Split};
 use mistnet_proto::client::{Connection, TlsFiles};
 
 /// Path of a workspace binary in the target directory of the running test.
@@ -109,4 +110,13 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// A plaintext channel to the server at `addr` (loopback).
 pub async fn channel(addr: &str) -> tonic::transport::Channel {
     Connection::new(&format!("http://{addr}"), &TlsFiles::default(), false).expect("a loopback URL").connect().await.expect("connect")
+}
+
+/// The sample ids an edge uploads from the dataset at `yaml`: its train images, relative to the
+/// YAML's folder (as `mistnet-edge run` names them).
+pub fn edge_sample_ids(yaml: &Path) -> std::collections::BTreeSet<String> {
+    let dataset = Dataset::open(yaml).unwrap();
+    let root = dataset.source().parent().unwrap().to_path_buf();
+    let samples = dataset.load(Split::Train, BadDataPolicy::Fail).unwrap().samples;
+    samples.iter().map(|s| s.image_path.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect()
 }

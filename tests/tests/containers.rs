@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use mistnet::data::{BadDataPolicy, Dataset, Split};
-use mistnet_e2e::binary;
+use mistnet_e2e::{binary, edge_sample_ids};
 use mistnet_store::FeatureStore;
 
 /// A yolov5n pretrained on the synthetic public split at 128 px (see fixtures/README.md).
@@ -148,14 +147,6 @@ fn create_network(name: &str, seed: u64) -> String {
         eprintln!("network {prefix}.0/24: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     panic!("no free 10.x.y.0/24 subnet for the test network");
-}
-
-/// The sample ids edge `k` uploads: its dataset's train images, relative to its dataset YAML (as `mistnet-edge run` names them).
-fn expected_ids(yaml: &Path) -> BTreeSet<String> {
-    let dataset = Dataset::open(yaml).unwrap();
-    let root = dataset.source().parent().unwrap().to_path_buf();
-    let samples = dataset.load(Split::Train, BadDataPolicy::Fail).unwrap().samples;
-    samples.iter().map(|s| s.image_path.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect()
 }
 
 fn chown(path: &Path, uid: u32) {
@@ -292,7 +283,7 @@ fn a_job_across_containers_survives_a_cloud_restart_and_a_cut_edge() {
         edge_containers.push(name);
         edge_ips.push(ip);
     }
-    let expected: BTreeMap<String, BTreeSet<String>> = edges.iter().map(|e| (e.clone(), expected_ids(&data.join(format!("private/{e}.yaml"))))).collect();
+    let expected: BTreeMap<String, BTreeSet<String>> = edges.iter().map(|e| (e.clone(), edge_sample_ids(&data.join(format!("private/{e}.yaml"))))).collect();
     let total: usize = expected.values().map(BTreeSet::len).sum();
     assert!(expected.values().all(|ids| ids.len() >= 20), "each edge needs enough samples to be interrupted: {:?}", expected.values().map(BTreeSet::len).collect::<Vec<_>>());
 

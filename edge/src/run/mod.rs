@@ -55,8 +55,9 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--max-rate must be a positive number of samples per second, got {rate}");
     }
     let pace = args.max_rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let refused = runtime.block_on(upload::upload_all(&cloud, pending, retry, pace, &bar))?;
+    let uploaded = runtime.block_on(upload::upload_all(&cloud, pending, retry, pace, &bar))?;
     bar.finish_and_clear();
+    let refused = &uploaded.refused;
     if !refused.is_empty() {
         for (id, why) in refused.iter().take(10) {
             eprintln!("refused {id}: {why}");
@@ -65,7 +66,15 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Everything is acknowledged: the spool is no longer needed.
     let _ = std::fs::remove_dir_all(&spool_dir);
-    println!("uploaded: all {total} samples acknowledged");
+    let secs = uploaded.elapsed.as_secs_f64();
+    println!(
+        "uploaded: all {total} samples acknowledged; goodput {:.1} kB/s ({} feature bytes stored in {secs:.1} s; {} bytes sent in {} connection{})",
+        uploaded.acked_bytes as f64 / secs.max(1e-9) / 1e3,
+        uploaded.acked_bytes,
+        uploaded.sent_bytes,
+        uploaded.rounds,
+        if uploaded.rounds == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 

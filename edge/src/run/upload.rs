@@ -4,7 +4,9 @@
 //! the server ends with an error reports that status.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use indicatif::ProgressBar;
@@ -28,19 +30,31 @@ pub struct Retry {
 /// Samples refused for good (validation, quota, ε budget): id and reason.
 pub type Refused = Vec<(String, String)>;
 
-/// Uploads `pending` until it is empty, one sample per `pace` at most; returns the refused samples.
-pub async fn upload_all(
-    cloud: &Cloud,
-    mut pending: BTreeMap<String, Spooled>,
-    retry: Retry,
-    pace: Option<Duration>,
-    bar: &ProgressBar,
-) -> Result<Refused> {
-    let mut refused = Refused::new();
+/// What an upload did: the refused samples, and the bytes behind its goodput.
+#[derive(Debug, Default)]
+pub struct Uploaded {
+    pub refused: Refused,
+    /// Feature bytes of the samples acknowledged as stored.
+    pub acked_bytes: u64,
+    /// Feature bytes sent, resends after a broken round included.
+    pub sent_bytes: u64,
+    /// Rounds (connections) it took.
+    pub rounds: u32,
+    pub elapsed: Duration,
+}
+
+/// Uploads `pending` until it is empty, one sample per `pace` at most.
+pub async fn upload_all(cloud: &Cloud, mut pending: BTreeMap<String, Spooled>, retry: Retry, pace: Option<Duration>, bar: &ProgressBar) -> Result<Uploaded> {
+    let started = Instant::now();
+    let mut done = Uploaded::default();
+    let sent = Arc::new(AtomicU64::new(0));
     let mut failures = 0u32;
     while !pending.is_empty() {
         let before = pending.len();
-        match round(cloud, &mut pending, &mut refused, pace, bar).await {
+        done.rounds += 1;
+        let result = round(cloud, &mut pending, &mut done, &sent, pace, bar).await;
+        done.sent_bytes = sent.load(Ordering::Relaxed);
+        match result {
             Ok(()) => {}
             Err(RoundError::Fatal(e)) => return Err(e),
             Err(RoundError::Transient(e, advice)) => {
@@ -63,7 +77,8 @@ pub async fn upload_all(
             }
         }
     }
-    Ok(refused)
+    done.elapsed = started.elapsed();
+    Ok(done)
 }
 
 enum RoundError {
@@ -90,7 +105,8 @@ fn classify(status: tonic::Status, what: &str) -> RoundError {
 async fn round(
     cloud: &Cloud,
     pending: &mut BTreeMap<String, Spooled>,
-    refused: &mut Refused,
+    done: &mut Uploaded,
+    sent: &Arc<AtomicU64>,
     pace: Option<Duration>,
     bar: &ProgressBar,
 ) -> Result<(), RoundError> {
@@ -111,6 +127,7 @@ async fn round(
 
     let (tx, rx) = mpsc::channel::<pb::Sample>(16);
     let to_send: Vec<Spooled> = pending.values().cloned().collect();
+    let sent = Arc::clone(sent);
     let sender = tokio::spawn(async move {
         for s in to_send {
             let features = match tokio::fs::read(&s.message).await {
@@ -120,6 +137,7 @@ async fn round(
                     break;
                 }
             };
+            let bytes = features.len() as u64;
             let sample = pb::Sample {
                 sample_id: s.sample_id,
                 features,
@@ -130,6 +148,7 @@ async fn round(
             if tx.send(sample).await.is_err() {
                 break;
             }
+            sent.fetch_add(bytes, Ordering::Relaxed);
             if let Some(pause) = pace {
                 tokio::time::sleep(pause).await;
             }
@@ -140,14 +159,15 @@ async fn round(
         match acks.message().await {
             Ok(Some(ack)) => match Code::from_i32(ack.code) {
                 Code::Ok => {
-                    if pending.remove(&ack.sample_id).is_some() {
+                    if let Some(s) = pending.remove(&ack.sample_id) {
                         bar.inc(1);
+                        done.acked_bytes += std::fs::metadata(&s.message).map_or(0, |m| m.len());
                     }
                 }
                 Code::InvalidArgument | Code::ResourceExhausted => {
                     if pending.remove(&ack.sample_id).is_some() {
                         bar.inc(1);
-                        refused.push((ack.sample_id, ack.message));
+                        done.refused.push((ack.sample_id, ack.message));
                     }
                 }
                 code => break Err(RoundError::Transient(anyhow!("sample {}: {code}: {}", ack.sample_id, ack.message), None)),
