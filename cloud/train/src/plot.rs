@@ -69,9 +69,14 @@ impl LinePlot {
         if !x0.is_finite() {
             (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
         }
-        let pad = |lo: f64, hi: f64| if hi - lo < 1e-12 { (lo - 0.5, hi + 0.5) } else { (lo, hi + (hi - lo) * 0.05) };
-        let (x0, x1) = pad(x0, x1);
-        let (y0, y1) = pad(y0.min(0.0_f64.max(y0 - (y1 - y0) * 0.05)), y1);
+        let pad = |lo: f64, hi: f64, top: f64| if hi - lo < 1e-12 { (lo - 0.5, hi + 0.5) } else { (lo, hi + (hi - lo) * top) };
+        let (x0, x1) = pad(x0, x1, 0.05);
+        // Headroom above the highest point for the legend, drawn in the upper left: the curves
+        // plotted here (per epoch) rise to the right.
+        let (y0, y1) = pad(y0.min(0.0_f64.max(y0 - (y1 - y0) * 0.05)), y1, 0.25);
+        // Whole-number x values (epochs) get whole-number tick labels.
+        let whole_x = self.series.iter().flat_map(|s| s.points.iter()).all(|(x, _)| x.fract() == 0.0);
+        let x_tick = |x: &f64| if whole_x && x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") };
 
         let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -85,6 +90,7 @@ impl LinePlot {
         chart
             .configure_mesh()
             .x_desc(&self.x_label)
+            .x_label_formatter(&x_tick)
             .y_desc(&self.y_label)
             .label_style(("sans-serif", 14))
             .draw()
@@ -114,6 +120,7 @@ impl LinePlot {
         if !self.series.is_empty() {
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 14))
