@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
+use crate::metrics::{Metrics, Reason};
 use crate::validate::{Expected, validate};
 
 /// Samples of one upload stream being validated or written at once (bounds memory per stream).
@@ -44,6 +45,14 @@ pub struct Ingest {
     pub stopping: watch::Receiver<bool>,
     /// Rate limit of `GetStatus` and `ListStored` calls.
     pub limiter: CallLimiter,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// [`CallLimiter::admit`], counting a refusal.
+    async fn admit(&self, caller: &Caller, call: &str) -> Result<(), Status> {
+        self.limiter.admit(caller, call).await.inspect_err(|_| self.metrics.refused(Reason::RateLimit))
+    }
 }
 
 /// A token bucket per caller (each edge, and the operator) over `GetStatus` and `ListStored`
@@ -204,7 +213,7 @@ impl FeatureUpload for Services {
 
     async fn list_stored(&self, req: Request<pb::ListStoredRequest>) -> Result<Response<Self::ListStoredStream>, Status> {
         let edge = edge_of(&req)?;
-        self.0.limiter.admit(caller(&req)?, "ListStored").await?;
+        self.0.admit(caller(&req)?, "ListStored").await?;
         let pb::ListStoredRequest { page_token, max_ids } = req.into_inner();
         check_page_token(&page_token, "page_token")?;
         let ingest = Arc::clone(&self.0);
@@ -285,26 +294,47 @@ impl FeatureUpload for Services {
     }
 }
 
-/// Validates and stores one sample; the ack says what happened.
+/// Validates and stores one sample; the ack says what happened, and the metrics count it.
 async fn store_one(ingest: &Ingest, edge: &str, sample: pb::Sample) -> pb::Ack {
     let started = Instant::now();
+    let ack = decide_one(ingest, edge, sample, started).await;
+    ingest.metrics.acked(started.elapsed());
+    ack
+}
+
+async fn decide_one(ingest: &Ingest, edge: &str, sample: pb::Sample, started: Instant) -> pb::Ack {
     let sample_id = sample.sample_id.clone();
     let ack = |code: Code, message: String, duplicate: bool| pb::Ack { sample_id: sample_id.clone(), code: code as i32, message, duplicate };
+    let metrics = &ingest.metrics;
     let upload = match validate(edge, sample, &ingest.expected) {
         Ok(u) => u,
         Err(message) => {
             tracing::warn!(%edge, %message, "sample refused");
+            metrics.refused(Reason::Invalid);
             return ack(Code::InvalidArgument, message, false);
         }
     };
     let validated = started.elapsed();
+    let bytes = upload.features.len() as u64;
     let outcome = ingest.store.submit(upload).await;
     tracing::trace!(%edge, %sample_id, validate_us = validated.as_micros() as u64, store_us = (started.elapsed() - validated).as_micros() as u64, "sample answered");
     match outcome {
-        Ok(Outcome::Stored) => ack(Code::Ok, String::new(), false),
-        Ok(Outcome::Duplicate) => ack(Code::Ok, String::new(), true),
-        Ok(Outcome::Refused(why)) => ack(Code::ResourceExhausted, why.to_string(), false),
-        Err(e) => ack(Code::Unavailable, format!("the store cannot write: {e}"), false),
+        Ok(Outcome::Stored) => {
+            metrics.stored(edge, bytes);
+            ack(Code::Ok, String::new(), false)
+        }
+        Ok(Outcome::Duplicate) => {
+            metrics.duplicate(edge);
+            ack(Code::Ok, String::new(), true)
+        }
+        Ok(Outcome::Refused(why)) => {
+            metrics.refused(Reason::from(&why));
+            ack(Code::ResourceExhausted, why.to_string(), false)
+        }
+        Err(e) => {
+            metrics.refused(Reason::StoreUnavailable);
+            ack(Code::Unavailable, format!("the store cannot write: {e}"), false)
+        }
     }
 }
 
@@ -314,7 +344,7 @@ impl IngestStatus for Services {
     /// ledger comes as one page (`max_ledger`, after `ledger_page_token`).
     async fn get_status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let who = caller(&req)?.clone();
-        self.0.limiter.admit(&who, "GetStatus").await?;
+        self.0.admit(&who, "GetStatus").await?;
         let pb::StatusRequest { max_ledger, edge, ledger_page_token } = req.into_inner();
         let max_ledger = max_ledger.map_or(DEFAULT_LEDGER_PAGE, |n| (n as usize).min(MAX_LEDGER_PAGE));
         check_page_token(&ledger_page_token, "ledger_page_token")?;

@@ -5,10 +5,12 @@
 //! What it serves is a [`ServedFront`]: read from `export`'s directory (`--front`), or computed
 //! from `--weights` by `export`'s own function. The services (crate `mistnet-ingest`) see only
 //! that, never the model; this module turns the flags into their settings and listens
-//! ([`listen`]: connection limits and timeouts; [`health`]: the health service and its status).
+//! ([`listen`]: connection limits and timeouts; [`health`]: the health service and its status;
+//! [`metrics`]: the Prometheus scrape endpoint).
 
 mod health;
 mod listen;
+mod metrics;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use mistnet_ingest::auth::{Policy, Tokens};
 use mistnet_ingest::manifest::ServedFront;
+use mistnet_ingest::metrics::Reason;
 use mistnet_ingest::service::{CallLimiter, Ingest, Services};
 
 /// `--weights` of serve: unlike a Front alone, serving needs the model's classes too.
@@ -59,6 +62,13 @@ Every edge call needs `authorization: Bearer <token>` and `x-mistnet-edge: <edge
 edge (`mistnet-cloud status` without --edge); an edge's token shows only that edge.\n\n\
 Samples are checked against the served model: its Front hash, cut and feature shape, and its own classes (a box's \
 class must be below its nc).\n\n\
+With --metrics-listen ADDR, `GET http://ADDR/metrics` answers in the Prometheus text format (plaintext HTTP/1.1, no \
+token, at most 8 connections at once, 10 s each). Counters since the start: mistnet_samples_stored_total{edge}, \
+mistnet_feature_bytes_stored_total{edge}, mistnet_duplicates_total{edge}, mistnet_refusals_total{reason} (invalid, \
+sample_quota, byte_quota, epsilon_budget, rate_limit, auth, store_unavailable), the histogram \
+mistnet_ack_latency_seconds (a sample's arrival to its ack); read from the store at each scrape: \
+mistnet_epsilon_spent{edge}, mistnet_store_bytes, mistnet_store_queue_depth, mistnet_store_writable (0/1). Edge labels \
+are authenticated edge ids only.\n\n\
 Examples:\n  mistnet-cloud export --weights model.safetensors --cut 4 --out deploy/\n  \
 mistnet-cloud serve --front deploy/ --tokens tokens.txt --tls-cert server.pem --tls-key server.key \\\n    \
 --listen 0.0.0.0:50051 --store features/\n  \
@@ -138,6 +148,11 @@ pub struct Args {
     /// Seconds a new connection has to start its TLS or HTTP/2 handshake (and to finish a TLS one).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,
+    /// Serve Prometheus metrics (text format) at http://ADDR/metrics: plaintext HTTP, no token. Off by default.
+    /// They name edge ids and count their samples, bytes and ε, and nothing secret; still, listen on loopback or a
+    /// private network (a non-loopback address is logged as a warning). The metrics are listed below.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Largest gRPC message accepted from an edge by default.
@@ -185,6 +200,7 @@ impl Args {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT_S,
+            metrics_listen: None,
         }
     }
 }
@@ -214,6 +230,7 @@ impl ToArgs for Args {
             .arg("--max-connections", self.max_connections.to_string())
             .arg("--max-streams-per-connection", self.max_streams_per_connection.to_string())
             .arg("--handshake-timeout", self.handshake_timeout.to_string())
+            .opt("--metrics-listen", self.metrics_listen.map(|a| a.to_string()))
             .build()
     }
 }
@@ -249,7 +266,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = StoreWriter::open(&args.store, limits)?;
     tracing::info!(store = %args.store.display(), samples = store.index().samples(), front = %front.front_hash, "store open");
     let (stop, stopping) = watch::channel(false);
-    let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default() });
+    let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default(), metrics: Arc::default() });
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let writable = ingest.store.writable();
@@ -279,9 +296,25 @@ async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, service
         idle: IDLE_TIMEOUT,
     };
 
-    let check = |t: Tokens| move |req| t.check(req);
+    let metrics = Arc::clone(&services.0.metrics);
+    let check = |t: Tokens| {
+        let metrics = Arc::clone(&metrics);
+        move |req| t.check(req).inspect_err(|_| metrics.refused(Reason::Auth))
+    };
     let upload = FeatureUploadServer::new(services.clone()).max_decoding_message_size(args.max_message_bytes);
     let front = FrontDistributionServer::new(services.clone()).max_encoding_message_size(mistnet_proto::MAX_MESSAGE_BYTES);
+    let scrapes = match args.metrics_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await.with_context(|| format!("cannot listen for metrics on {at}"))?;
+            let at = listener.local_addr()?;
+            if !at.ip().is_loopback() {
+                tracing::warn!(%at, "metrics are served in plaintext, without a token, on a non-loopback address");
+            }
+            tracing::info!(url = %format!("http://{at}/metrics"), "serving metrics");
+            Some(tokio::spawn(metrics::serve(listener, Arc::clone(&services.0))))
+        }
+        None => None,
+    };
     let status = IngestStatusServer::new(services);
 
     let mut builder = Server::builder()
@@ -318,6 +351,9 @@ async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, service
     tokio::select! {
         served = server => served.context("server failed")?,
         () = drain => tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; cutting them"),
+    }
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
     }
     tracing::info!("server stopped");
     Ok(())
@@ -407,6 +443,7 @@ mod tests {
             max_connections: 16,
             max_streams_per_connection: 4,
             handshake_timeout: 3,
+            metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
             ..a
         };
         assert_eq!(mistnet_cli::argv::reparse(&b).unwrap(), b);

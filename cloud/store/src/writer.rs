@@ -148,6 +148,11 @@ impl StoreWriter {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Uploads queued for the writer thread, not yet taken into a batch.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
     /// Whether the last batch was durable: false from a failed write or fsync until a batch is
     /// durable again (or for good, when the failed write could not be rolled back).
     pub fn writable(&self) -> watch::Receiver<bool> {
