@@ -1,9 +1,10 @@
 //! `mistnet-cloud serve --metrics-listen` as a real process on 127.0.0.1: samples stored, a
 //! duplicate, refusals (a bad label, the ε budget, a wrong token) are counted by edge and reason,
 //! every ack is in the latency histogram, and the store's gauges match the store on disk, as a plain
-//! HTTP/1.1 scrape of `GET /metrics` parses them.
+//! HTTP/1.1 scrape of `GET /metrics` parses them; the Grafana dashboard (`deploy/grafana/`) queries
+//! exactly the names scraped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -156,6 +157,15 @@ fn a_scrape_counts_what_the_server_did() {
     assert_eq!(value("mistnet_store_bytes"), on_disk as f64);
     assert_eq!(value("mistnet_store_queue_depth"), 0.0);
     assert_eq!(value("mistnet_store_writable"), 1.0);
+
+    // The Grafana dashboard queries exactly the names exported, every one of them.
+    let exported: BTreeSet<&str> = m.keys().map(|k| k.split('{').next().unwrap()).collect();
+    let dashboard = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/mistnet.json")).unwrap();
+    let queried: BTreeSet<&str> = dashboard
+        .match_indices("mistnet_")
+        .map(|(at, _)| dashboard[at..].split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap())
+        .collect();
+    assert_eq!(queried, exported, "deploy/grafana/mistnet.json");
 
     let (status, _, _) = get(&metrics_addr, "/other");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
