@@ -6,7 +6,7 @@
 //! - `checkpoint.safetensors`: model state, optimizer state, EMA, the next epoch and the seed,
 //!   written atomically after every epoch; [`fit`] continues from it with `resume`;
 //! - `model.safetensors`: the deployable EMA model ([`mistnet::model::deploy`]);
-//! - `results.csv`, `loss.png`, `map.png`: per-epoch losses and mAP.
+//! - `results.csv`, `loss.png`, `map.png`: per-epoch losses, mAP, step time and samples a second.
 //!
 //! Randomness (shuffling, augmentation) is drawn from a ChaCha8 generator seeded with the seed
 //! on stream `epoch`, so a resumed run repeats exactly what an uninterrupted one does.
@@ -172,6 +172,8 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
             bar.inc(1);
         }
         bar.finish_and_clear();
+        let trained = t0.elapsed().as_secs_f64();
+        let (step_seconds, samples_per_second) = (trained / batches as f64, n as f64 / trained);
         let model_path = config.out.join(MODEL_FILE);
         let mut deploy = trainee.fixed.clone();
         deploy.extend(ema.tensors().iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -180,9 +182,10 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
         checkpoint::save(&checkpoint, &trainee.store, &optimizer, &ema, epoch + 1, config.seed)?;
         let lr = optimizer.settings().lr;
         let mean = sums.map(|s| s / batches as f64);
-        records.push(EpochRecord { epoch, box_loss: mean[0], obj_loss: mean[1], cls_loss: mean[2], total_loss: mean[3], metrics, lr, seconds: t0.elapsed().as_secs_f64() });
+        let seconds = t0.elapsed().as_secs_f64();
+        records.push(EpochRecord { epoch, box_loss: mean[0], obj_loss: mean[1], cls_loss: mean[2], total_loss: mean[3], metrics, lr, seconds, step_seconds, samples_per_second });
         report::write(&config.out, &records)?;
-        tracing::info!(epoch, map50 = metrics.map50, map50_95 = metrics.map50_95, loss = mean[3], seconds = t0.elapsed().as_secs_f64(), "epoch done");
+        tracing::info!(epoch, map50 = metrics.map50, map50_95 = metrics.map50_95, loss = mean[3], seconds, step_seconds, samples_per_second, "epoch done");
     }
     Ok(records)
 }

@@ -1,5 +1,6 @@
-//! Per-epoch results: `results.csv` (one row per epoch, rewritten after each) and the PNG plots
-//! `loss.png` (box, objectness, class and total training loss) and `map.png` (validation mAP).
+//! Per-epoch results: `results.csv` (one row per epoch, rewritten after each: losses, mAP, learning
+//! rates, the epoch's time, the mean training step's time and training samples a second) and the PNG
+//! plots `loss.png` (box, objectness, class and total training loss) and `map.png` (validation mAP).
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use super::FitError;
 use super::eval::Metrics;
 use crate::plot::{LinePlot, Series};
 
-const HEADER: &str = "epoch,train/box_loss,train/obj_loss,train/cls_loss,train/total_loss,metrics/mAP_0.5,metrics/mAP_0.5:0.95,metrics/yolov5_mAP_0.5,metrics/yolov5_mAP_0.5:0.95,x/lr0,x/lr1,x/lr2,time_s";
+const HEADER: &str = "epoch,train/box_loss,train/obj_loss,train/cls_loss,train/total_loss,metrics/mAP_0.5,metrics/mAP_0.5:0.95,metrics/yolov5_mAP_0.5,metrics/yolov5_mAP_0.5:0.95,x/lr0,x/lr1,x/lr2,time_s,step_s,samples_per_s";
 
 /// One epoch's mean training losses, validation metrics and learning rates.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,21 +22,42 @@ pub struct EpochRecord {
     pub metrics: Metrics,
     /// Learning rates of the three groups (BatchNorm weights, weights, biases) at the epoch's last step.
     pub lr: [f64; 3],
+    /// The whole epoch: training, saving, evaluating.
     pub seconds: f64,
+    /// Mean time of a training step (batch, forward, loss, backward, optimizer step); NaN in rows
+    /// of older runs, which did not record it.
+    pub step_seconds: f64,
+    /// Training samples a second over the epoch's steps; NaN in rows of older runs.
+    pub samples_per_second: f64,
 }
 
 impl EpochRecord {
     fn to_row(&self) -> String {
         let m = &self.metrics;
         format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.8},{:.8},{:.8},{:.2}",
-            self.epoch, self.box_loss, self.obj_loss, self.cls_loss, self.total_loss, m.map50, m.map50_95, m.yolov5_map50, m.yolov5_map50_95, self.lr[0], self.lr[1], self.lr[2], self.seconds
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.8},{:.8},{:.8},{:.2},{:.4},{:.2}",
+            self.epoch,
+            self.box_loss,
+            self.obj_loss,
+            self.cls_loss,
+            self.total_loss,
+            m.map50,
+            m.map50_95,
+            m.yolov5_map50,
+            m.yolov5_map50_95,
+            self.lr[0],
+            self.lr[1],
+            self.lr[2],
+            self.seconds,
+            self.step_seconds,
+            self.samples_per_second
         )
     }
 
     fn from_row(row: &str) -> Option<Self> {
         let v: Vec<f64> = row.split(',').map(|f| f.trim().parse().ok()).collect::<Option<_>>()?;
-        (v.len() == 13 && v[0] >= 0.0).then(|| EpochRecord {
+        // 13 columns: a row of a run from before step_s and samples_per_s.
+        ((v.len() == 13 || v.len() == 15) && v[0] >= 0.0).then(|| EpochRecord {
             epoch: v[0] as usize,
             box_loss: v[1],
             obj_loss: v[2],
@@ -44,6 +66,8 @@ impl EpochRecord {
             metrics: Metrics { map50: v[5], map50_95: v[6], yolov5_map50: v[7], yolov5_map50_95: v[8] },
             lr: [v[9], v[10], v[11]],
             seconds: v[12],
+            step_seconds: v.get(13).copied().unwrap_or(f64::NAN),
+            samples_per_second: v.get(14).copied().unwrap_or(f64::NAN),
         })
     }
 }
@@ -89,4 +113,33 @@ pub fn read_results(path: &Path, next_epoch: usize) -> Result<Vec<EpochRecord>, 
         }
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_reads_back_and_an_older_row_lacks_only_the_step_columns() {
+        let record = EpochRecord {
+            epoch: 3,
+            box_loss: 0.05,
+            obj_loss: 0.02,
+            cls_loss: 0.01,
+            total_loss: 0.08,
+            metrics: Metrics { map50: 0.5, map50_95: 0.25, yolov5_map50: 0.5, yolov5_map50_95: 0.25 },
+            lr: [0.01, 0.01, 0.01],
+            seconds: 12.5,
+            step_seconds: 0.75,
+            samples_per_second: 21.25,
+        };
+        let row = record.to_row();
+        assert_eq!(row.split(',').count(), HEADER.split(',').count());
+        assert_eq!(EpochRecord::from_row(&row), Some(record.clone()));
+        let older = row.rsplitn(3, ',').nth(2).unwrap();
+        let read = EpochRecord::from_row(older).unwrap();
+        assert!(read.step_seconds.is_nan() && read.samples_per_second.is_nan());
+        assert_eq!(EpochRecord { step_seconds: 0.75, samples_per_second: 21.25, ..read }, record);
+        assert_eq!(EpochRecord::from_row(&format!("{row},1")), None);
+    }
 }
