@@ -48,7 +48,7 @@ pub struct RunFlags {
     /// of range, zero image size, another Front): each is named in a warning and the count is printed.
     #[arg(long)]
     pub skip_bad: bool,
-    /// Run directory: checkpoint.safetensors, model.safetensors, results.csv, loss.png, map.png.
+    /// Run directory: checkpoint.safetensors, model.safetensors, results.csv, metrics.prom, loss.png, map.png.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Stop after this many epochs of this invocation, leaving the checkpoint to continue with --resume (training in slices).

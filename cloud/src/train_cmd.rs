@@ -26,7 +26,7 @@ use crate::run_flags::RunFlags;
 #[command(after_help = "Writes into --out: model.safetensors (deployable: the Front of --weights + the trained Back; \
 its metadata says the Back expects binarized features, so `val` and `mistnet-edge detect` binarize after the Front), \
 checkpoint.safetensors (for --resume), results.csv (per epoch: losses, mAP, learning rates, time_s, step_s: a training \
-step's mean time, samples_per_s), loss.png, map.png.\n\
+step's mean time, samples_per_s), metrics.prom (the last epoch, Prometheus text), loss.png, map.png.\n\
 Without --store, the simulated edges' noise is --mechanism (default sue) at --epsilon; --mechanism none trains on \
 noiseless bits.\n\n\
 Example:\n  mistnet-cloud train --data data/synth/private.yaml --weights runs/pretrain/model.safetensors --cut 4 \

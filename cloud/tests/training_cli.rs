@@ -90,6 +90,8 @@ fn resume_continues_exactly_where_the_run_stopped() {
     for png in ["loss.png", "map.png"] {
         assert!(image::open(sliced.join(png)).is_ok(), "{png} is a readable image");
     }
+    let prom = std::fs::read_to_string(sliced.join("metrics.prom")).unwrap();
+    assert!(prom.lines().any(|l| l == "mistnet_train_epochs_done 2.0"), "metrics.prom is the last epoch's: {prom}");
 }
 
 #[test]

@@ -6,13 +6,15 @@
 //! - `checkpoint.safetensors`: model state, optimizer state, EMA, the next epoch and the seed,
 //!   written atomically after every epoch; [`fit`] continues from it with `resume`;
 //! - `model.safetensors`: the deployable EMA model ([`mistnet::model::deploy`]);
-//! - `results.csv`, `loss.png`, `map.png`: per-epoch losses, mAP, step time and samples a second.
+//! - `results.csv`, `loss.png`, `map.png`: per-epoch losses, mAP, step time and samples a second;
+//! - `metrics.prom`: the last epoch's, in the Prometheus text format ([`exposition`]).
 //!
 //! Randomness (shuffling, augmentation) is drawn from a ChaCha8 generator seeded with the seed
 //! on stream `epoch`, so a resumed run repeats exactly what an uninterrupted one does.
 
 pub mod checkpoint;
 pub mod eval;
+pub mod exposition;
 pub mod images;
 pub mod report;
 pub mod source;
@@ -39,6 +41,8 @@ pub use source::{FeatureSet, LabelledInput, LabelledSource, StoreExpect};
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const RESULTS_FILE: &str = "results.csv";
+/// The last epoch's results in the Prometheus text format ([`exposition`]).
+pub const METRICS_FILE: &str = "metrics.prom";
 
 /// Errors of training and evaluation runs.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Per-epoch results: `results.csv` (one row per epoch, rewritten after each: losses, mAP, learning
 //! rates, the epoch's time, the mean training step's time and training samples a second) and the PNG
-//! plots `loss.png` (box, objectness, class and total training loss) and `map.png` (validation mAP).
+//! plots `loss.png` (box, objectness, class and total training loss) and `map.png` (validation mAP);
+//! the last epoch also as Prometheus text ([`super::exposition`]).
 
 use std::path::Path;
 
@@ -72,7 +73,7 @@ impl EpochRecord {
     }
 }
 
-/// Writes `results.csv`, `loss.png` and `map.png` into `dir`.
+/// Writes `results.csv`, `metrics.prom` (the last epoch), `loss.png` and `map.png` into `dir`.
 pub fn write(dir: &Path, records: &[EpochRecord]) -> Result<(), FitError> {
     let csv = dir.join(super::RESULTS_FILE);
     let mut text = format!("{HEADER}\n");
@@ -82,6 +83,11 @@ pub fn write(dir: &Path, records: &[EpochRecord]) -> Result<(), FitError> {
     }
     let tmp = csv.with_extension("csv.tmp");
     std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &csv)).map_err(|source| FitError::Io { path: csv.clone(), source })?;
+    if let Some(last) = records.last() {
+        let prom = dir.join(super::METRICS_FILE);
+        let tmp = prom.with_extension("prom.tmp");
+        std::fs::write(&tmp, super::exposition::text(last)).and_then(|()| std::fs::rename(&tmp, &prom)).map_err(|source| FitError::Io { path: prom.clone(), source })?;
+    }
     let series = |name: &str, f: fn(&EpochRecord) -> f64| Series { name: name.into(), points: records.iter().map(|r| ((r.epoch + 1) as f64, f(r))).collect() };
     LinePlot {
         title: "Training loss".into(),
