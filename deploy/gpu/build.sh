@@ -51,16 +51,17 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$LINKDIR"
 export CARGO_TARGET_DIR=$TARGET
 
 # What the GPU run needs (deploy/gpu/run.sh): the binaries, the PyTorch oracle tests and the
-# training-step bench, all in the `gpu` profile (release, stripped).
-CARGO=(cargo --locked)
+# training-step bench, all in the `gpu` profile (release, stripped), in ONE cargo invocation: each
+# other selection of packages and targets resolves other features for the build scripts' own
+# dependencies, which rebuilds candle-kernels (half an hour of nvcc on 2 cores). mistnet-edge (the
+# job's edge processes, on the CPU) gets `cuda` too only so that it shares that build.
 JSON=$(mktemp)
 trap 'rm -f "$JSON"' EXIT
-# mistnet-edge (the job's edge processes, on the CPU) gets `cuda` too only so that it shares the
-# build of every library with mistnet-cloud.
-"${CARGO[@]}" build --profile gpu -p mistnet-cloud -p mistnet-edge --features mistnet-cloud/cuda,mistnet-edge/cuda --bins --message-format=json-render-diagnostics >>"$JSON"
-"${CARGO[@]}" test --profile gpu --no-run -p mistnet --features cuda --test yolov5_parity --message-format=json-render-diagnostics >>"$JSON"
-"${CARGO[@]}" test --profile gpu --no-run -p mistnet-train --features cuda --test loss_parity --test optimizer_golden --message-format=json-render-diagnostics >>"$JSON"
-"${CARGO[@]}" bench --profile gpu --no-run -p mistnet-train --features cuda --bench train_step --message-format=json-render-diagnostics >>"$JSON"
+cargo build --locked --profile gpu --message-format=json-render-diagnostics \
+  -p mistnet-cloud -p mistnet-edge -p mistnet -p mistnet-train \
+  --features mistnet-cloud/cuda,mistnet-edge/cuda,mistnet/cuda,mistnet-train/cuda \
+  --bin mistnet-cloud --bin mistnet-edge --test yolov5_parity --test loss_parity --test optimizer_golden \
+  --bench train_step >"$JSON"
 
 rm -rf "$DIST"
 mkdir -p "$DIST"
