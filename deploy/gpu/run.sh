@@ -92,17 +92,16 @@ if want oracle; then
 fi
 
 if want train; then
-  # yolov5n at 128 px from the oracle's weights, the edges simulated without noise: the same
-  # batches on both devices, so the per-step losses must agree to float tolerance.
+  # yolov5n at 128 px from the pretrained model the end-to-end tests use, the edges simulated
+  # without noise: the same batches on both devices, so the per-step losses must agree to float
+  # tolerance. On a CPU try-out the second run takes the GPU's path on the CPU (MISTNET_CANDLE_OPS=1).
   "$DIST/mistnet-cloud" synth --out "$WORK/data" --images 400 --imgsz 128 --seed 0 >"$LOGS/train-data.log" 2>&1
-  # On a CPU try-out the second run takes the GPU's path on the CPU (MISTNET_CANDLE_OPS=1).
-  [ "$DEVICE" = cpu ] && candle_ops=1 || candle_ops=0
-  for run in cpu "$DEVICE"; do
-    [ "$run" = cpu ] && tag=ref || tag=dev
-    [ $tag = dev ] && export MISTNET_CANDLE_OPS=$candle_ops
+  for tag in ref dev; do
+    if [ $tag = ref ]; then dev=cpu; else dev=$DEVICE; fi
+    [ $tag = dev ] && [ "$DEVICE" = cpu ] && export MISTNET_CANDLE_OPS=1
     step "train-$tag" 150 "$DIST/mistnet-cloud" train --data "$WORK/data/private.yaml" \
-      --weights "$ROOT/shared/tests/fixtures/yolov5/yolov5n_weights.safetensors" --model yolov5n --cut 4 \
-      --imgsz 128 --mechanism none --epochs 1 --batch 16 --seed 0 --device "$run" --out "$WORK/train-$tag"
+      --weights "$ROOT/tests/fixtures/yolov5n-synth128-pretrained.safetensors" --cut 4 \
+      --imgsz 128 --mechanism none --epochs 1 --batch 16 --seed 0 --device "$dev" --out "$WORK/train-$tag"
     unset MISTNET_CANDLE_OPS
   done
 fi

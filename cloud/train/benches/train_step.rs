@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use mistnet::model::{ModelConfig, ParamStore, load_back};
 use mistnet_train::train::{Hyp, LossConfig, LrDecay, Optimizer, OptimizerConfig, Target, YoloLoss};
 
