@@ -75,7 +75,7 @@ for line in open(sys.argv[1]):
 EOF
 strip "$DIST"/*
 git rev-parse HEAD >"$DIST/COMMIT"
-# What travels: one archive. Each executable is ~75 MB, mostly candle's PTX, which they share:
+# What travels: one archive. Each executable is ~75 MB, mostly candle's GPU kernels, which they share:
 # a 512 MiB window (all of them) stores it once. Python's lzma unpacks it on the GPU machine.
 tar -C "$ROOT/target" -cf - gpu-dist | xz -T1 --lzma2=preset=6,dict=512MiB >"$ROOT/target/gpu-dist.tar.xz"
 ls -l "$DIST" "$ROOT/target/gpu-dist.tar.xz"
