@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference for `cargo bench -p mistnet-train --bench train_step` (cloud/train/benches/train_step.rs).
 
-One training step of the YOLOv5 (7.0) Back on CPU -- modules cut..24 of yolov5s, as `load_back` builds it, fed
+One training step of the YOLOv5 (7.0) Back on CPU or, with --device cuda, on a GPU -- modules cut..24 of yolov5s, as `load_back` builds it, fed
 with random features of layer cut-1's output shape ([8, 128, 80, 80] at cut 4, 640 px, batch 8) -- timed per
 phase:
 
@@ -19,6 +19,7 @@ utils/metrics.py bbox_iou) -- the same code shared/tests/fixtures/yolov5/make_yo
 the `yolov5` PyPI package -- so only torch is needed.
 
   python3 tools/bench_train_step_torch.py --threads 2      # --model-size s --cut 4 --imgsz 640 --batch 8 --iters 3
+  python3 tools/bench_train_step_torch.py --device cuda    # each phase timed between torch.cuda.synchronize()
 """
 import argparse
 import math
@@ -221,19 +222,21 @@ def bbox_ciou(box1, box2, eps=1e-7):
 
 class ComputeLoss:
     def __init__(self, det, hyp):
-        self.BCEcls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["cls_pw"]]))
-        self.BCEobj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["obj_pw"]]))
+        device = det.anchors.device
+        self.BCEcls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["cls_pw"]], device=device))
+        self.BCEobj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["obj_pw"]], device=device))
         self.cp, self.cn = 1.0, 0.0  # smooth_BCE(label_smoothing 0)
         self.balance = [4.0, 1.0, 0.4]
         self.gr, self.hyp = 1.0, hyp
         self.na, self.nc, self.nl, self.anchors = det.na, det.nc, det.nl, det.anchors
 
     def __call__(self, p, targets):
-        lcls, lbox, lobj = torch.zeros(1), torch.zeros(1), torch.zeros(1)
+        device = targets.device
+        lcls, lbox, lobj = torch.zeros(1, device=device), torch.zeros(1, device=device), torch.zeros(1, device=device)
         tcls, tbox, indices, anchors = self.build_targets(p, targets)
         for i, pi in enumerate(p):
             b, a, gj, gi = indices[i]
-            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype)
+            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=device)
             n = b.shape[0]
             if n:
                 pxy, pwh, _, pcls = pi[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
@@ -258,11 +261,11 @@ class ComputeLoss:
     def build_targets(self, p, targets):
         na, nt = self.na, targets.shape[0]
         tcls, tbox, indices, anch = [], [], [], []
-        gain = torch.ones(7)
-        ai = torch.arange(na).float().view(na, 1).repeat(1, nt)
+        gain = torch.ones(7, device=targets.device)
+        ai = torch.arange(na, device=targets.device).float().view(na, 1).repeat(1, nt)
         targets = torch.cat((targets.repeat(na, 1, 1), ai[..., None]), 2)
         g = 0.5
-        off = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]]).float() * g
+        off = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=targets.device).float() * g
         for i in range(self.nl):
             anchors, shape = self.anchors[i], p[i].shape
             gain[2:6] = torch.tensor(shape)[[3, 2, 3, 2]]
@@ -329,13 +332,20 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--iters", type=int, default=3, help="timed steps after one warm-up step")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (cuDNN as torch configures it by default)")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     layers, froms, ch = build_model(args.model_size)
-    back = Back(layers, froms, args.cut).train()
+    back = Back(layers, froms, args.cut).train().to(device)
     det = back.layers[-1]
     # the Front's output stride: the product of the strides of layers 0..cut-1
     stride = 1
@@ -343,8 +353,8 @@ def main():
         conv = m.conv if isinstance(m, Conv) else None
         stride *= conv.stride[0] if conv is not None else 1
     hw, bs = args.imgsz // stride, args.batch
-    feats = torch.rand(bs, ch[args.cut - 1], hw, hw)
-    targets = synthetic_targets(bs)
+    feats = torch.rand(bs, ch[args.cut - 1], hw, hw).to(device)
+    targets = synthetic_targets(bs).to(device)
 
     nl, nc, nbs = det.nl, det.nc, 64
     hyp = {"lr0": 0.01, "momentum": 0.937, "weight_decay": 0.0005, "box": 0.05, "cls": 0.5, "cls_pw": 1.0,
@@ -357,20 +367,26 @@ def main():
     loss_fn = ComputeLoss(det, hyp)
     opt = smart_optimizer(back, hyp["lr0"], hyp["momentum"], decay)
     n_params = sum(1 for _ in back.parameters())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: yolov5{args.model_size} Back at cut "
+    on = f"{torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}" if cuda else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {on}: yolov5{args.model_size} Back at cut "
           f"{args.cut}: features [{bs}, {ch[args.cut - 1]}, {hw}, {hw}], {args.imgsz} px, {n_params} parameters")
 
     totals = [0.0] * 4
     for it in range(args.iters + 1):
         opt.zero_grad(set_to_none=True)
+        sync()
         t0 = time.perf_counter()
         out = back(feats)
+        sync()
         t1 = time.perf_counter()
         loss, items = loss_fn(out, targets)
+        sync()
         t2 = time.perf_counter()
         loss.backward()
+        sync()
         t3 = time.perf_counter()
         opt.step()
+        sync()
         t4 = time.perf_counter()
         phases = [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
         warm = " (warm-up)" if it == 0 else ""
@@ -384,6 +400,9 @@ def main():
     print(f"mean of {args.iters}: forward {mean[0]:.0f} ms, loss {mean[1]:.1f} ms, backward {mean[2]:.0f} ms, "
           f"optimizer {mean[3]:.0f} ms, step {sum(mean):.0f} ms")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if cuda:
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated, "
+              f"{torch.cuda.max_memory_reserved(device) / 2**20:.0f} MiB reserved")
 
 
 if __name__ == "__main__":

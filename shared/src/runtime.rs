@@ -1,4 +1,7 @@
-//! Process-wide settings for tensor work, applied first thing in `main` by both binaries.
+//! Process-wide settings for tensor work, applied first thing in `main` by both binaries, and
+//! the device that tests and benches compute on.
+
+use candle_core::Device;
 
 /// Applies [`keep_freed_memory`] and [`run_candle_ops_inline`]. Call it before any thread starts.
 pub fn init() {
@@ -33,5 +36,21 @@ pub fn run_candle_ops_inline() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: called from `init`, first thing in `main`, before any thread exists.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
+/// The device named by the environment variable `var`: `cpu` (the default, when unset) or
+/// `cuda:N`, which needs a build with `--features cuda`. How the PyTorch oracle tests
+/// (`MISTNET_TEST_DEVICE`) and the benches (`MISTNET_BENCH_DEVICE`) are pointed at a GPU; the
+/// binaries take `--device`. Each call opens the device anew, and candle keeps tensors of two
+/// opened CUDA devices apart: open it once.
+pub fn device_from_env(var: &str) -> candle_core::Result<Device> {
+    let Ok(name) = std::env::var(var) else { return Ok(Device::Cpu) };
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    match name.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+        Some(n) => Device::new_cuda(n),
+        None => candle_core::bail!("{var} must be cpu or cuda:N, got {name}"),
     }
 }

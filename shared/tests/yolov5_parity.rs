@@ -8,16 +8,31 @@
 //!     x = y[mod.f] if isinstance(mod.f, int) else [x if j == -1 else y[j] for j in mod.f]
 //!     x = mod(x); y.append(x)                     # saved as layer.{i}
 //! ```
+//!
+//! The model runs on `MISTNET_TEST_DEVICE` (cpu or cuda:N, default cpu); the fixtures are found
+//! under `CARGO_MANIFEST_DIR` as the test process sees it, so that a test executable carried to
+//! another machine runs from there (deploy/gpu/run.sh).
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use mistnet::model::{
     Front, ModelConfig, ParamStore, Yolo, batch_norm::BatchNormConfig, load_back, valid_cuts,
 };
 
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from)
+}
+
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolov5").join(name)
+    manifest_dir().join("tests/fixtures/yolov5").join(name)
+}
+
+/// One device for the whole test process: candle keeps tensors of two `Device::new_cuda` apart.
+fn device() -> Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(|| mistnet::runtime::device_from_env("MISTNET_TEST_DEVICE").unwrap()).clone()
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
@@ -28,16 +43,16 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn yolov5n() -> Vec<mistnet::model::LayerSpec> {
-    ModelConfig::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/yolov5n.yaml")).unwrap().layers().unwrap()
+    ModelConfig::load(manifest_dir().join("../models/yolov5n.yaml").to_str().unwrap()).unwrap().layers().unwrap()
 }
 
 fn reference(size: usize) -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&format!("yolov5n_io_{size}.safetensors")), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture(&format!("yolov5n_io_{size}.safetensors")), &device()).unwrap()
 }
 
 fn full_model() -> (Yolo, ParamStore) {
     let store = ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap();
-    let model = Yolo::load(store.var_builder(&Device::Cpu), &yolov5n(), 0, BatchNormConfig::default()).unwrap();
+    let model = Yolo::load(store.var_builder(&device()), &yolov5n(), 0, BatchNormConfig::default()).unwrap();
     store.ensure_all_used().unwrap();
     (model, store)
 }
@@ -75,7 +90,7 @@ fn folded_front_equals_unfolded_layers_and_front_plus_back_equals_whole() {
     let whole = model.forward_all(&r["input"], false).unwrap();
     for cut in valid_cuts(&specs) {
         let store = ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap();
-        let front = Front::load(&specs, cut, &store, &Device::Cpu).unwrap();
+        let front = Front::load(&specs, cut, &store, &device()).unwrap();
         let sent = front.forward(&r["input"]).unwrap();
         let unfolded = whole.layers[cut - 1].as_ref().unwrap();
         let e = rel_err(&sent, unfolded);
@@ -83,7 +98,7 @@ fn folded_front_equals_unfolded_layers_and_front_plus_back_equals_whole() {
 
         // The Back on the exact boundary tensor reproduces the whole model bit for bit; on the
         // folded Front's output it stays within the PyTorch parity tolerance.
-        let back = load_back(&specs, cut, &store, &Device::Cpu).unwrap();
+        let back = load_back(&specs, cut, &store, &device()).unwrap();
         let exact = back.forward_t(unfolded, false).unwrap();
         let split = back.forward_t(&sent, false).unwrap();
         for k in 0..whole.raw.len() {
@@ -112,8 +127,8 @@ fn front_loads_from_a_file_with_only_its_tensors_and_hash_ignores_layout() {
         p
     };
     let shards = [save(a, "front-1.safetensors"), save(b, "front-2.safetensors")];
-    let front = Front::load(&specs, cut, &ParamStore::open(&shards).unwrap(), &Device::Cpu).unwrap();
-    let full = Front::load(&specs, cut, &ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap(), &Device::Cpu).unwrap();
+    let front = Front::load(&specs, cut, &ParamStore::open(&shards).unwrap(), &device()).unwrap();
+    let full = Front::load(&specs, cut, &ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap(), &device()).unwrap();
     assert_eq!(front.hash(), full.hash());
     let x = reference(64)["input"].clone();
     assert_eq!(rel_err(&front.forward(&x).unwrap(), &full.forward(&x).unwrap()), 0.0);
@@ -154,7 +169,7 @@ fn save_and_reload_round_trips_every_tensor() {
     let p = dir.path().join("copy.safetensors");
     store.save(&p).unwrap();
     let again = ParamStore::open(&[&p]).unwrap();
-    let model = Yolo::load(again.var_builder(&Device::Cpu), &yolov5n(), 0, BatchNormConfig::default()).unwrap();
+    let model = Yolo::load(again.var_builder(&device()), &yolov5n(), 0, BatchNormConfig::default()).unwrap();
     again.ensure_all_used().unwrap();
     let x = reference(64)["input"].clone();
     let (orig, _) = full_model();

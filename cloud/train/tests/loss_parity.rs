@@ -3,16 +3,27 @@
 //! `yolov5n_cloudtrain_128.safetensors` (made by `shared/tests/fixtures/yolov5/make_yolov5_oracle.py`)
 //! is one cloud training step with the split after layer 4 (cut 5): the features `[2, 64, 16, 16]`
 //! through layers 5..24 in train mode, then `ComputeLoss(model)(raw, targets)` and `backward()`.
+//!
+//! On `MISTNET_TEST_DEVICE` (cpu or cuda:N, default cpu), with the fixtures found under
+//! `CARGO_MANIFEST_DIR` as the test process sees it (deploy/gpu/run.sh runs it elsewhere).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor, Var};
 use mistnet::model::{ModelConfig, ParamStore, load_back};
 use mistnet_train::train::{Hyp, LossConfig, Target, YoloLoss};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/tests/fixtures/yolov5").join(name)
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    dir.join("../../shared/tests/fixtures/yolov5").join(name)
+}
+
+/// One device for the whole test process: candle keeps tensors of two `Device::new_cuda` apart.
+fn device() -> Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(|| mistnet::runtime::device_from_env("MISTNET_TEST_DEVICE").unwrap()).clone()
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
@@ -33,10 +44,10 @@ struct Step {
 
 fn run_step() -> Step {
     let path = fixture("yolov5n_cloudtrain_128.safetensors");
-    let reference = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let reference = candle_core::safetensors::load(&path, &device()).unwrap();
     let specs = ModelConfig::load("yolov5n").unwrap().layers().unwrap();
     let store = ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap();
-    let back = load_back(&specs, 5, &store, &Device::Cpu).unwrap();
+    let back = load_back(&specs, 5, &store, &device()).unwrap();
 
     // The gains must be what train.py makes of hyp.scratch-low for 80 classes at 128 px, as
     // recorded in the fixture's metadata.
@@ -113,10 +124,10 @@ fn loss_gradients_and_batchnorm_statistics_match_pytorch() {
 #[test]
 fn loss_on_the_reference_head_outputs_has_pytorchs_gradients() {
     // The loss alone, on PyTorch's own head outputs: isolates ComputeLoss from the network.
-    let r = candle_core::safetensors::load(fixture("yolov5n_cloudtrain_128.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(fixture("yolov5n_cloudtrain_128.safetensors"), &device()).unwrap();
     let specs = ModelConfig::load("yolov5n").unwrap().layers().unwrap();
     let store = ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap();
-    let back = load_back(&specs, 5, &store, &Device::Cpu).unwrap();
+    let back = load_back(&specs, 5, &store, &device()).unwrap();
     let loss_fn = YoloLoss::new(back.detect(), LossConfig::from_hyp(&Hyp::default(), 3, 80, 128).unwrap()).unwrap();
     let raw: Vec<Var> = (0..3).map(|k| Var::from_tensor(&r[&format!("head.raw.{k}")]).unwrap()).collect();
     let raw_t: Vec<Tensor> = raw.iter().map(|v| v.as_tensor().clone()).collect();
@@ -133,10 +144,10 @@ fn loss_on_the_reference_head_outputs_has_pytorchs_gradients() {
 
 #[test]
 fn targets_outside_the_batch_are_a_typed_error() {
-    let r = candle_core::safetensors::load(fixture("yolov5n_cloudtrain_128.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(fixture("yolov5n_cloudtrain_128.safetensors"), &device()).unwrap();
     let specs = ModelConfig::load("yolov5n").unwrap().layers().unwrap();
     let store = ParamStore::open(&[fixture("yolov5n_weights.safetensors")]).unwrap();
-    let back = load_back(&specs, 5, &store, &Device::Cpu).unwrap();
+    let back = load_back(&specs, 5, &store, &device()).unwrap();
     let loss_fn = YoloLoss::new(back.detect(), LossConfig::from_hyp(&Hyp::default(), 3, 80, 128).unwrap()).unwrap();
     let raw: Vec<Tensor> = (0..3).map(|k| r[&format!("head.raw.{k}")].clone()).collect();
     let mut targets = Target::from_rows(&r["targets"]).unwrap();

@@ -2,9 +2,13 @@
 //! (`tests/fixtures/train/make_optimizer_golden.py`): SGD with Nesterov momentum in three groups,
 //! warmup, linear and cosine decay, accumulation, clipping and ModelEMA, on a toy model whose
 //! gradients are given per iteration.
+//!
+//! On `MISTNET_TEST_DEVICE` (cpu or cuda:N, default cpu), with the golden file found under
+//! `CARGO_MANIFEST_DIR` as the test process sees it (deploy/gpu/run.sh runs it elsewhere).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, Var};
 use mistnet_train::train::{Hyp, LrDecay, ModelEma, Optimizer, OptimizerConfig};
@@ -13,8 +17,14 @@ const PARAMS: [&str; 4] = ["model.5.conv.weight", "model.5.bn.weight", "model.5.
 const BUFFER: &str = "model.5.bn.running_mean";
 
 fn golden() -> HashMap<String, Tensor> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train/optimizer_golden.safetensors");
-    candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    candle_core::safetensors::load(dir.join("tests/fixtures/train/optimizer_golden.safetensors"), &device()).unwrap()
+}
+
+/// One device for the whole test process: candle keeps tensors of two `Device::new_cuda` apart.
+fn device() -> Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(|| mistnet::runtime::device_from_env("MISTNET_TEST_DEVICE").unwrap()).clone()
 }
 
 struct Scenario {
@@ -60,7 +70,7 @@ impl Run {
         for ni in from..to {
             let (epoch, i) = (ni / s.nb, ni % s.nb);
             self.buffer.set(&g[&format!("{}.buffers", s.name)].get(ni).unwrap()).unwrap();
-            let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+            let mut loss = Tensor::zeros((), DType::F32, &device()).unwrap();
             for (k, v) in &self.params {
                 let grad = g[&format!("{}.grads.{k}", s.name)].get(ni).unwrap();
                 loss = (loss + (v.as_tensor() * grad).unwrap().sum_all().unwrap()).unwrap();

@@ -5,7 +5,7 @@
 //! (about half of a YOLOv5 training step) and runs 1×1 convolutions through im2col. Here:
 //! `y = W · col(x)`, `∂x = col⁻¹(Wᵀ · ∂y)`, `∂W = Σₙ ∂yₙ · col(xₙ)ᵀ`, with `col` skipped for 1×1
 //! stride-1 convolutions. Images run in parallel on rayon's pool. Other devices and dtypes use
-//! candle's own conv2d.
+//! candle's own conv2d, made differentiable at any size (`candle_conv2d`).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 #[cfg(feature = "train")]
@@ -22,8 +22,23 @@ pub fn conv2d(x: &Tensor, w: &Tensor, shape: ConvShape) -> Result<Tensor> {
     if on_cpu_f32(x) && on_cpu_f32(w) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv { shape })
     } else {
-        x.conv2d(w, shape.p, shape.s, 1, shape.g)
+        candle_conv2d(x, w, shape)
     }
+}
+
+/// candle's conv2d, differentiable at any size. Its backward takes the transposed convolution's
+/// output padding from the height alone, so when the stride leaves a different number of rows
+/// than columns unread (odd by even sizes at stride 2) the input gradient comes out misshapen:
+/// then the input is padded here and cut to what the windows read, which needs no output padding.
+fn candle_conv2d(x: &Tensor, w: &Tensor, shape: ConvShape) -> Result<Tensor> {
+    let ConvShape { k, s, p, g, .. } = shape;
+    let (_, _, h, wd) = x.dims4()?;
+    if h + 2 * p < k || wd + 2 * p < k || (h + 2 * p - k) % s == (wd + 2 * p - k) % s {
+        return x.conv2d(w, p, s, 1, g);
+    }
+    let read = |len: usize| (len + 2 * p - k) / s * s + k;
+    let x = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+    x.narrow(2, 0, read(h))?.narrow(3, 0, read(wd))?.contiguous()?.conv2d(w, 0, s, 1, g)
 }
 
 /// Sizes of one convolution over an `[n, c1, h, w]` input.

@@ -1,14 +1,27 @@
 //! What the CPU custom ops share: slices of their storages, and small loops written so that
 //! they vectorise.
+//!
+//! Every custom op runs on CPU f32 tensors only ([`on_cpu_f32`]); on CUDA, and for other dtypes,
+//! the model computes with candle's own differentiable ops instead. `MISTNET_CANDLE_OPS=1` sends
+//! CPU tensors down that path too, so that the path a GPU takes is checked against PyTorch on any
+//! machine (deploy/gpu/README.md).
 
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-/// Whether `t` is f32 on the CPU: what the custom ops handle; other tensors go through candle's ops.
+/// Whether `t` is f32 on the CPU: what the custom ops handle; other tensors go through candle's
+/// ops, and so do all under `MISTNET_CANDLE_OPS=1`.
 pub fn on_cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && !candle_ops_only()
+}
+
+/// `MISTNET_CANDLE_OPS=1`, read once.
+fn candle_ops_only() -> bool {
+    static ONLY: OnceLock<bool> = OnceLock::new();
+    *ONLY.get_or_init(|| std::env::var_os("MISTNET_CANDLE_OPS").is_some_and(|v| v == "1"))
 }
 
 /// The f32 values a contiguous CPU storage holds under `layout`; `what` names it in errors.
