@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mistnet_codec::{EncodeParams, Encoding, FrontHash, Mechanism, Privacy, encode, seeded_rng};
 use mistnet_data::{BadDataPolicy, Dataset, Split};
-use mistnet_proto::client::{Connection, TlsFiles};
+use mistnet_proto::client::{Connection, Credentials, TlsFiles};
+use mistnet_proto::pb::{self, front_distribution_client::FrontDistributionClient};
 
 /// Path of a workspace binary in the target directory of the running test.
 pub fn binary(name: &str) -> PathBuf {
@@ -119,4 +121,23 @@ pub fn edge_sample_ids(yaml: &Path) -> std::collections::BTreeSet<String> {
     let root = dataset.source().parent().unwrap().to_path_buf();
     let samples = dataset.load(Split::Train, BadDataPolicy::Fail).unwrap().samples;
     samples.iter().map(|s| s.image_path.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect()
+}
+
+/// The Front the tests serve: yolov5n cut 4 at 64 px, whose output is `[1, 64, 8, 8]`.
+pub const SERVED_SHAPE: [usize; 4] = [1, 64, 8, 8];
+
+/// A valid sample for the Front served at `addr` (its hash fetched with `credentials`): fixed values
+/// of [`SERVED_SHAPE`], SUE ε = 2, one box of `class`, a 64×64 image.
+pub async fn sample_for_served_front(addr: &str, credentials: &Credentials, sample_id: &str, class: u32) -> pb::Sample {
+    let mut front = FrontDistributionClient::new(channel(addr).await).max_decoding_message_size(64 << 20);
+    let hash: FrontHash = front.get_front(credentials.request(pb::GetFrontRequest::default())).await.unwrap().into_inner().front_hash.parse().unwrap();
+    let values: Vec<f32> = (0..SERVED_SHAPE.iter().product()).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
+    let params = EncodeParams { privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(), encoding: Encoding::Packed, zstd_level: Some(3), cut: 4, front_hash: hash };
+    pb::Sample {
+        sample_id: sample_id.into(),
+        features: encode(&values, &SERVED_SHAPE, &params, &mut seeded_rng(1)).unwrap(),
+        labels: vec![pb::Box { class, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 }],
+        image_width: 64,
+        image_height: 64,
+    }
 }

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mistnet::codec::{EncodeParams, Encoding, FrontHash, Mechanism, Privacy, encode, seeded_rng};
 use mistnet::data::synth::{SynthConfig, generate};
 use mistnet_e2e::{Proc, channel, start_cloud, start_cloud_after, start_edge, wait_until};
 use mistnet_proto::client::Credentials;
-use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient};
+use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient};
 use mistnet_store::FeatureStore;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -21,8 +20,6 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 const LIMIT: Duration = Duration::from_secs(120);
 const EDGE: &str = "edge-0";
 const TOKEN: &str = "token-of-edge-0-0123456789";
-/// The served Front's output in these tests: yolov5n cut 4 at 64 px.
-const SHAPE: [usize; 4] = [1, 64, 8, 8];
 
 struct World {
     _tmp: tempfile::TempDir,
@@ -173,18 +170,7 @@ fn silent_sockets_under_a_small_open_file_limit_are_cut_and_an_edge_gets_in() {
 
 /// A valid sample of the Front served at `addr`.
 async fn sample(addr: &str, sample_id: &str) -> pb::Sample {
-    let credentials = Credentials::edge(EDGE, TOKEN).unwrap();
-    let mut front = FrontDistributionClient::new(channel(addr).await).max_decoding_message_size(64 << 20);
-    let hash: FrontHash = front.get_front(credentials.request(pb::GetFrontRequest::default())).await.unwrap().into_inner().front_hash.parse().unwrap();
-    let values: Vec<f32> = (0..SHAPE.iter().product()).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
-    let params = EncodeParams { privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(), encoding: Encoding::Packed, zstd_level: Some(3), cut: 4, front_hash: hash };
-    pb::Sample {
-        sample_id: sample_id.into(),
-        features: encode(&values, &SHAPE, &params, &mut seeded_rng(1)).unwrap(),
-        labels: vec![pb::Box { class: 0, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 }],
-        image_width: 64,
-        image_height: 64,
-    }
+    mistnet_e2e::sample_for_served_front(addr, &Credentials::edge(EDGE, TOKEN).unwrap(), sample_id, 0).await
 }
 
 /// Uploads one sample on its own stream; its ack.

@@ -9,31 +9,17 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 
-use mistnet::codec::{EncodeParams, Encoding, FrontHash, Mechanism, Privacy, encode, seeded_rng};
 use mistnet_e2e::{channel, free_port, start_cloud};
 use mistnet_proto::client::Credentials;
-use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient, front_distribution_client::FrontDistributionClient};
+use mistnet_proto::pb::{self, feature_upload_client::FeatureUploadClient};
 use tonic::Code;
 
 const EDGE: &str = "edge-0";
 const TOKEN: &str = "token-of-edge-0-0123456789";
-/// The served Front's output: yolov5n cut 4 at 64 px.
-const SHAPE: [usize; 4] = [1, 64, 8, 8];
 
 /// A sample of the Front served at `addr` (ε = 2), with one box of `class`.
 async fn sample(addr: &str, sample_id: &str, class: u32) -> pb::Sample {
-    let credentials = Credentials::edge(EDGE, TOKEN).unwrap();
-    let mut front = FrontDistributionClient::new(channel(addr).await).max_decoding_message_size(64 << 20);
-    let hash: FrontHash = front.get_front(credentials.request(pb::GetFrontRequest::default())).await.unwrap().into_inner().front_hash.parse().unwrap();
-    let values: Vec<f32> = (0..SHAPE.iter().product()).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
-    let params = EncodeParams { privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(), encoding: Encoding::Packed, zstd_level: Some(3), cut: 4, front_hash: hash };
-    pb::Sample {
-        sample_id: sample_id.into(),
-        features: encode(&values, &SHAPE, &params, &mut seeded_rng(1)).unwrap(),
-        labels: vec![pb::Box { class, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 }],
-        image_width: 64,
-        image_height: 64,
-    }
+    mistnet_e2e::sample_for_served_front(addr, &Credentials::edge(EDGE, TOKEN).unwrap(), sample_id, class).await
 }
 
 /// Uploads one sample on its own stream with `token`: its ack, or the call's refusal.
