@@ -15,9 +15,8 @@ use mistnet::model::{Front, LayerKind, ModelConfig, ParamStore};
 use mistnet_cli::image::parse_imgsz;
 use mistnet_cli::{Argv, CutArgs, ToArgs};
 use mistnet_train::fit::MODEL_FILE;
-use serde::Serialize;
 
-use mistnet_ingest::manifest::{FileEntry, FrontManifest, MANIFEST_FILE};
+use mistnet_ingest::manifest::{ExportManifest, FileEntry, FrontManifest, MANIFEST_FILE};
 
 /// The Front's file in the output directory (the model's is [`MODEL_FILE`]).
 pub const FRONT_FILE: &str = "front.safetensors";
@@ -55,16 +54,6 @@ impl ToArgs for Args {
             .arg("--out", &self.out)
             .build()
     }
-}
-
-/// What `manifest.json` holds: what ingest needs, and the deployable model.
-#[derive(Serialize)]
-struct Manifest {
-    #[serde(flatten)]
-    ingest: FrontManifest,
-    /// Whether the Back was trained on binarized Front features (MistNet) rather than on images.
-    binarized_cut: Option<usize>,
-    model: FileEntry,
 }
 
 /// The Front of a model and its manifest.
@@ -153,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     save_tensors(&front.tensors, &args.out.join(FRONT_FILE))?;
     save_deployable(&all, &meta, &args.out.join(MODEL_FILE))?;
-    let manifest = Manifest {
+    let manifest = ExportManifest {
         ingest: front.manifest,
         binarized_cut: meta.binarized_cut,
         model: FileEntry { file: MODEL_FILE.into(), sha256: hash_tensors(all.iter())?.to_string(), tensors: all.len() },

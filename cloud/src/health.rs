@@ -22,8 +22,8 @@ pub struct Args {
     /// Server URL: https://HOST:PORT (TLS), or http://HOST:PORT (plaintext: loopback only, unless --insecure-plaintext).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
     server: String,
-    /// Service to ask about: "" is the server as a whole; mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution
-    /// and mistnet.v1.IngestStatus are the services `serve` reports.
+    /// Service to ask about: "" is the server as a whole; mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution,
+    /// mistnet.v1.ModelDistribution and mistnet.v1.IngestStatus are the services `serve` reports.
     #[arg(long, default_value = "")]
     service: String,
     /// CA certificate (PEM) to verify the server with (default for https: the system roots).

@@ -1,27 +1,48 @@
 //! `mistnet-edge detect`: runs a deployable detector on local images and writes the boxes (JSON)
 //! and annotated PNGs. Inference only; the model file says whether it binarizes after the Front.
+//! The model is a local file (`--weights`) or the one the cloud serves (`--server`: `GetModel`,
+//! cached by hash in [`crate::model_cache`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use image::{Rgb, RgbImage};
 use mistnet::data::letterbox::{letterbox, read_rgb};
 use mistnet::model::image_to_tensor;
 use mistnet::metrics::{NmsConfig, non_max_suppression};
 use mistnet::model::deploy::Detector;
-use mistnet_cli::DeviceArgs;
+use mistnet_cli::edge::DEFAULT_CACHE;
 use mistnet_cli::image::{check_imgsz, parse_imgsz};
+use mistnet_cli::{ClientArgs, DeviceArgs};
 use serde::Serialize;
 
+use crate::model_cache::{self, Source};
+
 #[derive(clap::Args)]
+#[command(mut_arg("token_file", |a| a.required(false)))]
 #[command(after_help = "Writes, per image, DIR/<stem>.json ({image, width, height, detections: [{class, name, score, \
 bbox: [x1, y1, x2, y2] in original pixels}]}) and DIR/<stem>.png (the image with one coloured rectangle per detection, \
 colour by class).\nA MistNet model (trained on binarized features) runs Front, binarization, Back; no randomized response.\n\n\
-Example:\n  mistnet-edge detect --weights deploy/model.safetensors photos/ --out detections/")]
+The model is --weights FILE, or the one the cloud serves (--server/--token-file/--edge, as for `run`): fetched with \
+GetModel into --cache (CACHE/model/<sha256>/model.safetensors, the SHA-256 of its tensors, as in export's manifest), \
+checked against that hash before every use, and fetched again only when the cloud serves another one. When the \
+cloud cannot be reached, the model fetched last is used (said on stderr); a refusal (a bad token, no model served) \
+is an error.\n\n\
+Examples:\n  mistnet-edge detect --weights deploy/model.safetensors photos/ --out detections/\n  \
+mistnet-edge detect --server https://cloud:50051 --ca-cert ca.pem --edge edge-1 --token-file edge-1.token photos/ --out det/")]
 pub struct Args {
     /// A deployable model (model.safetensors from `mistnet-cloud train`, `pretrain` or `export`).
+    #[arg(long, required_unless_present_any = ["server", "token_file"], conflicts_with_all = ["server", "token_file", "edge"])]
+    weights: Option<PathBuf>,
+    // Instead of --weights: the cloud serving the model (`mistnet-cloud serve`) and this edge's token.
+    #[command(flatten)]
+    client: Option<ClientArgs>,
+    /// This edge's id, as in the cloud's tokens file (with --server).
     #[arg(long)]
-    weights: PathBuf,
+    edge: Option<String>,
+    /// Cache directory for the model fetched from --server (shared with `run`'s Front cache).
+    #[arg(long, default_value = DEFAULT_CACHE)]
+    cache: PathBuf,
     /// An image file, or a directory whose images (jpg, jpeg, png, bmp, webp) are all processed.
     input: PathBuf,
     /// Output directory (created if missing).
@@ -61,7 +82,12 @@ const COLOURS: [[u8; 3]; 8] = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.open()?;
-    let detector = Detector::load(&args.weights, &device)?;
+    let weights = match (&args.weights, &args.client) {
+        (Some(file), _) => file.clone(),
+        (None, Some(client)) => fetch_model(client, args.edge.as_deref(), &args.cache)?,
+        (None, None) => bail!("give --weights FILE, or --server with --token-file and --edge"),
+    };
+    let detector = Detector::load(&weights, &device)?;
     let meta = detector.meta().clone();
     let imgsz = check_imgsz(args.imgsz.unwrap_or(meta.imgsz)).map_err(anyhow::Error::msg)?;
     let nms = NmsConfig { conf_thres: args.conf, iou_thres: args.iou, ..NmsConfig::detect() };
@@ -88,6 +114,20 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}: {} detections", path.display(), record.detections.len());
     }
     Ok(())
+}
+
+/// The cloud's model, through the cache; says on stderr where it came from.
+fn fetch_model(client: &ClientArgs, edge: Option<&str>, cache: &Path) -> Result<PathBuf> {
+    let edge = edge.context("--edge is required with --server: the edge id of --token-file's token")?;
+    let cloud = client.client(Some(edge))?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let model = runtime.block_on(model_cache::fetch(&cloud, cache))?;
+    match &model.source {
+        Source::Fetched(bytes) => eprintln!("model {} fetched from {} ({bytes} bytes)", model.sha256, client.server),
+        Source::Cached => eprintln!("model {} (cached; the one {} serves)", model.sha256, client.server),
+        Source::Offline(why) => eprintln!("model {} (cached; {} cannot be reached: {why})", model.sha256, client.server),
+    }
+    Ok(model.path)
 }
 
 fn write_json(path: &Path, record: &ImageDetections) -> Result<()> {

@@ -12,6 +12,8 @@ use mistnet_cli::{DeviceArgs, FrontArgs, ImageSizeArgs};
 
 use mistnet_cli::PrivacyArgs;
 
+use crate::cache::write_atomic;
+
 #[derive(clap::Args)]
 #[command(after_help = "Without --encoding, writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, \
 the Front's raw output) with the cut, Front hash and letterbox geometry in the file's metadata. With --encoding, writes \
@@ -65,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
         let features = encoder.features(&img)?;
         let out = if args.encoding.is_some() {
             let out = args.out.join(format!("{stem}.mnf"));
-            write_atomically(&out, &encoder.encode_features(&features.tensor, &mut rng)?)?;
+            write_atomic(&out, &encoder.encode_features(&features.tensor, &mut rng)?)?;
             out
         } else {
             let (front, lb) = (encoder.front(), features.letterbox);
@@ -80,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
             ]);
             let out = args.out.join(format!("{stem}.safetensors"));
             let bytes = safetensors::serialize([("features", &features.tensor)], Some(metadata))?;
-            write_atomically(&out, &bytes)?;
+            write_atomic(&out, &bytes)?;
             out
         };
         tracing::debug!(image = %path.display(), shape = ?features.tensor.dims(), out = %out.display(), "extracted");
@@ -109,12 +111,4 @@ pub fn list_images(input: &Path) -> Result<Vec<PathBuf>> {
         bail!("no images (jpg, jpeg, png, bmp, webp) in {}", input.display());
     }
     Ok(images)
-}
-
-/// Writes `bytes` to `out` through a temporary file and a rename, so a crash never leaves a torn file.
-fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(())
 }

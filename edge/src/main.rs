@@ -4,8 +4,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod cache;
 mod detect;
 mod extract;
+mod model_cache;
 mod run;
 
 #[derive(Parser)]
@@ -21,7 +23,7 @@ enum Command {
     Extract(extract::Args),
     /// Fetch the Front from the cloud, extract and encode the local dataset once, and stream it until every sample is acknowledged.
     Run(run::Args),
-    /// Run a trained detector on local images: boxes as JSON and annotated PNGs.
+    /// Run a trained detector (a local file, or the cloud's, fetched and cached) on local images: boxes as JSON and annotated PNGs.
     Detect(detect::Args),
 }
 

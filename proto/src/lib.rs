@@ -1,6 +1,7 @@
 //! `mistnet-proto`: the gRPC contract between MistNet edges and the cloud (`mistnet.proto`).
 //!
 //! - `FrontDistribution.GetFront`: the Front (model YAML, cut, weights, hash) an edge caches by hash.
+//! - `ModelDistribution.GetModel`: the trained, deployable detector in chunks, pinned by hash, for edges to run.
 //! - `FeatureUpload.ListStored` / `Upload`: bidirectional upload of samples, acked once durably stored.
 //! - `IngestStatus.GetStatus`: per-edge counts, store size and the ε ledger.
 //!

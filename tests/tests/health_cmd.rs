@@ -22,7 +22,7 @@ fn health_exits_0_while_serving_and_1_otherwise() {
         "64", "--tokens", tokens.to_str().unwrap(),
     ]);
     let server = format!("http://{addr}");
-    for service in ["", "mistnet.v1.FeatureUpload", "mistnet.v1.FrontDistribution", "mistnet.v1.IngestStatus"] {
+    for service in ["", "mistnet.v1.FeatureUpload", "mistnet.v1.FrontDistribution", "mistnet.v1.ModelDistribution", "mistnet.v1.IngestStatus"] {
         let out = health(&["--server", &server, "--service", service]);
         assert!(out.status.success(), "{service:?}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"));

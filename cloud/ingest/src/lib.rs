@@ -1,14 +1,15 @@
-//! `mistnet-ingest`: the ingest service's gRPC side, with no model in it. It serves a
+//! `mistnet-ingest`: the ingest service's gRPC side, with no model code in it. It serves a
 //! [`manifest::ServedFront`] (what `mistnet-cloud export` wrote, or the same computed from weights
-//! by the `serve` command), authenticates every call ([`auth`]), validates each uploaded sample
-//! against the served manifest ([`validate`]) and hands it to the feature store, exactly once per
-//! (edge, sample id), within quotas and the ε budget ([`service`]), counting what it does
-//! ([`metrics`]).
+//! by the `serve` command) and the deployable model file ([`model`]), authenticates every call
+//! ([`auth`]), validates each uploaded sample against the served manifest ([`validate`]) and hands
+//! it to the feature store, exactly once per (edge, sample id), within quotas and the ε budget
+//! ([`service`]), counting what it does ([`metrics`]).
 //!
 //! The command that listens (`mistnet-cloud serve`: flags, TLS, signals) lives in the cloud binary.
 
 pub mod auth;
 pub mod manifest;
 pub mod metrics;
+pub mod model;
 pub mod service;
 pub mod validate;

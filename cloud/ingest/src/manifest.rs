@@ -39,6 +39,43 @@ pub struct FrontManifest {
     pub front: FileEntry,
 }
 
+/// What `export` writes to `manifest.json`: the [`FrontManifest`] ingest serves, whether the Back
+/// expects binarized features, and the deployable model `GetModel` serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportManifest {
+    #[serde(flatten)]
+    pub ingest: FrontManifest,
+    /// The cut whose binarized Front features the Back was trained on (a MistNet model), or none
+    /// (trained on images).
+    pub binarized_cut: Option<usize>,
+    /// The deployable model (every layer; `mistnet-edge detect`).
+    pub model: FileEntry,
+}
+
+impl ExportManifest {
+    /// Reads `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {} (give the output directory of `mistnet-cloud export`)", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not an export manifest", path.display()))
+    }
+
+    /// The deployable model's path: its file name must name a file in `dir` itself.
+    pub fn model_path(&self, dir: &Path) -> Result<PathBuf> {
+        file_in(dir, &self.model.file).context("model.file")
+    }
+}
+
+/// `dir/name`, where `name` must be a plain file name (no directory, no `..`).
+fn file_in(dir: &Path, name: &str) -> Result<PathBuf> {
+    let file = Path::new(name);
+    ensure!(
+        file.components().count() == 1 && matches!(file.components().next(), Some(std::path::Component::Normal(_))),
+        "{name:?} must be a file name in the same directory as {MANIFEST_FILE}"
+    );
+    Ok(dir.join(file))
+}
+
 /// A safetensors file of the export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -96,14 +133,7 @@ impl ServedFront {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {} (give the output directory of `mistnet-cloud export`)", path.display()))?;
         let manifest: FrontManifest = serde_json::from_str(&text).with_context(|| format!("{} is not an export manifest", path.display()))?;
-        let file = Path::new(&manifest.front.file);
-        ensure!(
-            file.components().count() == 1 && matches!(file.components().next(), Some(std::path::Component::Normal(_))),
-            "{}: front.file {:?} must be a file name in the same directory",
-            path.display(),
-            manifest.front.file
-        );
-        let front: PathBuf = dir.join(file);
+        let front = file_in(dir, &manifest.front.file).with_context(|| format!("{}: front.file", path.display()))?;
         let weights = std::fs::read(&front).with_context(|| format!("cannot read {}", front.display()))?;
         Self::new(manifest, weights).with_context(|| format!("{} and {}", path.display(), front.display()))
     }
@@ -134,20 +164,27 @@ impl ServedFront {
 }
 
 /// The Front hash of a safetensors file holding only the Front's tensors at `cut`, and how many
-/// tensors it holds: SHA-256 over the tensors in byte order of their names, each as
-/// `u64 LE name length, name, u64 LE rank, u64 LE dims, f32 LE values` (docs/wire-format.md).
-/// Every tensor must be f32 and named `model.{i}.…` with `i < cut`.
+/// tensors it holds: [`tensors_hash`] where every tensor must be named `model.{i}.…` with `i < cut`.
 pub fn front_hash(safetensors_bytes: &[u8], cut: usize) -> Result<(String, usize)> {
-    let file = safetensors::SafeTensors::deserialize(safetensors_bytes).context("the Front file is not a safetensors file")?;
+    tensors_hash(safetensors_bytes, "the Front file", |name| {
+        let layer = name.strip_prefix("model.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        ensure!(layer.is_some_and(|i| i < cut), "tensor {name} is not a Front tensor at cut {cut} (model.{{i}}. with i < {cut})");
+        Ok(())
+    })
+}
+
+/// SHA-256 over the f32 tensors of a safetensors file in byte order of their names, each as
+/// `u64 LE name length, name, u64 LE rank, u64 LE dims, f32 LE values` (docs/wire-format.md, "The
+/// Front hash"; `mistnet::model::weights::hash_tensors` computes the same from tensors), and how
+/// many tensors it holds. Every tensor must be f32 and pass `check`; `what` names the file in errors.
+pub fn tensors_hash(safetensors_bytes: &[u8], what: &str, check: impl Fn(&str) -> Result<()>) -> Result<(String, usize)> {
+    let file = safetensors::SafeTensors::deserialize(safetensors_bytes).with_context(|| format!("{what} is not a safetensors file"))?;
     let mut tensors = file.tensors();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, view) in &tensors {
-        let layer = name.strip_prefix("model.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok());
-        if layer.is_none_or(|i| i >= cut) {
-            bail!("tensor {name} is not a Front tensor at cut {cut} (model.{{i}}. with i < {cut})");
-        }
+        check(name)?;
         if view.dtype() != safetensors::Dtype::F32 {
-            bail!("tensor {name} is {:?}; the Front file holds f32 tensors", view.dtype());
+            bail!("tensor {name} of {what} is {:?}; only f32 tensors are hashed", view.dtype());
         }
     }
     // safetensors stores little-endian: the data are the f32 LE bytes the hash covers.

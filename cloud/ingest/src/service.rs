@@ -1,4 +1,4 @@
-//! The gRPC services: Front distribution, feature upload and status. On shutdown (see
+//! The gRPC services: Front and model distribution, feature upload and status. On shutdown (see
 //! [`Ingest::stopping`]) every upload stream stops taking samples, answers the ones in flight once
 //! they are durable, and ends with UNAVAILABLE, so the server can exit without cutting off an ack.
 //! A stream whose next message cannot be read (over the size limit, a bogus length prefix,
@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use mistnet_store::{EdgeLedger, Outcome, StoreWriter};
 use mistnet_proto::RETRY_AFTER_MS;
-use mistnet_proto::pb::{self, feature_upload_server::FeatureUpload, front_distribution_server::FrontDistribution, ingest_status_server::IngestStatus};
+use mistnet_proto::pb::{
+    self, feature_upload_server::FeatureUpload, front_distribution_server::FrontDistribution, ingest_status_server::IngestStatus,
+    model_distribution_server::ModelDistribution,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,6 +27,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
 use crate::metrics::{Metrics, Reason};
+use crate::model::ServedModel;
 use crate::validate::{Expected, validate};
 
 /// Samples of one upload stream being validated or written at once (bounds memory per stream).
@@ -39,11 +43,13 @@ const MAX_LEDGER_PAGE: usize = 10_000;
 pub struct Ingest {
     pub store: StoreWriter,
     pub front: pb::GetFrontResponse,
+    /// The deployable model `GetModel` serves, if any.
+    pub model: Option<ServedModel>,
     pub expected: Expected,
     pub epsilon_budget: Option<f64>,
     /// Turns true when the server starts shutting down.
     pub stopping: watch::Receiver<bool>,
-    /// Rate limit of `GetStatus` and `ListStored` calls.
+    /// Rate limit of `GetStatus`, `ListStored` and `GetModel` calls.
     pub limiter: CallLimiter,
     pub metrics: Arc<Metrics>,
 }
@@ -201,6 +207,26 @@ impl FrontDistribution for Services {
             return Ok(Response::new(pb::GetFrontResponse { model_yaml: String::new(), weights: Vec::new(), ..front.clone() }));
         }
         Ok(Response::new(front.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl ModelDistribution for Services {
+    type GetModelStream = BoxStream<pb::ModelChunk>;
+
+    async fn get_model(&self, req: Request<pb::GetModelRequest>) -> Result<Response<Self::GetModelStream>, Status> {
+        let edge = edge_of(&req)?;
+        self.0.admit(caller(&req)?, "GetModel").await?;
+        let Some(model) = &self.0.model else {
+            return Err(Status::not_found("this server serves no model: `serve --front DIR` serves the model.safetensors export wrote there, or give --serve-model FILE"));
+        };
+        let Some(file) = model.current() else {
+            return Err(Status::not_found(format!("no model yet: {} does not exist (training has not exported one)", model.path().display())));
+        };
+        let cached_hash = req.into_inner().cached_hash;
+        tracing::info!(%edge, sha256 = %file.sha256, cached = cached_hash == file.sha256, bytes = file.bytes.len(), "GetModel");
+        let chunks = file.chunks(&cached_hash);
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
     }
 }
 

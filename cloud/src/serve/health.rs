@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use mistnet_proto::pb::{
     feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer, ingest_status_server::IngestStatusServer,
+    model_distribution_server::ModelDistributionServer,
 };
 use mistnet_ingest::service::Services;
 use tokio::sync::{Semaphore, watch};
@@ -22,10 +23,11 @@ use tonic_health::server::{HealthReporter, HealthService};
 pub const MAX_WATCH_STREAMS: usize = 256;
 
 /// The services whose status is reported, with the overall status (service "").
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "",
     <FeatureUploadServer<Services> as NamedService>::NAME,
     <FrontDistributionServer<Services> as NamedService>::NAME,
+    <ModelDistributionServer<Services> as NamedService>::NAME,
     <IngestStatusServer<Services> as NamedService>::NAME,
 ];
 

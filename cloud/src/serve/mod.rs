@@ -1,5 +1,5 @@
-//! `mistnet-cloud serve`: the ingest service. Serves the Front, validates uploaded samples and
-//! stores them durably, exactly once per (edge, sample id), with per-edge tokens, TLS/mTLS,
+//! `mistnet-cloud serve`: the ingest service. Serves the Front and the trained model, validates
+//! uploaded samples and stores them durably, exactly once per (edge, sample id), with per-edge tokens, TLS/mTLS,
 //! quotas and an ε budget.
 //!
 //! What it serves is a [`ServedFront`]: read from `export`'s directory (`--front`), or computed
@@ -26,13 +26,15 @@ use mistnet_cli::{Argv, CutArgs, FrontArgs, ImageSizeArgs, ModelArgs, ToArgs};
 use mistnet_store::{OnCorruption, StoreLimits, StoreWriter};
 use mistnet_proto::pb::{
     feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer, ingest_status_server::IngestStatusServer,
+    model_distribution_server::ModelDistributionServer,
 };
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use mistnet_ingest::auth::{Policy, Tokens};
-use mistnet_ingest::manifest::ServedFront;
+use mistnet_ingest::manifest::{ExportManifest, ServedFront};
 use mistnet_ingest::metrics::Reason;
+use mistnet_ingest::model::ServedModel;
 use mistnet_ingest::service::{CallLimiter, Ingest, Services};
 
 /// `--weights` of serve: unlike a Front alone, serving needs the model's classes too.
@@ -44,11 +46,15 @@ it and use --front";
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(mut_arg("weights", |a| a.required(false).required_unless_present("export").help(SERVE_WEIGHTS_HELP)))]
 #[command(after_help = "Prints `listening on ADDR` on stdout once it accepts calls. The standard gRPC health service \
-(grpc.health.v1.Health, no token needed) reports mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution and \
-mistnet.v1.IngestStatus SERVING from then on (and the overall status, service \"\"), NOT_SERVING while the store \
+(grpc.health.v1.Health, no token needed) reports mistnet.v1.FeatureUpload, mistnet.v1.FrontDistribution, \
+mistnet.v1.ModelDistribution and mistnet.v1.IngestStatus SERVING from then on (and the overall status, service \"\"), NOT_SERVING while the store \
 cannot write (a failed write, e.g. a full disk, is rolled back and the next upload tries again; SERVING once one \
 succeeds), and NOT_SERVING once shutdown begins. At most 256 Health.Watch streams are open at once. Of --weights, \
 only the Front's tensors are served.\n\n\
+GetModel (`mistnet-edge detect --server`) serves a deployable model to edges: the model.safetensors of --front DIR \
+(what export wrote there), or --serve-model FILE; none otherwise (NOT_FOUND). It is pinned by the SHA-256 of its \
+tensors (manifest.json's model.sha256) and read again when the file changes, so a model exported into the served \
+directory after training reaches the edges without a restart.\n\n\
 Under hostile load: the open-file limit is raised to its hard limit; at most --max-connections connections are \
 served at once (fewer when the open-file limit leaves no room: 64 descriptors stay for the store), the rest wait in \
 the kernel's backlog; each carries at most --max-streams-per-connection concurrent streams; a connection that sends \
@@ -84,6 +90,11 @@ pub struct Args {
     /// cut, imgsz, feature shape and classes come from its manifest; no model is built.
     #[arg(long = "front", value_name = "DIR", conflicts_with_all = ["weights", "model", "cut", "imgsz"])]
     pub export: Option<PathBuf>,
+    /// The deployable model GetModel serves to edges (`mistnet-edge detect --server`), instead of the
+    /// model.safetensors of --front DIR. It may not exist yet (where training will export it): GetModel
+    /// answers NOT_FOUND until it does. Without either, GetModel answers NOT_FOUND.
+    #[arg(long, value_name = "FILE")]
+    pub serve_model: Option<PathBuf>,
     // Without --front: the Front edges run, computed as `export` computes it. Only the Front's tensors of
     // --weights are served; classes are a deployable model's names, else as many as the Detect head outputs.
     #[command(flatten)]
@@ -181,6 +192,7 @@ impl Args {
             listen,
             store,
             export: Some(export),
+            serve_model: None,
             front: FrontArgs { model: ModelArgs { name: DEFAULT_MODEL.into() }, weights: Vec::new(), cut: CutArgs { index: DEFAULT_CUT } },
             imgsz: ImageSizeArgs { px: DEFAULT_IMGSZ },
             tokens,
@@ -213,7 +225,8 @@ impl ToArgs for Args {
             Some(dir) => argv.arg("--front", dir),
             None => argv.group(&self.front).group(&self.imgsz),
         };
-        argv.arg("--tokens", &self.tokens)
+        argv.opt("--serve-model", self.serve_model.as_ref())
+            .arg("--tokens", &self.tokens)
             .opt("--operator-token-file", self.operator_token_file.as_ref())
             .opt("--tls-cert", self.tls_cert.as_ref())
             .opt("--tls-key", self.tls_key.as_ref())
@@ -255,6 +268,7 @@ pub fn run(args: Args) -> Result<()> {
     let names = &served.manifest.names;
     tracing::info!(cut = served.manifest.cut, imgsz = served.manifest.imgsz, nc = names.len(), ?names, "serving the Front");
     let front = served.response();
+    let model = served_model(&args)?;
     let limits = StoreLimits {
         epsilon_budget: args.epsilon_budget,
         max_samples_per_edge: args.max_samples_per_edge,
@@ -266,7 +280,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = StoreWriter::open(&args.store, limits)?;
     tracing::info!(store = %args.store.display(), samples = store.index().samples(), front = %front.front_hash, "store open");
     let (stop, stopping) = watch::channel(false);
-    let ingest = Arc::new(Ingest { store, front, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default(), metrics: Arc::default() });
+    let ingest = Arc::new(Ingest { store, front, model, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default(), metrics: Arc::default() });
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let writable = ingest.store.writable();
@@ -303,6 +317,7 @@ async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, service
     };
     let upload = FeatureUploadServer::new(services.clone()).max_decoding_message_size(args.max_message_bytes);
     let front = FrontDistributionServer::new(services.clone()).max_encoding_message_size(mistnet_proto::MAX_MESSAGE_BYTES);
+    let model = ModelDistributionServer::new(services.clone());
     let scrapes = match args.metrics_listen {
         Some(at) => {
             let listener = tokio::net::TcpListener::bind(at).await.with_context(|| format!("cannot listen for metrics on {at}"))?;
@@ -335,6 +350,7 @@ async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, service
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(upload, check(tokens.clone())))
         .add_service(tonic::service::interceptor::InterceptedService::new(front, check(tokens.clone())))
+        .add_service(tonic::service::interceptor::InterceptedService::new(model, check(tokens.clone())))
         .add_service(tonic::service::interceptor::InterceptedService::new(status, check(tokens)))
         .serve_with_incoming_shutdown(listen::incoming(listener, limits), async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -403,6 +419,32 @@ fn tls_config(args: &Args) -> Result<Option<ServerTlsConfig>> {
     Ok(Some(tls))
 }
 
+/// The model GetModel serves: --serve-model, else the one export wrote into --front DIR (checked
+/// against its manifest), else none.
+fn served_model(args: &Args) -> Result<Option<ServedModel>> {
+    let model = match (&args.serve_model, &args.export) {
+        (Some(file), _) => ServedModel::open(file, true)?,
+        (None, Some(dir)) => {
+            let manifest = ExportManifest::read(dir)?;
+            let model = ServedModel::open(&manifest.model_path(dir)?, false)?;
+            let sha256 = model.current().map(|f| f.sha256.clone()).unwrap_or_default();
+            if sha256 != manifest.model.sha256 {
+                bail!("{}: the model's tensors hash to {sha256}, its manifest says {}: export again", model.path().display(), manifest.model.sha256);
+            }
+            model
+        }
+        (None, None) => {
+            tracing::info!("serving no model: GetModel answers NOT_FOUND (give --serve-model FILE)");
+            return Ok(None);
+        }
+    };
+    match model.current() {
+        Some(file) => tracing::info!(model = %model.path().display(), sha256 = %file.sha256, "serving the model"),
+        None => tracing::info!(model = %model.path().display(), "the model file does not exist yet: GetModel answers NOT_FOUND until it does"),
+    }
+    Ok(Some(model))
+}
+
 /// The Front of --model/--weights/--cut/--imgsz, computed as `export` computes it.
 fn front_of_weights(args: &Args) -> Result<ServedFront> {
     let weights = &args.front.weights;
@@ -444,6 +486,7 @@ mod tests {
             max_streams_per_connection: 4,
             handshake_timeout: 3,
             metrics_listen: Some("127.0.0.1:9464".parse().unwrap()),
+            serve_model: Some("trained/model.safetensors".into()),
             ..a
         };
         assert_eq!(mistnet_cli::argv::reparse(&b).unwrap(), b);

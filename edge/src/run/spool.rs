@@ -11,7 +11,7 @@ use mistnet::data::Sample;
 use mistnet::encoder::EdgeEncoder;
 use sha2::{Digest, Sha256};
 
-use super::front::write_atomic;
+use crate::cache::write_atomic;
 
 /// A sample ready to send: its id, spooled message and labels.
 #[derive(Debug, Clone)]
