@@ -335,3 +335,39 @@ fn weights_without_class_names_serve_as_many_classes_as_their_detect_head_output
     let err = w.serve_fails(&["--model", "yolov5s", "--weights", raw, "--cut", "4", "--imgsz", "64"]);
     assert!(err.contains("shape"), "{err}");
 }
+
+#[test]
+fn concurrent_streams_under_a_tiny_in_flight_budget_wait_their_turn_and_every_sample_is_stored() {
+    let w = world();
+    let err = w.serve_fails(&["--front", s(&w.export), "--max-message-bytes", "4096", "--max-in-flight-bytes", "4095"]);
+    assert!(err.contains("--max-in-flight-bytes (4095) must be at least --max-message-bytes (4096)"), "{err}");
+    // A budget of a few samples for three streams of 40: most reads wait for another stream's acks.
+    let (_cloud, addr) = w.serve("store", &["--front", s(&w.export), "--max-message-bytes", "8192", "--max-in-flight-bytes", "8192"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acks = rt.block_on(async {
+        let hash: FrontHash = get_front(&addr, "").await.front_hash.parse().unwrap();
+        let valid = features(&SHAPE, hash, 4, sue());
+        assert!(valid.len() * 3 < 8192 && valid.len() * 8 > 8192, "a few samples fit the budget: {} bytes each", valid.len());
+        let streams = (0..3).map(|k| {
+            let samples: Vec<pb::Sample> = (0..40)
+                .map(|i| pb::Sample {
+                    sample_id: format!("s{k}-{i}"),
+                    features: valid.clone(),
+                    labels: vec![pb::Box { class: 1, cx: 0.5, cy: 0.5, w: 0.2, h: 0.2 }],
+                    image_width: 128,
+                    image_height: 128,
+                })
+                .collect();
+            let addr = addr.clone();
+            tokio::spawn(async move { upload(&addr, samples).await })
+        });
+        let mut all = Vec::new();
+        for stream in streams.collect::<Vec<_>>() {
+            all.extend(stream.await.unwrap().into_values());
+        }
+        all
+    });
+    assert_eq!(acks.len(), 120);
+    assert!(acks.iter().all(|a| a.code == Code::Ok as i32 && !a.duplicate), "{:?}", acks.iter().find(|a| a.code != 0));
+    assert_eq!(FeatureStore::open(w.root.join("store")).unwrap().len(), 120);
+}

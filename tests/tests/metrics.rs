@@ -142,6 +142,7 @@ fn a_scrape_counts_what_the_server_did() {
     let on_disk = std::fs::metadata(root.join("store/seg-00000001.log")).unwrap().len();
     assert_eq!(value("mistnet_store_bytes"), on_disk as f64);
     assert_eq!(value("mistnet_store_queue_depth"), 0.0);
+    assert_eq!(value("mistnet_in_flight_bytes"), 0.0, "every answered sample gave its bytes back");
     assert_eq!(value("mistnet_store_writable"), 1.0);
 
     // The Grafana dashboard queries exactly the names exported, every one of them (the trainer's

@@ -1,7 +1,7 @@
 //! The ingest service's Prometheus metrics (`serve --metrics-listen`, text format 0.0.4): what the
 //! services count as it happens (samples and feature bytes stored, duplicates, refusals by reason,
 //! ack latency), since the process started, and what the store holds, read at each scrape (ε spent
-//! per edge, store size, the writer's queue, whether it can write).
+//! per edge, store size, the writer's queue, the bytes of samples in flight, whether it can write).
 //!
 //! An `edge` label is only ever an authenticated edge id (or one already in the store), so there
 //! are at most as many as the tokens file has lines: unauthenticated input never makes a series.
@@ -88,6 +88,7 @@ pub struct Metrics {
     epsilon: Family<EdgeLabel, Gauge<f64, AtomicU64>>,
     store_bytes: Gauge,
     queue_depth: Gauge,
+    in_flight_bytes: Gauge,
     writable: Gauge,
 }
 
@@ -114,9 +115,15 @@ impl Default for Metrics {
         registry.register("mistnet_store_bytes", "Bytes of the store's segment files", store_bytes.clone());
         let queue_depth = Gauge::default();
         registry.register("mistnet_store_queue_depth", "Uploads waiting for the store's writer", queue_depth.clone());
+        let in_flight_bytes = Gauge::default();
+        registry.register(
+            "mistnet_in_flight_bytes",
+            "Bytes of samples held between their arrival and their ack, over every stream (serve --max-in-flight-bytes bounds it)",
+            in_flight_bytes.clone(),
+        );
         let writable = Gauge::default();
         registry.register("mistnet_store_writable", "1 while the store's last batch was durable, 0 after a failed write", writable.clone());
-        Self { registry, samples, feature_bytes, duplicates, refusals, ack_latency, epsilon, store_bytes, queue_depth, writable }
+        Self { registry, samples, feature_bytes, duplicates, refusals, ack_latency, epsilon, store_bytes, queue_depth, in_flight_bytes, writable }
     }
 }
 
@@ -142,8 +149,8 @@ impl Metrics {
         self.ack_latency.observe(latency.as_secs_f64());
     }
 
-    /// Every metric in the Prometheus text format, the store's read now.
-    pub fn render(&self, store: &StoreWriter) -> String {
+    /// Every metric in the Prometheus text format, the store's and the in-flight bytes read now.
+    pub fn render(&self, store: &StoreWriter, in_flight_bytes: usize) -> String {
         {
             let index = store.index();
             for (edge, ledger) in &index.edges {
@@ -152,6 +159,7 @@ impl Metrics {
             self.store_bytes.set(index.store_bytes as i64);
         }
         self.queue_depth.set(store.queue_depth() as i64);
+        self.in_flight_bytes.set(in_flight_bytes as i64);
         self.writable.set(i64::from(*store.writable().borrow()));
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");

@@ -20,7 +20,7 @@ use mistnet_proto::pb::{
     self, feature_upload_server::FeatureUpload, front_distribution_server::FrontDistribution, ingest_status_server::IngestStatus,
     model_distribution_server::ModelDistribution,
 };
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -51,6 +51,8 @@ pub struct Ingest {
     pub stopping: watch::Receiver<bool>,
     /// Rate limit of `GetStatus`, `ListStored` and `GetModel` calls.
     pub limiter: CallLimiter,
+    /// Bytes of samples held between their arrival and their ack, over every stream.
+    pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
 }
 
@@ -58,6 +60,34 @@ impl Ingest {
     /// [`CallLimiter::admit`], counting a refusal.
     async fn admit(&self, caller: &Caller, call: &str) -> Result<(), Status> {
         self.limiter.admit(caller, call).await.inspect_err(|_| self.metrics.refused(Reason::RateLimit))
+    }
+}
+
+/// The budget of sample bytes held at once over every upload stream, from the moment a sample is
+/// read until its ack is sent. A stream whose next sample does not fit waits, reading nothing more
+/// (HTTP/2 flow control then holds its edge back), so memory is bounded by one budget for every
+/// edge, not by a limit per stream times the number of streams.
+pub struct InFlight {
+    budget: usize,
+    permits: Arc<Semaphore>,
+}
+
+impl InFlight {
+    /// A budget of `bytes` (at least the largest message accepted, or that message would wait forever).
+    pub fn new(bytes: usize) -> Self {
+        let budget = bytes.clamp(1, Semaphore::MAX_PERMITS);
+        Self { budget, permits: Arc::new(Semaphore::new(budget)) }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.budget - self.permits.available_permits()
+    }
+
+    /// Waits until `bytes` (at most the whole budget) fit, and holds them until the permit is dropped.
+    async fn take(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let n = u32::try_from(bytes.clamp(1, self.budget)).unwrap_or(u32::MAX);
+        Arc::clone(&self.permits).acquire_many_owned(n).await.expect("the budget's semaphore is never closed")
     }
 }
 
@@ -308,11 +338,24 @@ impl FeatureUpload for Services {
                         break;
                     }
                 };
+                // The sample's bytes from the global budget: while they do not fit, this stream reads nothing more.
+                let bytes = tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|stop| *stop) => None,
+                    bytes = ingest.in_flight.take(prost::Message::encoded_len(&sample)) => Some(bytes),
+                };
+                let Some(bytes) = bytes else {
+                    // Shutting down before this sample was taken: it is not answered, and the edge sends it again.
+                    drop(permit);
+                    let _ = permits.acquire_many(IN_FLIGHT_PER_STREAM as u32).await;
+                    let _ = acks.send(Err(Status::unavailable("the server is shutting down; reconnect and resume"))).await;
+                    break;
+                };
                 let (ingest, acks, edge) = (Arc::clone(&ingest), acks.clone(), edge.clone());
                 tokio::spawn(async move {
                     let ack = store_one(&ingest, &edge, sample).await;
                     let _ = acks.send(Ok(ack)).await;
-                    drop(permit);
+                    drop((permit, bytes));
                 });
             }
         });
@@ -428,5 +471,29 @@ impl IngestStatus for Services {
             epsilon_budget: self.0.epsilon_budget,
             all_edges: operator && only.is_none(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sample_that_does_not_fit_the_in_flight_budget_waits_until_bytes_are_given_back() {
+        let budget = InFlight::new(1000);
+        let first = budget.take(600).await;
+        assert_eq!(budget.held(), 600);
+        let second = budget.take(600);
+        tokio::pin!(second);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut second).await.is_err(), "600 + 600 bytes fit a budget of 1000");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(1), second).await.expect("fits once the first is answered");
+        assert_eq!(budget.held(), 600);
+        drop(second);
+        assert_eq!(budget.held(), 0);
+        // A message larger than the whole budget takes all of it instead of waiting forever.
+        let all = budget.take(5000).await;
+        assert_eq!(budget.held(), 1000);
+        drop(all);
     }
 }

@@ -62,7 +62,7 @@ async fn answer(mut stream: TcpStream, ingest: &Ingest) -> std::io::Result<()> {
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     match (method, path) {
-        (b"GET", b"/metrics") => respond(&mut stream, "200 OK", CONTENT_TYPE, &ingest.metrics.render(&ingest.store)).await,
+        (b"GET", b"/metrics") => respond(&mut stream, "200 OK", CONTENT_TYPE, &ingest.metrics.render(&ingest.store, ingest.in_flight.held())).await,
         (b"GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "only /metrics is served\n").await,
         _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET /metrics is served\n").await,
     }

@@ -35,7 +35,7 @@ use mistnet_ingest::auth::{Policy, Tokens};
 use mistnet_ingest::manifest::{ExportManifest, ServedFront};
 use mistnet_ingest::metrics::Reason;
 use mistnet_ingest::model::ServedModel;
-use mistnet_ingest::service::{CallLimiter, Ingest, Services};
+use mistnet_ingest::service::{CallLimiter, InFlight, Ingest, Services};
 
 /// `--weights` of serve: unlike a Front alone, serving needs the model's classes too.
 const SERVE_WEIGHTS_HELP: &str = "Without --front: a deployable model, or Ultralytics-named weights with their Detect head \
@@ -73,7 +73,7 @@ token, at most 8 connections at once, 10 s each). Counters since the start: mist
 mistnet_feature_bytes_stored_total{edge}, mistnet_duplicates_total{edge}, mistnet_refusals_total{reason} (invalid, \
 sample_quota, byte_quota, epsilon_budget, rate_limit, auth, store_unavailable), the histogram \
 mistnet_ack_latency_seconds (a sample's arrival to its ack); read from the store at each scrape: \
-mistnet_epsilon_spent{edge}, mistnet_store_bytes, mistnet_store_queue_depth, mistnet_store_writable (0/1). Edge labels \
+mistnet_epsilon_spent{edge}, mistnet_store_bytes, mistnet_store_queue_depth, mistnet_in_flight_bytes, mistnet_store_writable (0/1). Edge labels \
 are authenticated edge ids only.\n\n\
 Examples:\n  mistnet-cloud export --weights model.safetensors --cut 4 --out deploy/\n  \
 mistnet-cloud serve --front deploy/ --tokens tokens.txt --tls-cert server.pem --tls-key server.key \\\n    \
@@ -147,6 +147,11 @@ pub struct Args {
     /// Largest gRPC message accepted from an edge, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+    /// Most bytes of samples held at once over every upload stream, from arrival to ack: a stream whose next
+    /// sample does not fit waits (its edge is held back by HTTP/2 flow control), so memory stays bounded
+    /// however many edges upload. At least --max-message-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES)]
+    pub max_in_flight_bytes: usize,
     /// Most records written per fsync (group commit).
     #[arg(long, default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
@@ -168,6 +173,8 @@ pub struct Args {
 
 /// Largest gRPC message accepted from an edge by default.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Bytes of samples in flight over every stream by default.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
 /// Records per fsync by default.
 pub const DEFAULT_MAX_BATCH: usize = 256;
 /// Connections served at once by default.
@@ -208,6 +215,7 @@ impl Args {
             max_bytes_per_edge: None,
             on_corruption: OnCorruption::Refuse,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS,
@@ -239,6 +247,7 @@ impl ToArgs for Args {
             .opt("--max-bytes-per-edge", self.max_bytes_per_edge.map(|n| n.to_string()))
             .arg("--on-corruption", self.on_corruption.to_string())
             .arg("--max-message-bytes", self.max_message_bytes.to_string())
+            .arg("--max-in-flight-bytes", self.max_in_flight_bytes.to_string())
             .arg("--max-batch", self.max_batch.to_string())
             .arg("--max-connections", self.max_connections.to_string())
             .arg("--max-streams-per-connection", self.max_streams_per_connection.to_string())
@@ -255,6 +264,9 @@ pub fn run(args: Args) -> Result<()> {
         && !(b.is_finite() && b > 0.0)
     {
         bail!("--epsilon-budget must be a positive number, got {b}");
+    }
+    if args.max_in_flight_bytes < args.max_message_bytes {
+        bail!("--max-in-flight-bytes ({}) must be at least --max-message-bytes ({}): a largest message would never fit", args.max_in_flight_bytes, args.max_message_bytes);
     }
     let tls = tls_config(&args)?;
     if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
@@ -280,7 +292,7 @@ pub fn run(args: Args) -> Result<()> {
     let store = StoreWriter::open(&args.store, limits)?;
     tracing::info!(store = %args.store.display(), samples = store.index().samples(), front = %front.front_hash, "store open");
     let (stop, stopping) = watch::channel(false);
-    let ingest = Arc::new(Ingest { store, front, model, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default(), metrics: Arc::default() });
+    let ingest = Arc::new(Ingest { store, front, model, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default(), in_flight: InFlight::new(args.max_in_flight_bytes), metrics: Arc::default() });
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let writable = ingest.store.writable();
@@ -481,6 +493,7 @@ mod tests {
             max_bytes_per_edge: Some(1 << 30),
             on_corruption: OnCorruption::Quarantine,
             max_message_bytes: 1 << 20,
+            max_in_flight_bytes: 64 << 20,
             max_batch: 8,
             max_connections: 16,
             max_streams_per_connection: 4,
