@@ -3,6 +3,9 @@
 //! tokens), the edges' credentials, a loopback channel, and feature messages of the served shape.
 //! `MISTNET_CLOUD_BIN=PATH` runs another build of the server against the same client.
 
+// Each bench uses a part of this module.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -31,6 +34,11 @@ impl Server {
     /// Starts a server for `edges` edges (`edge-000`, …) serving a random-init `model` at cut
     /// [`CUT`] and `imgsz` px, with an empty store. `RUST_LOG` is passed on (default `warn`).
     pub fn start(model: &'static str, imgsz: usize, edges: usize) -> Self {
+        Self::start_with(model, imgsz, edges, &[])
+    }
+
+    /// [`Server::start`] with more `serve` flags.
+    pub fn start_with(model: &'static str, imgsz: usize, edges: usize, flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tokens: String = (0..edges).map(|e| format!("{} {}\n", edge_id(e), token(e))).collect();
         std::fs::write(dir.path().join("tokens.txt"), tokens).unwrap();
@@ -51,6 +59,7 @@ impl Server {
             .arg(dir.path().join("tokens.txt"))
             .arg("--store")
             .arg(dir.path().join("store"))
+            .args(flags)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .spawn()
