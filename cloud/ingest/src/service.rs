@@ -63,10 +63,12 @@ impl Ingest {
     }
 }
 
-/// The budget of sample bytes held at once over every upload stream, from the moment a sample is
-/// read until its ack is sent. A stream whose next sample does not fit waits, reading nothing more
-/// (HTTP/2 flow control then holds its edge back), so memory is bounded by one budget for every
-/// edge, not by a limit per stream times the number of streams.
+/// The budget of sample bytes admitted at once over every upload stream, from the moment a sample
+/// is read until its ack is sent: one budget for every edge, not a limit per stream times the
+/// number of streams. A stream whose sample does not fit waits with that one message read and reads
+/// nothing more (HTTP/2 flow control then holds its edge back). What the budget does not bound:
+/// that one waiting message per stream, so a burst from many edges at once still costs about one
+/// message per edge (BENCHMARKS.md, "10,000 edges").
 pub struct InFlight {
     budget: usize,
     permits: Arc<Semaphore>,

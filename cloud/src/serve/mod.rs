@@ -147,9 +147,9 @@ pub struct Args {
     /// Largest gRPC message accepted from an edge, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-    /// Most bytes of samples held at once over every upload stream, from arrival to ack: a stream whose next
-    /// sample does not fit waits (its edge is held back by HTTP/2 flow control), so memory stays bounded
-    /// however many edges upload. At least --max-message-bytes.
+    /// Most bytes of samples admitted at once over every upload stream (validating, queued for the store,
+    /// awaiting their ack). A stream whose sample does not fit waits with that one message read and reads no
+    /// more; HTTP/2 flow control holds back the rest of its edge's data. At least --max-message-bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES)]
     pub max_in_flight_bytes: usize,
     /// Most records written per fsync (group commit).
