@@ -35,7 +35,8 @@ The job waits until its gRPC health service reports the upload service SERVING.\
 5. edges: one `mistnet-edge run` per shard fetches the Front, extracts, privatizes and streams over gRPC.\n\
 6. train: `train --store --follow` trains the Back on the stored features, from the pretrained weights, while the edges \
 upload: it starts once --min-samples are stored and takes in the samples stored since before every epoch (serve stops \
-when the last edge is done). With --no-follow it starts after every edge has finished.\n\
+when the last edge is done; the train phase's time runs from its start, alongside the edges, waiting included). \
+With --no-follow it starts after every edge has finished.\n\
 7. centralized: `pretrain` trains the whole model on the raw private images (no split, no noise), same start and epochs.\n\
 8. val: `val` scores the public-only, MistNet and centralized models on the held-out private split (--out/val/<model>.json).\n\
 9. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
