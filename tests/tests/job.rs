@@ -42,6 +42,14 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     assert_eq!(summary["samples_stored"].as_u64().unwrap(), expected);
     let shard = |k: usize| std::fs::read_dir(out.join(format!("data/private/edge-{k}/images"))).unwrap().count() as u64;
     assert_eq!(expected, shard(0) + shard(1));
+    // MistNet trained while the edges uploaded (train --follow): from the minimum on (half of the samples,
+    // at least a batch), every epoch's count in the summary as in results.csv, never more than was stored.
+    assert_eq!(summary["train_min_samples"].as_u64(), Some(expected.div_ceil(2).max(8)), "the job trains with --follow");
+    let per_epoch: Vec<u64> = summary["epoch_samples"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+    let results = mistnet_train::fit::report::read_results(&out.join("train/results.csv"), usize::MAX).unwrap();
+    assert_eq!(per_epoch, results.iter().map(|r| r.samples.unwrap() as u64).collect::<Vec<_>>());
+    assert_eq!(per_epoch.len(), 6, "{per_epoch:?}");
+    assert!(per_epoch[0] >= expected.div_ceil(2) && per_epoch.windows(2).all(|p| p[0] <= p[1]) && per_epoch[5] <= expected, "{per_epoch:?}");
     // Packed bits beat float payloads by far.
     let bytes = &summary["bytes_per_sample"];
     assert!(bytes["wire"].as_f64().unwrap() * 4.0 < bytes["f16"].as_f64().unwrap(), "{bytes}");
@@ -74,4 +82,5 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     }
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("| mistnet |") && md.contains("| centralized |"), "{md}");
+    assert!(md.contains("MistNet training (while the edges uploaded, from ") && md.contains(&format!("; {expected} stored in the end")), "{md}");
 }

@@ -2,7 +2,8 @@
 //!
 //! Generates the data (or takes a directory laid out the same way), pretrains the whole model on
 //! the public split and exports the Front, serves the feature store on loopback, runs one
-//! `mistnet-edge run` process per private shard, trains the Back on what was stored, trains the
+//! `mistnet-edge run` process per private shard, trains the Back on what is stored (while the edges
+//! upload, from `--min-samples` stored samples on; after them with `--no-follow`), trains the
 //! centralized baseline on the raw private images, evaluates all of them on the held-out private
 //! split, attacks the features at the chosen ε, and writes a summary with plots. Every phase is a
 //! child process with its log under `--out/logs`; Ctrl-C stops them all.
@@ -32,10 +33,14 @@ const DEFAULT_EPSILON: &str = "4";
 4. serve: `serve --front` serves the export on 127.0.0.1 (a free port) with a fresh token per edge; the store is --out/store. \
 The job waits until its gRPC health service reports the upload service SERVING.\n\
 5. edges: one `mistnet-edge run` per shard fetches the Front, extracts, privatizes and streams over gRPC.\n\
-6. train: `train --store` trains the Back on the stored features, from the pretrained weights.\n\
+6. train: `train --store --follow` trains the Back on the stored features, from the pretrained weights, while the edges \
+upload: it starts once --min-samples are stored and takes in the samples stored since before every epoch (serve stops \
+when the last edge is done; the train phase's time runs from its start, alongside the edges, waiting included). \
+With --no-follow it starts after every edge has finished.\n\
 7. centralized: `pretrain` trains the whole model on the raw private images (no split, no noise), same start and epochs.\n\
 8. val: `val` scores the public-only, MistNet and centralized models on the held-out private split (--out/val/<model>.json).\n\
 9. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
+The summary says how many samples each training epoch saw and how many were stored in the end.\n\n\
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \
 and the directories data, pretrain, export, store, edges, train, centralized, val, privacy and logs.\n\n\
 The defaults (yolov5n, 128 px, 600 images, 2 edges, 20 epochs) finish within about 15 minutes on 2 CPU cores. \
@@ -87,6 +92,14 @@ pub struct Args {
     /// Optimization-attack steps of the privacy phase (default: `privacy`'s).
     #[arg(long)]
     pub opt_steps: Option<usize>,
+    /// Train only once every edge has finished uploading (the sequence before `train --follow`), instead of
+    /// while they upload.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Stored samples that training waits for before its first epoch while the edges upload (default: half of
+    /// the edges' samples, at least --batch).
+    #[arg(long, value_name = "N", conflicts_with = "no_follow")]
+    pub min_samples: Option<usize>,
     /// Skip the privacy phase.
     #[arg(long)]
     pub skip_privacy: bool,
@@ -124,6 +137,11 @@ impl Args {
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
+        if let Some(n) = self.min_samples
+            && n < 2
+        {
+            bail!("--min-samples must be at least 2 (BatchNorm uses batch statistics), got {n}");
+        }
         Ok(())
     }
 }
@@ -150,5 +168,9 @@ mod tests {
         assert!(parse(&["--imgsz", "100"]).unwrap_err().to_string().contains("multiple of 32"));
         let none = parse(&["--mechanism", "none", "--out", "/nonexistent/job"]).unwrap();
         assert!(none.validate().unwrap_err().to_string().contains("without privacy"));
+        assert!(!args.no_follow && args.min_samples.is_none(), "the job trains while the edges upload by default");
+        let one = parse(&["--min-samples", "1", "--out", "/nonexistent/job"]).unwrap();
+        assert!(one.validate().unwrap_err().to_string().contains("--min-samples must be at least 2"));
+        assert!(parse(&["--no-follow", "--min-samples", "10"]).is_err(), "--min-samples without following");
     }
 }

@@ -24,7 +24,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use super::Args;
-use super::summary::{Summary, Timing};
+use super::summary::{Summary, Timing, Training};
 use super::supervisor::{Handle, Supervisor, check, log_tail, sibling_binary};
 use crate::run_flags::RunFlags;
 use crate::{export, pretrain, privacy_cmd, serve, synth, train_cmd, val};
@@ -32,6 +32,8 @@ use crate::{export, pretrain, privacy_cmd, serve, synth, train_cmd, val};
 /// How long `serve` may take to become ready, and to stop after SIGTERM.
 const SERVE_START: Duration = Duration::from_secs(60);
 const SERVE_STOP: Duration = Duration::from_secs(30);
+/// `train --follow --wait-timeout` in the job: long, since the job watches the edges itself.
+const FOLLOW_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// One run of the job: its settings, the two binaries, the children and the phase timings.
 pub struct Job {
@@ -88,16 +90,22 @@ impl Job {
         let pretrained = self.pretrain(&data)?;
         let export = self.export(&pretrained)?;
         let (serve, addr, tokens) = self.serve(&export)?;
-        let stored = self.edges(&data, &addr, &tokens);
-        let stopped = self.stop_serve(&serve);
-        let expected = stored?;
-        stopped?;
-        let mistnet = self.train(&data, &export)?;
+        let (expected, mistnet, min_samples) = if self.config.no_follow {
+            let stored = self.edges(&data, &addr, &tokens);
+            let stopped = self.stop_serve(&serve);
+            let expected = stored?;
+            stopped?;
+            (expected, self.train(&data, &export)?, None)
+        } else {
+            let (expected, mistnet, min) = self.edges_and_train(&data, &export, &serve, &addr, &tokens)?;
+            (expected, mistnet, Some(min))
+        };
         let centralized = self.centralized(&data, &pretrained)?;
         let val = self.val(&data, [("public-only", &pretrained), ("mistnet", &mistnet), ("centralized", &centralized)])?;
         let privacy = if self.config.skip_privacy { None } else { Some(self.privacy(&export)?) };
 
-        let summary = Summary::collect(&self.config, &self.dir("store"), expected, val, privacy.as_deref(), &self.timings, self.started.elapsed())?;
+        let training = Training { results: self.dir("train").join(RESULTS_FILE), min_samples };
+        let summary = Summary::collect(&self.config, &self.dir("store"), expected, &training, val, privacy.as_deref(), &self.timings, self.started.elapsed())?;
         summary.write(&self.config.out, &self.dir("train"), &self.dir("centralized"))?;
         print!("{}", summary.table());
         println!("summary in {}", self.config.out.join("summary.md").display());
@@ -220,39 +228,51 @@ impl Job {
         }
     }
 
+    /// Samples in the edges' shards.
+    fn expected_samples(&self, data: &Path) -> Result<usize> {
+        (0..self.config.edges).map(|k| count_train_images(&data.join(layout::edge_yaml(k)))).sum()
+    }
+
+    /// Starts one `mistnet-edge run` per shard.
+    fn spawn_edges(&self, data: &Path, server: &str, tokens: &Path) -> Result<Vec<Handle>> {
+        let c = &self.config;
+        let mut handles = Vec::new();
+        for k in 0..c.edges {
+            let name = format!("edge-{k}");
+            let run = RunArgs {
+                client: ClientArgs {
+                    server: server.to_string(),
+                    token_file: tokens.join(format!("{name}.token")),
+                    ca_cert: None,
+                    client_cert: None,
+                    client_key: None,
+                    insecure_plaintext: false,
+                },
+                edge: name.clone(),
+                data: data.join(layout::edge_yaml(k)),
+                privacy: PrivacyArgs { ldp: c.privacy, zstd_level: DEFAULT_ZSTD_LEVEL, seed: None },
+                encoding: Encoding::Packed,
+                cache: self.dir("edges").join(&name),
+                max_attempts: 8,
+                max_rate: None,
+                skip_bad: false,
+            };
+            let mut cmd = Command::new(&self.edge);
+            cmd.args(Argv::new().word("run").group(&run).build());
+            // The edges run side by side: one thread each keeps the cores from being oversubscribed.
+            set_threads(&mut cmd, 1);
+            handles.push(self.sup.spawn(&name, cmd, &self.log(&name))?);
+        }
+        Ok(handles)
+    }
+
     /// Runs every edge to completion; returns how many samples their shards hold.
     fn edges(&mut self, data: &Path, server: &str, tokens: &Path) -> Result<usize> {
-        let expected = (0..self.config.edges).map(|k| count_train_images(&data.join(layout::edge_yaml(k)))).sum::<Result<usize>>()?;
+        let expected = self.expected_samples(data)?;
         let what = format!("{} edge processes stream {expected} samples ({})", self.config.edges, self.privacy_setting());
         self.phase("edges", &what, |job| {
             let c = &job.config;
-            let mut handles = Vec::new();
-            for k in 0..c.edges {
-                let name = format!("edge-{k}");
-                let run = RunArgs {
-                    client: ClientArgs {
-                        server: server.to_string(),
-                        token_file: tokens.join(format!("{name}.token")),
-                        ca_cert: None,
-                        client_cert: None,
-                        client_key: None,
-                        insecure_plaintext: false,
-                    },
-                    edge: name.clone(),
-                    data: data.join(layout::edge_yaml(k)),
-                    privacy: PrivacyArgs { ldp: c.privacy, zstd_level: DEFAULT_ZSTD_LEVEL, seed: None },
-                    encoding: Encoding::Packed,
-                    cache: job.dir("edges").join(&name),
-                    max_attempts: 8,
-                    max_rate: None,
-                    skip_bad: false,
-                };
-                let mut cmd = Command::new(&job.edge);
-                cmd.args(Argv::new().word("run").group(&run).build());
-                // The edges run side by side: one thread each keeps the cores from being oversubscribed.
-                set_threads(&mut cmd, 1);
-                handles.push(job.sup.spawn(&name, cmd, &job.log(&name))?);
-            }
+            let handles = job.spawn_edges(data, server, tokens)?;
             // Progress without re-reading the store: edges finished, and the bytes its segments hold.
             let bar = ProgressBar::new(c.edges as u64).with_style(bar_style("edges done"));
             let store = job.dir("store");
@@ -275,18 +295,17 @@ impl Job {
         })
     }
 
-    fn stop_serve(&mut self, serve: &Handle) -> Result<()> {
+    fn stop_serve(&self, serve: &Handle) -> Result<()> {
         let status = self.sup.stop(serve, SERVE_STOP)?;
         check(serve, status).context("serve did not stop cleanly")
     }
 
-    /// `train --store`: the Back on what the edges sent, starting from the pretrained weights.
-    fn train(&mut self, data: &Path, export: &Path) -> Result<PathBuf> {
-        let out = self.dir("train");
-        let epochs = self.config.epochs;
+    /// `train --store` into --out/train from the pretrained weights; with `follow`, `--follow
+    /// --min-samples N`: while the edges upload.
+    fn train_args(&self, data: &Path, export: &Path, follow: Option<usize>) -> train_cmd::Args {
         let c = &self.config;
-        let args = train_cmd::Args {
-            run: self.run_flags(&data.join(layout::PRIVATE_VAL_YAML), &out, epochs),
+        train_cmd::Args {
+            run: self.run_flags(&data.join(layout::PRIVATE_VAL_YAML), &self.dir("train"), c.epochs),
             weights: export.join(MODEL_FILE),
             model: c.model.clone(),
             cut: c.cut.clone(),
@@ -294,9 +313,84 @@ impl Job {
             privacy: c.privacy,
             store: Some(self.dir("store")),
             on_corruption: OnCorruption::Refuse,
-        };
+            follow: follow.is_some(),
+            min_samples: follow,
+            // The job itself watches the edges: a failed edge fails the job (and stops training).
+            wait_timeout: follow.map(|_| FOLLOW_WAIT.as_secs_f64()),
+        }
+    }
+
+    /// `train --store` after the edges (--no-follow): the Back on what the edges sent, starting from the pretrained weights.
+    fn train(&mut self, data: &Path, export: &Path) -> Result<PathBuf> {
+        let out = self.dir("train");
+        let epochs = self.config.epochs;
+        let args = self.train_args(data, export, None);
         self.phase("train", &format!("the Back on the stored features, {epochs} epochs"), |job| job.train_child("train", job.cloud_cmd("train", &args), &out, epochs))?;
         Ok(out.join(MODEL_FILE))
+    }
+
+    /// The edges and `train --follow` side by side: the edges start, then training, which begins
+    /// once `min` samples are stored and takes in the rest before each epoch. `serve` is stopped
+    /// once every edge has finished; training goes on reading the store it left. Records the
+    /// `edges` phase (until the last edge finished) and the `train` phase (from its start);
+    /// returns the samples of the shards, the trained model and `min`.
+    fn edges_and_train(&mut self, data: &Path, export: &Path, serve: &Handle, server: &str, tokens: &Path) -> Result<(usize, PathBuf, usize)> {
+        let expected = self.expected_samples(data)?;
+        let c = &self.config;
+        let min = match c.min_samples {
+            Some(n) if n > expected => bail!("--min-samples {n} is more than the {expected} samples the edges' shards hold"),
+            Some(n) => n,
+            // Half of what the edges will send, at least a batch: the later epochs see every sample.
+            None => expected.div_ceil(2).max(c.batch).min(expected),
+        };
+        let (edges, epochs) = (c.edges, c.epochs);
+        let n = self.timings.len() + 1;
+        println!("[{n}] edges: {edges} edge processes stream {expected} samples ({})", self.privacy_setting());
+        let edges_start = Instant::now();
+        let handles = self.spawn_edges(data, server, tokens).context("phase edges failed")?;
+        println!("[{}] train: the Back while the edges upload, from {min} stored samples on, {epochs} epochs", n + 1);
+        let out = self.dir("train");
+        let args = self.train_args(data, export, Some(min));
+        let train_start = Instant::now();
+        let train = self.sup.spawn("train", self.cloud_cmd("train", &args), &self.log("train")).context("phase train failed")?;
+        let bar = ProgressBar::new(epochs as u64).with_style(bar_style("train"));
+        let (results, store) = (out.join(RESULTS_FILE), self.dir("store"));
+        let mut pending: Vec<&Handle> = handles.iter().collect();
+        let (mut edges_seconds, mut train_seconds) = (None, None);
+        while edges_seconds.is_none() || train_seconds.is_none() {
+            let mut still = Vec::new();
+            for h in pending {
+                match self.sup.try_wait(h)? {
+                    Some(status) => check(h, status).context("phase edges failed")?,
+                    None => still.push(h),
+                }
+            }
+            pending = still;
+            if pending.is_empty() && edges_seconds.is_none() {
+                let seconds = edges_start.elapsed().as_secs_f64();
+                bar.println(format!("    edges done in {seconds:.1} s"));
+                edges_seconds = Some(seconds);
+                // Every sample is stored: serve is done; training reads the store it leaves.
+                self.stop_serve(serve)?;
+            }
+            if train_seconds.is_none()
+                && let Some(status) = self.sup.try_wait(&train)?
+            {
+                check(&train, status).context("phase train failed")?;
+                train_seconds = Some(train_start.elapsed().as_secs_f64());
+            }
+            let records = read_results(&results, usize::MAX).unwrap_or_default();
+            bar.set_position(records.len() as u64);
+            let last = records.last().map_or_else(String::new, |r| format!(", last epoch {} samples, mAP@.5 {:.3}", r.samples.unwrap_or(0), r.metrics.map50));
+            bar.set_message(format!("{}/{edges} edges done, {:.1} MB stored{last}", edges - pending.len(), stored_bytes(&store) as f64 / 1e6));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bar.finish_and_clear();
+        let (edges_seconds, train_seconds) = (edges_seconds.expect("set"), train_seconds.expect("set"));
+        println!("    train done in {train_seconds:.1} s");
+        self.timings.push(Timing { phase: "edges".into(), seconds: edges_seconds });
+        self.timings.push(Timing { phase: "train".into(), seconds: train_seconds });
+        Ok((expected, out.join(MODEL_FILE), min))
     }
 
     /// The centralized baseline: the whole pretrained model on the raw private images.

@@ -1,7 +1,7 @@
 //! The job's outcome: `summary.json`, `summary.md` (also printed) and `map.png`.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -35,6 +35,14 @@ pub struct Bytes {
     pub f32: u64,
 }
 
+/// Where the MistNet training phase's results are, and how it was started.
+pub struct Training {
+    /// Its `results.csv`.
+    pub results: PathBuf,
+    /// `Some(n)`: it ran while the edges uploaded, from `n` stored samples on; `None`: after them.
+    pub min_samples: Option<usize>,
+}
+
 /// One model's metrics on the held-out private split.
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
@@ -64,6 +72,11 @@ pub struct Summary {
     /// Samples in the edges' shards, and what the store holds (each (edge, id) once).
     pub samples_expected: usize,
     pub samples_stored: usize,
+    /// Whether MistNet training ran while the edges uploaded (`train --follow`), and from how many
+    /// stored samples on (`null`: after the edges, `--no-follow`).
+    pub train_min_samples: Option<usize>,
+    /// Samples each MistNet training epoch saw, in order.
+    pub epoch_samples: Vec<usize>,
     pub bytes_per_sample: Bytes,
     /// Held-out private split, per model: public-only (pretrained), mistnet, centralized.
     pub map: Vec<Score>,
@@ -75,10 +88,12 @@ pub struct Summary {
 
 impl Summary {
     /// Gathers the summary; fails unless every expected sample is stored exactly once.
+    #[allow(clippy::too_many_arguments)]
     pub fn collect(
         config: &Args,
         store: &Path,
         expected: usize,
+        training: &Training,
         map: Vec<(String, Metrics)>,
         privacy: Option<&Path>,
         phases: &[Timing],
@@ -92,6 +107,11 @@ impl Summary {
         let shape = decode(&first.features, &DecodeLimits::default())?.header.shape.0;
         let elements = shape[1..].iter().map(|&d| u64::from(d)).product::<u64>();
         let wire = samples.iter().map(|s| s.features.len() as f64).sum::<f64>() / samples.len() as f64;
+        let records = read_results(&training.results, usize::MAX)?;
+        let epoch_samples = records
+            .iter()
+            .map(|r| r.samples.with_context(|| format!("{}: epoch {} has no samples count", training.results.display(), r.epoch + 1)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Summary {
             model: config.model.name.clone(),
             imgsz: config.imgsz.px,
@@ -101,6 +121,8 @@ impl Summary {
             epsilon: config.privacy.epsilon,
             samples_expected: expected,
             samples_stored: samples.len(),
+            train_min_samples: training.min_samples,
+            epoch_samples,
             bytes_per_sample: Bytes { elements, wire, f16: elements * 2, f32: elements * 4 },
             map: map.into_iter().map(|(model, metrics)| Score { model, metrics }).collect(),
             privacy: privacy.map(read_privacy).transpose()?,
@@ -158,6 +180,7 @@ impl Summary {
             b.f32 as f64 / b.wire,
             b.elements
         );
+        s += &self.training_line();
         if let Some(rows) = &self.privacy {
             s += "\n| privacy: setting | attack | SSIM | PSNR (dB) | verdict |\n|---|---|---|---|---|\n";
             for r in rows {
@@ -171,6 +194,35 @@ impl Summary {
         s += &format!("| total | {:.1} |\n", self.total_seconds);
         s
     }
+}
+
+impl Summary {
+    /// How many samples each MistNet epoch saw, against what was stored in the end.
+    fn training_line(&self) -> String {
+        let when = match self.train_min_samples {
+            Some(n) => format!("while the edges uploaded, from {n} stored samples on"),
+            None => "after the edges finished".to_string(),
+        };
+        let mut s = format!("\nMistNet training ({when}): samples per epoch {}; {} stored in the end", runs(&self.epoch_samples), self.samples_stored);
+        match self.epoch_samples.last() {
+            Some(&last) if last < self.samples_stored => s += &format!(" (the last epoch saw {last} of them: the edges finished after it started)"),
+            Some(_) => s += " (the last epoch saw all of them)",
+            None => {}
+        }
+        s + ".\n"
+    }
+}
+
+/// `120, 200, 240 ×18`: the counts in order, a repeated one once with its repetitions.
+fn runs(counts: &[usize]) -> String {
+    let mut parts: Vec<(usize, usize)> = Vec::new();
+    for &c in counts {
+        match parts.last_mut() {
+            Some((v, k)) if *v == c => *k += 1,
+            _ => parts.push((c, 1)),
+        }
+    }
+    parts.iter().map(|&(v, k)| if k == 1 { v.to_string() } else { format!("{v} ×{k}") }).collect::<Vec<_>>().join(", ")
 }
 
 fn fmt_eps(e: Option<f64>) -> String {
@@ -189,4 +241,17 @@ fn read_privacy(dir: &Path) -> Result<Vec<Attack>> {
             Ok(Attack { setting: text("setting")?, attack: text("attack")?, ssim: num("ssim")?, psnr: num("psnr")?, verdict: text("verdict")? })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_epoch_counts_are_written_once_with_their_repetitions() {
+        assert_eq!(runs(&[120, 200, 240, 240, 240]), "120, 200, 240 ×3");
+        assert_eq!(runs(&[240]), "240");
+        assert_eq!(runs(&[5, 5, 6, 5]), "5 ×2, 6, 5");
+        assert_eq!(runs(&[]), "");
+    }
 }

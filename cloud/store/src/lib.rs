@@ -7,8 +7,10 @@
 //! segment or a duplicated record is an error, and the index and ε [`ledger`] are rebuilt. The
 //! design and its guarantees are in `docs/feature-store.md`.
 //!
-//! [`FeatureStore`] is the read side the trainer uses; [`StoreWriter`] the ingest side.
+//! [`FeatureStore`] is the read side the trainer uses; [`StoreFollower`] reads a store that a writer
+//! is appending to, a poll at a time ([`follow`]); [`StoreWriter`] is the ingest side.
 
+pub mod follow;
 pub mod ledger;
 pub mod record;
 pub mod replay;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use mistnet_data::Label;
 
+pub use follow::StoreFollower;
 pub use ledger::{EdgeLedger, Index};
 pub use replay::OnCorruption;
 pub use writer::{Outcome, Refusal, StoreLimits, StoreWriter, Upload};

@@ -144,6 +144,94 @@ fn scan_from(mut reader: impl Read + Seek, file_len: u64, path: &Path, mut visit
     }
 }
 
+/// What [`scan_tail`] found from its starting offset on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tail {
+    /// End of the last whole record read (the starting offset if none; 0 while the magic is incomplete).
+    pub end: u64,
+    /// Start and frame header (length, checksum) of the last whole record read: a later scan checks
+    /// that those bytes are still there, i.e. that the file was not cut back or rewritten since.
+    pub last: Option<(u64, [u8; FRAME_HEADER])>,
+    /// The bytes from `end` on, when they are not a whole record (yet); `None` when `end` is the
+    /// file's length.
+    pub pending: Option<Pending>,
+}
+
+/// Bytes after the last whole record that do not frame one: a record being appended right now,
+/// the torn tail of a crash, or damage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub start: u64,
+    pub reason: String,
+    /// The offset of the first valid record after `start`, if any: damage then lies before valid
+    /// records (corruption at rest, unless a record that is still being written happens to hold the
+    /// bytes of one).
+    pub next_valid: Option<u64>,
+}
+
+/// Reads the whole records of one segment from byte `from` on (0: from the start, magic
+/// included) and hands each with its offset to `visit`, stopping at the first bytes that are no
+/// whole record. Never writes, and never treats an incomplete record as an error: the caller
+/// decides what [`Tail::pending`] is (`FeatureStore`'s follower: "not yet written" in the live
+/// segment). A file shorter than `from` is reported pending at `from` with no bytes.
+pub fn scan_tail(path: &Path, from: u64, mut visit: impl FnMut(Record, u64)) -> Result<Tail, StoreError> {
+    let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let pending = |start: u64, reason: String, next_valid| Some(Pending { start, reason, next_valid });
+    let mut offset = from;
+    if from < SEGMENT_MAGIC.len() as u64 {
+        let mut magic = [0u8; 8];
+        if !read_exact_or_eof(&mut reader, &mut magic, path)? {
+            return Ok(Tail { end: 0, last: None, pending: pending(0, "segment header is incomplete".into(), None) });
+        }
+        if &magic != SEGMENT_MAGIC {
+            return Err(StoreError::Corrupt { file: path.to_path_buf(), offset: 0, reason: "not a segment file (bad magic)".into() });
+        }
+        offset = SEGMENT_MAGIC.len() as u64;
+    } else {
+        if file_len < from {
+            return Ok(Tail { end: from, last: None, pending: pending(from, format!("the file is {file_len} bytes, shorter than the {from} already read"), None) });
+        }
+        reader.seek(SeekFrom::Start(from)).map_err(|e| StoreError::io(path, e))?;
+    }
+    let mut last = None;
+    let mut payload = Vec::new();
+    let reason = loop {
+        if offset == file_len {
+            return Ok(Tail { end: offset, last, pending: None });
+        }
+        let mut frame = [0u8; FRAME_HEADER];
+        if !read_exact_or_eof(&mut reader, &mut frame, path)? {
+            break format!("record header at byte {offset} is incomplete");
+        }
+        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_PAYLOAD {
+            break format!("record at byte {offset} declares {len} bytes, over the {MAX_PAYLOAD}-byte limit");
+        }
+        if offset + (FRAME_HEADER + len) as u64 > file_len {
+            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
+        }
+        payload.resize(len, 0);
+        if !read_exact_or_eof(&mut reader, &mut payload, path)? {
+            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
+        }
+        match check(&frame, &payload) {
+            Ok(record) => visit(record, offset),
+            Err(why) => break format!("record at byte {offset} {why}"),
+        }
+        last = Some((offset, frame));
+        offset += (FRAME_HEADER + len) as u64;
+    };
+    // Is there a valid record after the bytes that are none? Only the bytes the file held when the
+    // scan started are searched (a record appended since is read by the next scan).
+    let mut rest = Vec::new();
+    reader.seek(SeekFrom::Start(offset)).map_err(|e| StoreError::io(path, e))?;
+    (&mut reader).take(file_len - offset).read_to_end(&mut rest).map_err(|e| StoreError::io(path, e))?;
+    let next_valid = next_valid(&rest, 1).map(|at| offset + at as u64);
+    Ok(Tail { end: offset, last, pending: pending(offset, reason, next_valid) })
+}
+
 /// Checks a frame's checksum and parses its payload.
 fn check(header: &[u8; FRAME_HEADER], payload: &[u8]) -> Result<Record, String> {
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));

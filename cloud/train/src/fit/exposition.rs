@@ -72,6 +72,7 @@ mod tests {
             seconds: 12.5,
             step_seconds: 0.75,
             samples_per_second: 21.25,
+            samples: Some(40),
         };
         let text = text(&record);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();

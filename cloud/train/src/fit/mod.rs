@@ -9,6 +9,9 @@
 //! - `results.csv`, `loss.png`, `map.png`: per-epoch losses, mAP, step time and samples a second;
 //! - `metrics.prom`: the last epoch's, in the Prometheus text format ([`exposition`]).
 //!
+//! [`fit_growing`] trains on a source that may grow between epochs (`train --follow`: samples
+//! still being stored); every epoch's `results.csv` row says how many samples it saw.
+//!
 //! Randomness (shuffling, augmentation) is drawn from a ChaCha8 generator seeded with the seed
 //! on stream `epoch`, so a resumed run repeats exactly what an uninterrupted one does.
 
@@ -35,7 +38,7 @@ use crate::plot::PlotError;
 use crate::train::{Hyp, LossConfig, LrDecay, ModelEma, Optimizer, OptimizerConfig, Target, TrainError, YoloLoss};
 pub use eval::{EvalSet, Evaluation, Metrics};
 pub use report::EpochRecord;
-pub use source::{FeatureSet, LabelledInput, LabelledSource, StoreExpect};
+pub use source::{FeatureSet, FollowedStore, LabelledInput, LabelledSource, StoreExpect};
 
 /// File names in the run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -65,6 +68,8 @@ pub enum FitError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Encoder(#[from] mistnet::encoder::EncoderError),
+    #[error(transparent)]
+    Store(#[from] mistnet_store::StoreError),
     /// A sample that cannot be used (unreadable image, malformed message, wrong shape).
     #[error("sample {0}")]
     Sample(String),
@@ -108,10 +113,45 @@ pub struct Trainee {
     pub meta: DeployMeta,
 }
 
+/// A [`LabelledSource`] that may grow between epochs: [`fit_growing`] calls
+/// [`refresh`](Self::refresh) before every epoch. Indices of samples already held stay valid.
+pub trait GrowingSource: LabelledSource {
+    /// Takes in the samples that became available since the last call; returns how many.
+    fn refresh(&mut self) -> Result<usize, FitError>;
+}
+
+/// A source that never grows.
+struct Fixed<'a>(&'a dyn LabelledSource);
+
+impl LabelledSource for Fixed<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError> {
+        self.0.get(index, rng)
+    }
+}
+
+impl GrowingSource for Fixed<'_> {
+    fn refresh(&mut self) -> Result<usize, FitError> {
+        Ok(0)
+    }
+}
+
 /// Trains `trainee` on `source` for the configured epochs, evaluating on `val` after each one.
 /// With `resume`, continues from the run directory's checkpoint: the caller has built the model
 /// from that file ([`checkpoint_path`]), and `fit` restores the optimizer, EMA and epoch.
 pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config: &FitConfig, resume: bool) -> Result<Vec<EpochRecord>, FitError> {
+    fit_growing(trainee, &mut Fixed(source), val, config, resume)
+}
+
+/// [`fit`] on a source that may grow: before every epoch, [`GrowingSource::refresh`] takes in
+/// what became available, and the epoch shuffles and trains on every sample held by then. The
+/// warmup length (YOLOv5: `warmup_epochs` × batches an epoch, at least `warmup_min_iters`) is
+/// set from the samples held at the start; the learning rate decays by epoch as in [`fit`]; the
+/// schedule's iteration counts the batches of every epoch as they were.
+pub fn fit_growing(trainee: &Trainee, source: &mut dyn GrowingSource, val: &EvalSet, config: &FitConfig, resume: bool) -> Result<Vec<EpochRecord>, FitError> {
     let n = source.len();
     if n < 2 {
         return Err(FitError::Config(format!("training needs at least 2 samples (BatchNorm batch statistics), got {n}")));
@@ -121,7 +161,8 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
     }
     std::fs::create_dir_all(&config.out).map_err(|source| FitError::Io { path: config.out.clone(), source })?;
     // Batches of at least `batch_size` (the last takes the remainder), so none has one sample.
-    let batches = (n / config.batch_size).max(1);
+    let batches_of = |n: usize| (n / config.batch_size).max(1);
+    let batches = batches_of(n);
     let detect = trainee.model.detect();
     let loss_fn = YoloLoss::new(detect, LossConfig::from_hyp(&config.hyp, detect.strides.len(), detect.nc, config.imgsz as usize)?)?;
     let opt_config = OptimizerConfig {
@@ -145,8 +186,17 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
         tracing::info!(epochs = config.epochs, "the checkpoint has finished all epochs; nothing to do");
     }
     let end = config.stop_after.map_or(config.epochs, |k| (start + k).min(config.epochs));
+    // The schedule's iteration: the batches of every earlier epoch, from the samples each saw
+    // (rows of runs from before the `samples` column: this run's count, as they all had it).
+    let mut iteration: usize = records.iter().map(|r| batches_of(r.samples.unwrap_or(n))).sum();
     for epoch in start..end {
         let t0 = Instant::now();
+        let added = source.refresh()?;
+        let n = source.len();
+        if added > 0 {
+            tracing::info!(epoch, added, samples = n, "took in newly available samples");
+        }
+        let batches = batches_of(n);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         rng.set_stream(epoch as u64);
         let mut order: Vec<usize> = (0..n).collect();
@@ -161,7 +211,7 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
             let (inputs, targets) = make_batch(source, &order[i * config.batch_size..end], config.augment.then_some(&mut rng))?;
             let out = trainee.model.forward_t(&inputs.to_device(&config.device)?, true)?;
             let loss = loss_fn.compute(&out.raw, &targets)?;
-            if optimizer.backward_step(&loss.total, epoch, i)? {
+            if optimizer.backward_step_at(&loss.total, epoch, iteration + i)? {
                 ema.update(&trainee.store.tensors())?;
             }
             let total = loss.lbox + loss.lobj + loss.lcls;
@@ -176,6 +226,7 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
             bar.inc(1);
         }
         bar.finish_and_clear();
+        iteration += batches;
         let trained = t0.elapsed().as_secs_f64();
         let (step_seconds, samples_per_second) = (trained / batches as f64, n as f64 / trained);
         let model_path = config.out.join(MODEL_FILE);
@@ -187,9 +238,21 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
         let lr = optimizer.settings().lr;
         let mean = sums.map(|s| s / batches as f64);
         let seconds = t0.elapsed().as_secs_f64();
-        records.push(EpochRecord { epoch, box_loss: mean[0], obj_loss: mean[1], cls_loss: mean[2], total_loss: mean[3], metrics, lr, seconds, step_seconds, samples_per_second });
+        records.push(EpochRecord {
+            epoch,
+            box_loss: mean[0],
+            obj_loss: mean[1],
+            cls_loss: mean[2],
+            total_loss: mean[3],
+            metrics,
+            lr,
+            seconds,
+            step_seconds,
+            samples_per_second,
+            samples: Some(n),
+        });
         report::write(&config.out, &records)?;
-        tracing::info!(epoch, map50 = metrics.map50, map50_95 = metrics.map50_95, loss = mean[3], seconds, step_seconds, samples_per_second, "epoch done");
+        tracing::info!(epoch, map50 = metrics.map50, map50_95 = metrics.map50_95, loss = mean[3], seconds, step_seconds, samples_per_second, samples = n, "epoch done");
     }
     Ok(records)
 }

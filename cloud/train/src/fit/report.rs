@@ -1,5 +1,6 @@
 //! Per-epoch results: `results.csv` (one row per epoch, rewritten after each: losses, mAP, learning
-//! rates, the epoch's time, the mean training step's time and training samples a second) and the PNG
+//! rates, the epoch's time, the mean training step's time, training samples a second and the samples
+//! the epoch trained on: fewer in the first epochs of `train --follow`) and the PNG
 //! plots `loss.png` (box, objectness, class and total training loss) and `map.png` (validation mAP);
 //! the last epoch also as Prometheus text ([`super::exposition`]).
 
@@ -9,7 +10,7 @@ use super::FitError;
 use super::eval::Metrics;
 use crate::plot::{LinePlot, Series};
 
-const HEADER: &str = "epoch,train/box_loss,train/obj_loss,train/cls_loss,train/total_loss,metrics/mAP_0.5,metrics/mAP_0.5:0.95,metrics/yolov5_mAP_0.5,metrics/yolov5_mAP_0.5:0.95,x/lr0,x/lr1,x/lr2,time_s,step_s,samples_per_s";
+const HEADER: &str = "epoch,train/box_loss,train/obj_loss,train/cls_loss,train/total_loss,metrics/mAP_0.5,metrics/mAP_0.5:0.95,metrics/yolov5_mAP_0.5,metrics/yolov5_mAP_0.5:0.95,x/lr0,x/lr1,x/lr2,time_s,step_s,samples_per_s,samples";
 
 /// One epoch's mean training losses, validation metrics and learning rates.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,13 +31,16 @@ pub struct EpochRecord {
     pub step_seconds: f64,
     /// Training samples a second over the epoch's steps; NaN in rows of older runs.
     pub samples_per_second: f64,
+    /// Samples the epoch trained on (all that were held when it started); `None` in rows of older
+    /// runs (column `samples`, written `NaN` then).
+    pub samples: Option<usize>,
 }
 
 impl EpochRecord {
     fn to_row(&self) -> String {
         let m = &self.metrics;
         format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.8},{:.8},{:.8},{:.2},{:.4},{:.2}",
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.8},{:.8},{:.8},{:.2},{:.4},{:.2},{}",
             self.epoch,
             self.box_loss,
             self.obj_loss,
@@ -51,14 +55,21 @@ impl EpochRecord {
             self.lr[2],
             self.seconds,
             self.step_seconds,
-            self.samples_per_second
+            self.samples_per_second,
+            self.samples.map_or_else(|| "NaN".to_string(), |n| n.to_string())
         )
     }
 
     fn from_row(row: &str) -> Option<Self> {
         let v: Vec<f64> = row.split(',').map(|f| f.trim().parse().ok()).collect::<Option<_>>()?;
-        // 13 columns: a row of a run from before step_s and samples_per_s.
-        ((v.len() == 13 || v.len() == 15) && v[0] >= 0.0).then(|| EpochRecord {
+        // 13 columns: a row of a run from before step_s and samples_per_s; 15: from before samples.
+        let samples = match v.get(15) {
+            Some(&n) if n.is_nan() => None,
+            Some(&n) if n >= 0.0 && n.fract() == 0.0 => Some(n as usize),
+            Some(_) => return None,
+            None => None,
+        };
+        ((v.len() == 13 || v.len() == 15 || v.len() == 16) && v[0] >= 0.0).then(|| EpochRecord {
             epoch: v[0] as usize,
             box_loss: v[1],
             obj_loss: v[2],
@@ -69,6 +80,7 @@ impl EpochRecord {
             seconds: v[12],
             step_seconds: v.get(13).copied().unwrap_or(f64::NAN),
             samples_per_second: v.get(14).copied().unwrap_or(f64::NAN),
+            samples,
         })
     }
 }
@@ -138,14 +150,21 @@ mod tests {
             seconds: 12.5,
             step_seconds: 0.75,
             samples_per_second: 21.25,
+            samples: Some(120),
         };
         let row = record.to_row();
+        assert!(row.ends_with(",21.25,120"), "{row}");
         assert_eq!(row.split(',').count(), HEADER.split(',').count());
         assert_eq!(EpochRecord::from_row(&row), Some(record.clone()));
-        let older = row.rsplitn(3, ',').nth(2).unwrap();
+        let before_samples = row.rsplit_once(',').unwrap().0;
+        assert_eq!(EpochRecord::from_row(before_samples), Some(EpochRecord { samples: None, ..record.clone() }));
+        let older = row.rsplitn(4, ',').nth(3).unwrap();
         let read = EpochRecord::from_row(older).unwrap();
-        assert!(read.step_seconds.is_nan() && read.samples_per_second.is_nan());
-        assert_eq!(EpochRecord { step_seconds: 0.75, samples_per_second: 21.25, ..read }, record);
+        assert!(read.step_seconds.is_nan() && read.samples_per_second.is_nan() && read.samples.is_none());
+        assert_eq!(EpochRecord { step_seconds: 0.75, samples_per_second: 21.25, samples: Some(120), ..read }, record);
+        let unknown = EpochRecord { samples: None, ..record.clone() };
+        assert_eq!(EpochRecord::from_row(&unknown.to_row()), Some(unknown));
+        assert_eq!(EpochRecord::from_row(&format!("{before_samples},1.5")), None);
         assert_eq!(EpochRecord::from_row(&format!("{row},1")), None);
     }
 }

@@ -7,6 +7,9 @@
 //!   edge fed its Front; [`FeatureSet::from_messages`] takes any other source of messages with
 //!   letterboxed labels; [`FeatureSet::extract`] simulates the edges on a local dataset through
 //!   the one edge pipeline ([`EdgeEncoder`]), then decodes.
+//! - [`FollowedStore`]: a feature store the edges are still uploading to (`train --follow`): each
+//!   [`FollowedStore::take_in`] decodes only the samples stored since the last and adds them to
+//!   the bits already held.
 //! - [`super::images::ImageSet`]: letterboxed images with image augmentation, for `pretrain`.
 
 use candle_core::{Device, Tensor};
@@ -18,8 +21,8 @@ use mistnet::model::Front;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::FitError;
-use mistnet_store::StoredSample;
+use super::{FitError, GrowingSource};
+use mistnet_store::{StoreFollower, StoredSample};
 
 /// One training input and its labels, normalized to the input's width and height.
 #[derive(Debug, Clone)]
@@ -177,6 +180,20 @@ impl FeatureSet {
         (!self.samples.is_empty()).then_some(self.shape)
     }
 
+    /// Moves the samples of `other` to the end of this set (indices of samples already held stay).
+    pub fn append(&mut self, other: FeatureSet) -> Result<(), FitError> {
+        if let (Some(mine), Some(theirs)) = (self.shape(), other.shape())
+            && mine != theirs
+        {
+            return Err(FitError::Sample(format!("feature shape {theirs:?} differs from the held samples' {mine:?}")));
+        }
+        if other.shape().is_some() {
+            self.shape = other.shape;
+        }
+        self.samples.extend(other.samples);
+        Ok(())
+    }
+
     /// Adds a map of `shape` (the callers have checked it against the set's).
     fn push(&mut self, bits: Bits, shape: [usize; 3], labels: Vec<Label>) {
         debug_assert_eq!(bits.len(), shape.iter().product::<usize>());
@@ -214,6 +231,68 @@ impl LabelledSource for FeatureSet {
             Some(rng) => augment_features(sample, rng),
             None => Ok(sample),
         }
+    }
+}
+
+/// The usable samples of a feature store that a writer (`serve`) may still be appending to, read
+/// a poll at a time through [`StoreFollower`]: each [`take_in`](Self::take_in) decodes and checks
+/// (as [`FeatureSet::from_store`]) only the samples whose records were completed since the last,
+/// and adds their bits to those already held. A [`GrowingSource`]: `fit_growing` takes in new
+/// samples before every epoch.
+#[derive(Debug)]
+pub struct FollowedStore {
+    follower: StoreFollower,
+    expect: StoreExpect,
+    policy: BadDataPolicy,
+    set: FeatureSet,
+    skipped: usize,
+}
+
+impl FollowedStore {
+    /// Nothing is read until the first [`take_in`](Self::take_in).
+    pub fn new(follower: StoreFollower, expect: StoreExpect, policy: BadDataPolicy) -> Self {
+        Self { follower, expect, policy, set: FeatureSet::default(), skipped: 0 }
+    }
+
+    /// Reads the samples stored since the last call and keeps the usable ones; returns how many
+    /// were kept. A sample that cannot be used fails the call, naming it, unless `policy` is
+    /// [`BadDataPolicy::Skip`] (then it is counted in [`skipped`](Self::skipped)).
+    pub fn take_in(&mut self) -> Result<usize, FitError> {
+        let new = self.follower.poll()?;
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let (more, skipped) = FeatureSet::from_store(new, &self.expect, self.policy)?;
+        self.skipped += skipped;
+        let added = more.len();
+        self.set.append(more)?;
+        Ok(added)
+    }
+
+    /// Samples read from the store so far, usable or not.
+    pub fn read(&self) -> usize {
+        self.follower.returned()
+    }
+
+    /// Samples read and left out as unusable ([`BadDataPolicy::Skip`]).
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+}
+
+impl LabelledSource for FollowedStore {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError> {
+        self.set.get(index, rng)
+    }
+}
+
+impl GrowingSource for FollowedStore {
+    fn refresh(&mut self) -> Result<usize, FitError> {
+        self.take_in()
     }
 }
 
@@ -372,6 +451,50 @@ mod tests {
         let params = EncodeParams { privacy: Privacy::new(Mechanism::Sue, Some(2.0)).unwrap(), encoding: Encoding::Packed, zstd_level: Some(3), cut: 4, front_hash: HASH };
         let noisy = stored("noisy", encode(&v, &dims, &params, &mut seeded_rng(3)).unwrap(), vec![ok_label], (64, 64));
         assert_eq!(FeatureSet::from_store([noisy], &expect(), BadDataPolicy::Fail).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn a_followed_store_takes_in_only_what_was_completed_since_the_last_read() {
+        use mistnet_store::OnCorruption;
+        use mistnet_store::record::{Record, RecordKind};
+        use mistnet_store::segment::{SEGMENT_MAGIC, segment_name};
+        use std::io::Write;
+
+        let frame = |s: &StoredSample| {
+            Record {
+                kind: RecordKind::Sample,
+                edge: s.edge.clone(),
+                sample_id: s.sample_id.clone(),
+                epsilon: 2.0,
+                labels: s.labels.clone(),
+                image_size: s.image_size,
+                features: s.features.clone(),
+            }
+            .to_frame()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(1));
+        let append = |bytes: &[u8]| std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap().write_all(bytes).unwrap();
+        append(&[SEGMENT_MAGIC.as_slice(), &frame(&good("a", 0)), &frame(&good("b", 1))].concat());
+        let mut bad = good("other", 2);
+        bad.features = message(&values(&[1, 4, 8, 8], 2), &[1, 4, 8, 8], FrontHash([8; 32]), 4);
+        let follower = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
+        let mut set = FollowedStore::new(follower, expect(), BadDataPolicy::Skip);
+        assert_eq!((set.refresh().unwrap(), set.len(), set.read()), (2, 2, 2));
+        let first = set.get(1, None).unwrap().input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // A record half written: not taken in; once whole, it is, after those already held.
+        let c = frame(&good("c", 3));
+        append(&[frame(&bad).as_slice(), &c[..c.len() / 2]].concat());
+        assert_eq!((set.take_in().unwrap(), set.len(), set.read(), set.skipped()), (0, 2, 3, 1));
+        append(&c[c.len() / 2..]);
+        assert_eq!((set.take_in().unwrap(), set.len(), set.read()), (1, 3, 4));
+        assert_eq!(set.take_in().unwrap(), 0);
+        assert_eq!(set.get(1, None).unwrap().input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), first);
+        assert_eq!(set.get(2, None).unwrap().input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values(&[1, 4, 8, 8], 3).iter().map(|&x| f32::from(u8::from(x > 0.0))).collect::<Vec<_>>());
+        // Without --skip-bad, an unusable sample fails the read, naming it.
+        let follower = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
+        let err = FollowedStore::new(follower, expect(), BadDataPolicy::Fail).take_in().unwrap_err().to_string();
+        assert!(err.contains("edge-1/other (stored)") && err.contains("another Front"), "{err}");
     }
 
     #[test]

@@ -87,8 +87,14 @@ impl Optimizer {
     /// and, when `accumulate` batches have been summed, clips and steps. Returns whether the
     /// parameters changed (the moment `train.py` updates the EMA).
     pub fn backward_step(&mut self, loss: &Tensor, epoch: usize, i: usize) -> Result<bool, TrainError> {
+        self.backward_step_at(loss, epoch, i + self.batches_per_epoch * epoch)
+    }
+
+    /// [`backward_step`](Self::backward_step) at the global iteration `ni` (batches before this one
+    /// in the whole run), for runs whose epochs do not all have the configured number of batches
+    /// (`train --follow`: the set grows between epochs). `ni` must grow by one per call.
+    pub fn backward_step_at(&mut self, loss: &Tensor, epoch: usize, ni: usize) -> Result<bool, TrainError> {
         let grads = loss.backward()?;
-        let ni = i + self.batches_per_epoch * epoch;
         self.settings = self.schedule.at(ni, epoch);
         for group in self.sgd.groups_mut() {
             group.lr = self.settings.lr[group.kind.index()];
