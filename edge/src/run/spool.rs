@@ -46,6 +46,7 @@ pub fn prepare(
     );
     let mut out = Vec::with_capacity(todo.len());
     let mut skipped = 0usize;
+    let (started, mut encoded_now) = (std::time::Instant::now(), 0usize);
     for (sample_id, sample) in todo {
         bar.inc(1);
         let message = spool.join(format!("{}.mnf", hex::encode(Sha256::digest(sample_id.as_bytes()))));
@@ -63,12 +64,26 @@ pub fn prepare(
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot encode the features of {} (--skip-bad leaves such samples out)", sample.image_path.display()))),
             };
             write_atomic(&message, &encoded.message)?;
+            encoded_now += 1;
         }
         out.push(Spooled { sample_id, message, sample });
     }
     bar.finish_and_clear();
     if skipped > 0 {
         eprintln!("skipped {skipped} samples whose images could not be encoded (--skip-bad)");
+    }
+    if encoded_now > 0 {
+        // Decode, letterbox, Front, binarize, noise, pack, compress and the spool write, per image.
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "extracted: {encoded_now} images in {secs:.1} s ({:.2} images/s, {:.1} ms each){}",
+            encoded_now as f64 / secs.max(1e-9),
+            secs * 1e3 / encoded_now as f64,
+            match out.len() - encoded_now {
+                0 => String::new(),
+                n => format!("; {n} were already spooled"),
+            }
+        );
     }
     Ok(out)
 }

@@ -59,7 +59,9 @@ impl ToArgs for PrivacyArgs {
 pub const DEFAULT_CACHE: &str = ".mistnet-edge";
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
-#[command(after_help = "Exits 0 only when every sample is acknowledged as stored; otherwise non-zero with the reason.\n\n\
+#[command(after_help = "Prints on stdout how fast it extracted (`extracted: N images in S s (R images/s, T ms each)`: decode, \
+letterbox, Front, binarization, noise, packing, compression and the spool write) and, at the end, the upload's goodput \
+(`uploaded: ... goodput ... kB/s`). Exits 0 only when every sample is acknowledged as stored; otherwise non-zero with the reason.\n\n\
 Example:\n  mistnet-edge run --server https://cloud:50051 --ca-cert ca.pem --edge edge-1 --token-file edge-1.token \\\n    \
 --data edge-1.yaml --mechanism sue --epsilon 2")]
 pub struct RunArgs {
