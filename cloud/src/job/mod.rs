@@ -103,7 +103,9 @@ pub struct Args {
     /// Skip the privacy phase.
     #[arg(long)]
     pub skip_privacy: bool,
-    /// Seed of the generated data and of training.
+    /// Seed of the generated data, of training and of the edges' randomized-response noise (edge k draws
+    /// from seed + 1000 + k), so that a run repeats. The job's edges run beside the cloud on this machine,
+    /// a simulation; a real edge (`mistnet-edge run` without --seed) draws its noise from the OS.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// CPU threads (rayon's pool) of each training phase; each edge process uses one. The default

@@ -250,7 +250,8 @@ impl Job {
                 },
                 edge: name.clone(),
                 data: data.join(layout::edge_yaml(k)),
-                privacy: PrivacyArgs { ldp: c.privacy, zstd_level: DEFAULT_ZSTD_LEVEL, seed: None },
+                // Seeded, so that a job repeats (`job --seed`).
+                privacy: PrivacyArgs { ldp: c.privacy, zstd_level: DEFAULT_ZSTD_LEVEL, seed: Some(edge_noise_seed(c.seed, k)) },
                 encoding: Encoding::Packed,
                 cache: self.dir("edges").join(&name),
                 max_attempts: 8,
@@ -536,4 +537,9 @@ fn count_train_images(yaml: &Path) -> Result<usize> {
     use mistnet::data::{BadDataPolicy, Dataset, Split};
     let dataset = Dataset::open(yaml).with_context(|| format!("cannot read {}", yaml.display()))?;
     Ok(dataset.load(Split::Train, BadDataPolicy::Fail)?.samples.len())
+}
+
+/// The noise seed of the job's edge `k` (`job --seed`).
+fn edge_noise_seed(seed: u64, k: usize) -> u64 {
+    seed.wrapping_add(1000 + k as u64)
 }
