@@ -7,6 +7,7 @@
 //! split, attacks the features at the chosen ε, and writes a summary with plots. Every phase is a
 //! child process with its log under `--out/logs`; Ctrl-C stops them all.
 
+mod compare;
 mod phases;
 mod summary;
 mod supervisor;
@@ -34,10 +35,13 @@ The job waits until its gRPC health service reports the upload service SERVING.\
 5. edges: one `mistnet-edge run` per shard fetches the Front, extracts, privatizes and streams over gRPC.\n\
 6. train: `train --store` trains the Back on the stored features, from the pretrained weights.\n\
 7. centralized: `pretrain` trains the whole model on the raw private images (no split, no noise), same start and epochs.\n\
-8. val: `val` scores the public-only, MistNet and centralized models on the held-out private split (--out/val/<model>.json).\n\
-9. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
+8. fedavg: `fedavg` trains the whole model federated on the same shards from the same start: --epochs / --fedavg-local-epochs \
+rounds, every edge each round, FedAvg by sample count, clients in-process (skipped with --skip-fedavg).\n\
+9. val: `val` scores the public-only, MistNet, centralized and FedAvg models on the held-out private split (--out/val/<model>.json).\n\
+10. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \
-and the directories data, pretrain, export, store, edges, train, centralized, val, privacy and logs.\n\n\
+fedavg.png (mAP@.5 against cumulative bytes per edge, MistNet and FedAvg, centralized as a line), \
+and the directories data, pretrain, export, store, edges, train, centralized, fedavg, val, privacy and logs.\n\n\
 The defaults (yolov5n, 128 px, 600 images, 2 edges, 20 epochs) finish within about 15 minutes on 2 CPU cores. \
 For real runs raise --imgsz, --images, --epochs and --pretrain-epochs, pick --model, and give training more --threads \
 on a machine with cores to spare.\n\n\
@@ -90,6 +94,12 @@ pub struct Args {
     /// Skip the privacy phase.
     #[arg(long)]
     pub skip_privacy: bool,
+    /// Skip the FedAvg phase (the federated baseline on the same shards).
+    #[arg(long)]
+    pub skip_fedavg: bool,
+    /// Local epochs per FedAvg round; the rounds are --epochs / this, so that every method trains the same total epochs.
+    #[arg(long, default_value_t = 1)]
+    pub fedavg_local_epochs: usize,
     /// Seed of the generated data and of training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -120,6 +130,9 @@ impl Args {
         self.privacy.privacy()?;
         if std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("--out {} is not empty: choose a new directory", self.out.display());
+        }
+        if self.fedavg_local_epochs == 0 || !self.epochs.is_multiple_of(self.fedavg_local_epochs) {
+            bail!("--fedavg-local-epochs must divide --epochs ({}): FedAvg trains rounds × local epochs = --epochs", self.epochs);
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");

@@ -71,6 +71,9 @@ pub struct Summary {
     pub privacy: Option<Vec<Attack>>,
     pub phases: Vec<Timing>,
     pub total_seconds: f64,
+    /// MistNet, FedAvg and centralized side by side (absent with --skip-fedavg).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<super::compare::Comparison>,
 }
 
 impl Summary {
@@ -106,6 +109,7 @@ impl Summary {
             privacy: privacy.map(read_privacy).transpose()?,
             phases: phases.to_vec(),
             total_seconds: total.as_secs_f64(),
+            comparison: None,
         })
     }
 
@@ -158,6 +162,9 @@ impl Summary {
             b.f32 as f64 / b.wire,
             b.elements
         );
+        if let Some(c) = &self.comparison {
+            s += &c.table();
+        }
         if let Some(rows) = &self.privacy {
             s += "\n| privacy: setting | attack | SSIM | PSNR (dB) | verdict |\n|---|---|---|---|---|\n";
             for r in rows {
