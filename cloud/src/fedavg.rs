@@ -19,6 +19,8 @@ use mistnet_train::fit::images::ImageSet;
 use mistnet_train::fit::{EvalSet, FitConfig, MODEL_FILE, RESULTS_FILE};
 use mistnet_train::train::{Hyp, LrDecay, optimizer::NOMINAL_BATCH};
 
+use crate::edge_memory;
+
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Each round, a sample of the edges (--fraction of them, at least one; drawn from --seed) each trains \
 --local-epochs on its own raw images from the round's global model, with the training loop and augmentation of `pretrain` \
@@ -33,7 +35,8 @@ Edge compute: 3 forward passes (forward + backward) of the whole model per local
 (2 × multiply-adds, as Ultralytics counts GFLOPs).\n\n\
 Writes into --out: model.safetensors (the global model after the last round, deployable), results.csv (per round, round 0 \
 the starting model: clients, mAP@.5, mAP@.5:.95, cumulative bytes per edge f32/f16, loss, time), accounting.json (bytes down \
-and up per round per edge, GFLOPs per edge, payload sizes), map.png.\n\n\
+and up per round per edge, GFLOPs per edge, payload sizes, and the peak RSS of one edge's training step measured in a child \
+process, `edge_peak_rss_bytes`), map.png.\n\n\
 Examples:\n  mistnet-cloud fedavg --data data/synth/private --val data/synth/private-val.yaml \
 --weights runs/pretrain/model.safetensors --rounds 20 --out runs/fedavg\n  \
 mistnet-cloud fedavg --data shards/edge-0.yaml --data shards/edge-1.yaml --val data/val.yaml --weights W.safetensors \
@@ -172,10 +175,17 @@ pub fn run(args: Args) -> Result<()> {
         args.local_epochs,
         args.fraction
     );
-    let (records, accounting) = server::run(start, &meta, &edges, &val, &config)?;
+    let first_edge = edge_datasets(&args.data)?.into_iter().next().map(|(_, yaml)| yaml).context("no edge")?;
+    let (records, mut accounting) = server::run(start, &meta, &edges, &val, &config)?;
+    drop(edges);
+    // The edge's memory: one training step of the whole model in a process of its own.
+    let memory = edge_memory::Args { mode: "train".into(), weights: args.weights.clone(), model: None, cut: None, data: first_edge, imgsz: meta.imgsz, batch: args.batch };
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    accounting.edge_peak_rss_bytes = Some(edge_memory::measure(&exe, &memory)?);
+    server::write_accounting(&args.out, &accounting)?;
     let last = records.last().expect("round 0 is always recorded");
     println!(
-        "after {} rounds: mAP@.5 {:.4}, mAP@[.5:.95] {:.4} (round 0: {:.4}); per edge {:.1} MB as f32 ({:.1} MB as f16), {:.1} GFLOPs of training; {:.0} s",
+        "after {} rounds: mAP@.5 {:.4}, mAP@[.5:.95] {:.4} (round 0: {:.4}); per edge {:.1} MB as f32 ({:.1} MB as f16), {:.1} GFLOPs of training, peak RSS of a training step {:.0} MB; {:.0} s",
         last.round,
         last.metrics.map50,
         last.metrics.map50_95,
@@ -183,6 +193,7 @@ pub fn run(args: Args) -> Result<()> {
         accounting.bytes_per_edge.f32 as f64 / 1e6,
         accounting.bytes_per_edge.f16 as f64 / 1e6,
         accounting.gflops_per_edge,
+        accounting.edge_peak_rss_bytes.unwrap_or(0) as f64 / 1e6,
         accounting.wall_seconds
     );
     let out = &args.out;

@@ -90,6 +90,10 @@ fn one_fedavg_round_counts_the_bytes_it_would_send() {
     let val = cloud(&["val", "--json", "--weights"], &[&model, Path::new("--data"), &data.join("private-val.yaml")]);
     let map50 = serde_json::from_slice::<serde_json::Value>(&val.stdout).unwrap()["map50"].as_f64().unwrap();
     assert!((map50 - rows[1][2].parse::<f64>().unwrap()).abs() < 1e-5, "val {map50} against results.csv {}", rows[1][2]);
+    // The edge's peak memory, one training step measured in a child process: at least the model's
+    // weights, gradients and momentum (3 × f32 state) and below a gigabyte at this size.
+    let rss = acc["edge_peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 3 * f32_size && rss < 1 << 30, "{rss}");
     let img = image::open(out.join("map.png")).unwrap();
     assert!(img.width() > 100);
 }

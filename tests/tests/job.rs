@@ -86,6 +86,10 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     assert!(mb > front + (expected as f64 / 2.0) * 100.0 && mb * 10.0 < fb, "MistNet {mb} B, FedAvg {fb} B per edge");
     assert!(mistnet["edge_gflops"].as_f64().unwrap() * 10.0 < fedavg["edge_gflops"].as_f64().unwrap(), "{c}");
     assert_eq!(centralized["edge_gflops"].as_f64(), Some(0.0));
+    // Peak memory, each measured in a child process: the Front pipeline well under a training step of the whole model.
+    let rss = |m: &serde_json::Value| m["edge_peak_rss_bytes"].as_u64().unwrap_or_else(|| panic!("no peak RSS in {m}"));
+    assert!(rss(&mistnet) * 2 < rss(&fedavg), "{c}");
+    assert!(centralized["edge_peak_rss_bytes"].is_null());
     // FedAvg's per-round results: round 0 (the start) and 6 rounds.
     assert_eq!(std::fs::read_to_string(out.join("fedavg/results.csv")).unwrap().lines().count(), 1 + 7);
 

@@ -41,6 +41,9 @@ pub struct Method {
     pub edge_gflops: f64,
     /// Wall time of the job's phases that made this model (MistNet: edges + train).
     pub wall_seconds: f64,
+    /// Peak resident memory of what the edge runs, measured in a process of its own: MistNet the
+    /// Front pipeline, FedAvg one training step of the whole model; None for centralized (nothing runs).
+    pub edge_peak_rss_bytes: Option<u64>,
 }
 
 /// When FedAvg's held-out mAP@.5 first reached MistNet's.
@@ -78,6 +81,8 @@ pub struct Inputs<'a> {
     pub epochs: usize,
     pub map: &'a [Score],
     pub timings: &'a [Timing],
+    /// Peak RSS of MistNet's edge pipeline (measured by the caller).
+    pub mistnet_peak_rss_bytes: u64,
 }
 
 impl Comparison {
@@ -106,6 +111,7 @@ impl Comparison {
             bytes_per_edge_f16: None,
             edge_gflops: up.values().map(|(_, images)| *images as f64 * front_gflops).sum::<f64>() / up.len() as f64,
             wall_seconds: phase("edges") + phase("train"),
+            edge_peak_rss_bytes: Some(i.mistnet_peak_rss_bytes),
         };
 
         // Centralized: each edge's raw image files, once.
@@ -117,7 +123,7 @@ impl Comparison {
             }
         }
         let c = score("centralized")?;
-        let centralized = Method { method: "centralized".into(), map50: c.map50, map50_95: c.map50_95, bytes_per_edge: raw / n, bytes_per_edge_f16: None, edge_gflops: 0.0, wall_seconds: phase("centralized") };
+        let centralized = Method { method: "centralized".into(), map50: c.map50, map50_95: c.map50_95, bytes_per_edge: raw / n, bytes_per_edge_f16: None, edge_gflops: 0.0, wall_seconds: phase("centralized"), edge_peak_rss_bytes: None };
 
         let acc = read_accounting(&i.fedavg.join(ACCOUNTING_FILE))?;
         let f = score("fedavg")?;
@@ -129,6 +135,7 @@ impl Comparison {
             bytes_per_edge_f16: Some(acc.bytes_per_edge.f16 as f64),
             edge_gflops: acc.gflops_per_edge,
             wall_seconds: phase("fedavg"),
+            edge_peak_rss_bytes: acc.edge_peak_rss_bytes,
         };
         let rounds = read_rounds(&i.fedavg.join(RESULTS_FILE))?;
         let reach = rounds.iter().find(|r| r.round > 0 && r.metrics.map50 >= mistnet.map50).map(|r| Reach { round: r.round, bytes_per_edge: r.bytes_per_edge.f32 });
@@ -175,7 +182,7 @@ impl Comparison {
     /// The side-by-side table of the summary.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "\n| same shards, same start, {} epochs each | mAP@.5 | mAP@[.5:.95] | bytes per edge | edge GFLOPs | wall s |\n|---|---|---|---|---|---|\n",
+            "\n| same shards, same start, {} epochs each | mAP@.5 | mAP@[.5:.95] | bytes per edge | edge GFLOPs | edge peak RSS | wall s |\n|---|---|---|---|---|---|---|\n",
             self.epochs
         );
         for m in &self.methods {
@@ -188,7 +195,8 @@ impl Comparison {
                 Some(h) => format!("{} ({} as f16)", mb(m.bytes_per_edge), mb(h)),
                 None => mb(m.bytes_per_edge),
             };
-            s += &format!("| {what} | {:.4} | {:.4} | {bytes} | {:.1} | {:.1} |\n", m.map50, m.map50_95, m.edge_gflops, m.wall_seconds);
+            let rss = m.edge_peak_rss_bytes.map_or_else(|| "–".to_string(), |b| mb(b as f64));
+            s += &format!("| {what} | {:.4} | {:.4} | {bytes} | {:.1} | {rss} | {:.1} |\n", m.map50, m.map50_95, m.edge_gflops, m.wall_seconds);
         }
         if let (Some(m), Some(f)) = (self.method("mistnet"), self.method("fedavg")) {
             s += &format!(
@@ -201,6 +209,9 @@ impl Comparison {
                 Some(r) => format!("FedAvg reached MistNet's mAP@.5 at round {} with {} per edge.\n", r.round, mb(r.bytes_per_edge as f64)),
                 None => format!("FedAvg did not reach MistNet's mAP@.5 within its {} rounds.\n", self.fedavg_rounds),
             };
+            if let (Some(a), Some(b)) = (m.edge_peak_rss_bytes, f.edge_peak_rss_bytes) {
+                s += &format!("Edge peak memory: FedAvg's training step {:.1}× MistNet's Front pipeline. ", b as f64 / a as f64);
+            }
             s += &format!("FedAvg's clients: {}.\n", self.fedavg_clients);
         }
         s

@@ -13,7 +13,7 @@ use mistnet_train::fit::{MODEL_FILE, RESULTS_FILE};
 use super::super::compare::{Comparison, Inputs};
 use super::super::summary::Summary;
 use super::{Job, bar_style};
-use crate::{export, fedavg};
+use crate::{edge_memory, export, fedavg};
 
 impl Job {
     /// FedAvg over every edge's shard, every edge each round; returns the final global model.
@@ -61,6 +61,17 @@ impl Job {
     pub(super) fn comparison(&self, data: &Path, export_dir: &Path, summary: &Summary) -> Result<Comparison> {
         let c = &self.config;
         let fedavg_dir = self.dir("fedavg");
+        // MistNet's edge: the Front pipeline over a batch of its images, in a process of its own.
+        let memory = edge_memory::Args {
+            mode: "front".into(),
+            weights: export_dir.join(export::FRONT_FILE),
+            model: Some(export_dir.join(MODEL_FILE)),
+            cut: Some(c.cut.index),
+            data: data.join(layout::edge_yaml(0)),
+            imgsz: c.imgsz.px,
+            batch: c.batch,
+        };
+        let mistnet_peak_rss_bytes = edge_memory::measure(&self.cloud, &memory)?;
         let inputs = Inputs {
             store: &self.dir("store"),
             front: &export_dir.join(export::FRONT_FILE),
@@ -72,6 +83,7 @@ impl Job {
             epochs: c.epochs,
             map: &summary.map,
             timings: &self.timings,
+            mistnet_peak_rss_bytes,
         };
         let comparison = Comparison::collect(&inputs)?;
         let public = summary.map.iter().find(|s| s.model == "public-only").map(|s| s.metrics.map50);

@@ -125,6 +125,10 @@ pub struct Accounting {
     pub bytes_per_edge: PayloadBytes,
     pub gflops_per_edge: f64,
     pub wall_seconds: f64,
+    /// Peak resident memory of one edge's training step, measured in a process of its own
+    /// (`mistnet-cloud edge-memory --mode train`); None until measured.
+    #[serde(default)]
+    pub edge_peak_rss_bytes: Option<u64>,
 }
 
 /// Runs the rounds from `start` (a whole model's state, `meta` says which) and evaluates the
@@ -168,6 +172,7 @@ pub fn run(start: State, meta: &DeployMeta, edges: &[Edge], val: &EvalSet, confi
         bytes_per_edge: zero(),
         gflops_per_edge: 0.0,
         wall_seconds: 0.0,
+        edge_peak_rss_bytes: None,
     };
     let per_round = ((config.fraction * edges.len() as f64).round() as usize).clamp(1, edges.len());
     let mut strategy = config.aggregation.strategy();
@@ -267,10 +272,7 @@ fn write_round(out: &Path, records: &[RoundRecord], accounting: &Accounting) -> 
     let csv = out.join(RESULTS_FILE);
     let tmp = csv.with_extension("csv.tmp");
     std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &csv)).map_err(io(&csv))?;
-    let json = out.join(ACCOUNTING_FILE);
-    let tmp = json.with_extension("json.tmp");
-    let body = serde_json::to_string_pretty(accounting).map_err(|e| FitError::Config(format!("cannot serialize the accounting: {e}")))? + "\n";
-    std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &json)).map_err(io(&json))?;
+    write_accounting(out, accounting)?;
     let series = |name: &str, f: fn(&Metrics) -> f64| Series { name: name.into(), points: records.iter().map(|r| (r.round as f64, f(&r.metrics))).collect() };
     LinePlot {
         title: format!("FedAvg ({}): held-out mAP per round", accounting.aggregation),
@@ -281,6 +283,14 @@ fn write_round(out: &Path, records: &[RoundRecord], accounting: &Accounting) -> 
     }
     .save_png(&out.join("map.png"), 800, 500)?;
     Ok(())
+}
+
+/// Writes `accounting.json` into the run directory `out`, atomically.
+pub fn write_accounting(out: &Path, accounting: &Accounting) -> Result<(), FitError> {
+    let json = out.join(ACCOUNTING_FILE);
+    let tmp = json.with_extension("json.tmp");
+    let body = serde_json::to_string_pretty(accounting).map_err(|e| FitError::Config(format!("cannot serialize the accounting: {e}")))? + "\n";
+    std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &json)).map_err(|source| FitError::Io { path: json.clone(), source })
 }
 
 /// Reads a federated run's `results.csv` (rows it cannot parse are an error).
