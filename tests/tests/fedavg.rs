@@ -96,4 +96,22 @@ fn one_fedavg_round_counts_the_bytes_it_would_send() {
     assert!(rss > 3 * f32_size && rss < 1 << 30, "{rss}");
     let img = image::open(out.join("map.png")).unwrap();
     assert!(img.width() > 100);
+
+    // The seed server's running average through the binary: one round of both edges from the same start is
+    // FedAvg's round (the start counts 0 samples), so the two global models agree.
+    let both = |aggregation: &str| {
+        let run = dir.path().join(aggregation);
+        cloud(
+            &["fedavg", "--weights", PRETRAINED, "--rounds", "1", "--batch", "8", "--nbs", "8", "--warmup-min-iters", "5", "--aggregation", aggregation, "--data"],
+            &[&data.join("private/edge-0.yaml"), Path::new("--data"), &data.join("private/edge-1.yaml"), Path::new("--val"), &data.join("private-val.yaml"), Path::new("--out"), &run],
+        );
+        assert_eq!(json(&run.join("accounting.json"))["aggregation"].as_str(), Some(aggregation));
+        candle_core::safetensors::load(run.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (fedavg, running) = (both("fedavg"), both("running"));
+    let w = "model.0.conv.weight";
+    let diff = (&fedavg[w] - &running[w]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let start = candle_core::safetensors::load(PRETRAINED, &Device::Cpu).unwrap();
+    let moved = (&fedavg[w] - &start[w]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5 && moved > 1e-4, "running and fedavg differ by {diff}; the round moved the weights by {moved}");
 }

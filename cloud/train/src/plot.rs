@@ -87,6 +87,8 @@ impl LinePlot {
         }
         let pad = |lo: f64, hi: f64, top: f64| if hi - lo < 1e-12 { (lo - 0.5, hi + 0.5) } else { (lo, hi + (hi - lo) * top) };
         let (x0, x1) = pad(x0, x1, 0.05);
+        // On a log axis the leftmost point (often a lone one) would sit on the axis: room on that side too.
+        let x0 = if log_x { x0 - (x1 - x0) * 0.05 } else { x0 };
         // Headroom above the highest point for the legend, drawn in the upper left: the curves
         // plotted here (per epoch) rise to the right.
         let (y0, y1) = pad(y0.min(0.0_f64.max(y0 - (y1 - y0) * 0.05)), y1, 0.25);
