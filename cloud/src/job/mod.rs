@@ -42,7 +42,8 @@ rounds, every edge each round, FedAvg by sample count, clients in-process (skipp
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \
 fedavg.png (mAP@.5 against cumulative bytes per edge, MistNet and FedAvg, centralized as a line), \
 and the directories data, pretrain, export, store, edges, train, centralized, fedavg, val, privacy and logs.\n\n\
-The defaults (yolov5n, 128 px, 600 images, 2 edges, 20 epochs) finish within about 15 minutes on 2 CPU cores. \
+The defaults (yolov5n, 128 px, 600 images, 2 edges, 20 epochs) finish within about 15 minutes on 2 CPU cores; \
+the FedAvg phase takes about as long as the centralized one. \
 For real runs raise --imgsz, --images, --epochs and --pretrain-epochs, pick --model, and give training more --threads \
 on a machine with cores to spare.\n\n\
 Examples:\n  mistnet-cloud job --out runs/job\n  \
