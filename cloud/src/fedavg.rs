@@ -76,7 +76,9 @@ pub struct Args {
     /// Hyper-parameters: a YOLOv5 hyp YAML. Default: hyp.scratch-low.
     #[arg(long, value_name = "HYP.yaml")]
     pub hyp: Option<PathBuf>,
-    /// The fewest warmup iterations (YOLOv5: 100), counted over the whole run's schedule.
+    /// The fewest warmup iterations (YOLOv5: 100) of the run's schedule. Each edge counts its own iterations (its shard's
+    /// batches × rounds × local epochs): with small shards the default keeps the whole run in warmup; lower it so that
+    /// warmup spans the same part of the run as in centralized training.
     #[arg(long, value_name = "N")]
     pub warmup_min_iters: Option<usize>,
     /// Turn augmentation off.
