@@ -31,6 +31,11 @@ enum Command {
     Train(train_cmd::Args),
     /// Train the whole YOLOv5 on images (every module trainable): the Front's pretraining and the centralized baseline.
     Pretrain(pretrain::Args),
+    /// Federated averaging (FedAvg) of the whole YOLOv5 over the edges' raw images, from the same pretrained model: MistNet's baseline, with bytes and compute per edge.
+    Fedavg(fedavg::Args),
+    /// Peak memory of what an edge runs (one training step, or the Front pipeline), in this process: `fedavg` and `job` run it as a child.
+    #[command(hide = true)]
+    EdgeMemory(edge_memory::Args),
     /// Evaluate a model on a labelled dataset: COCO and YOLOv5 mAP, optional COCO-format detections.
     Val(val::Args),
     /// Write the Front (for edges) and the full model (for deployment) with a manifest.
@@ -45,7 +50,9 @@ enum Command {
 
 mod cuts;
 mod decode;
+mod edge_memory;
 mod export;
+mod fedavg;
 mod health;
 mod inspect;
 mod job;
@@ -73,6 +80,8 @@ fn main() -> Result<std::process::ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Pretrain(args) => pretrain::run(args),
+        Command::Fedavg(args) => fedavg::run(args),
+        Command::EdgeMemory(args) => edge_memory::run(args),
         Command::Val(args) => val::run(args),
         Command::Export(args) => export::run(args),
         Command::Privacy(args) => privacy_cmd::run(args),

@@ -74,13 +74,39 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
         assert!((-1.0..=1.0).contains(&ssim), "{r}");
     }
     // Every phase but pretraining (skipped: --weights) is timed.
-    assert_eq!(summary["phases"].as_array().unwrap().len(), 8);
+    assert_eq!(summary["phases"].as_array().unwrap().len(), 9);
 
-    for png in ["map.png", "train/map.png", "centralized/loss.png", "privacy/ssim_vs_epsilon.png"] {
+    // FedAvg on the same shards, 6 rounds × 1 local epoch (the job's 6 epochs), side by side with
+    // MistNet and centralized: its mAP is the val phase's, its bytes those of its accounting.
+    let c = &summary["comparison"];
+    assert_eq!((c["epochs"].as_u64(), c["fedavg_rounds"].as_u64(), c["fedavg_local_epochs"].as_u64()), (Some(6), Some(6), Some(1)), "{c}");
+    let row = |name: &str| c["methods"].as_array().unwrap().iter().find(|m| m["method"] == name).unwrap_or_else(|| panic!("no {name} in {c}")).clone();
+    let (mistnet, fedavg, centralized) = (row("mistnet"), row("fedavg"), row("centralized"));
+    assert_eq!(fedavg["map50"].as_f64(), Some(score("fedavg")));
+    assert_eq!(mistnet["map50"].as_f64(), Some(score("mistnet")));
+    let accounting = json(&out.join("fedavg/accounting.json"));
+    assert_eq!(fedavg["bytes_per_edge"].as_f64(), accounting["bytes_per_edge"]["f32"].as_f64());
+    // Each edge got and sent the whole model each of the 6 rounds.
+    assert_eq!(accounting["bytes_per_edge"]["f32"].as_u64().unwrap(), 12 * accounting["payload_bytes"]["f32"].as_u64().unwrap());
+    // MistNet sends its features once and downloads the Front once: far fewer bytes and far less edge compute.
+    let (mb, fb) = (mistnet["bytes_per_edge"].as_f64().unwrap(), fedavg["bytes_per_edge"].as_f64().unwrap());
+    let front = std::fs::metadata(out.join("export/front.safetensors")).unwrap().len() as f64;
+    assert!(mb > front + (expected as f64 / 2.0) * 100.0 && mb * 10.0 < fb, "MistNet {mb} B, FedAvg {fb} B per edge");
+    assert!(mistnet["edge_gflops"].as_f64().unwrap() * 10.0 < fedavg["edge_gflops"].as_f64().unwrap(), "{c}");
+    assert_eq!(centralized["edge_gflops"].as_f64(), Some(0.0));
+    // Peak memory, each measured in a child process: the Front pipeline well under a training step of the whole model.
+    let rss = |m: &serde_json::Value| m["edge_peak_rss_bytes"].as_u64().unwrap_or_else(|| panic!("no peak RSS in {m}"));
+    assert!(rss(&mistnet) * 2 < rss(&fedavg), "{c}");
+    assert!(centralized["edge_peak_rss_bytes"].is_null());
+    // FedAvg's per-round results: round 0 (the start) and 6 rounds.
+    assert_eq!(std::fs::read_to_string(out.join("fedavg/results.csv")).unwrap().lines().count(), 1 + 7);
+
+    for png in ["map.png", "fedavg.png", "train/map.png", "centralized/loss.png", "fedavg/map.png", "privacy/ssim_vs_epsilon.png"] {
         let img = image::open(out.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
         assert!(img.width() > 100, "{png}");
     }
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(md.contains("| mistnet |") && md.contains("| centralized |"), "{md}");
+    assert!(md.contains("| mistnet |") && md.contains("| centralized |") && md.contains("| fedavg |"), "{md}");
     assert!(md.contains("MistNet training (while the edges uploaded, from ") && md.contains(&format!("; {expected} stored in the end")), "{md}");
+    assert!(md.contains("| FedAvg (6 rounds × 1 local epochs"), "{md}");
 }

@@ -42,7 +42,7 @@ fn mistnet_on_non_square_edge_photos_stays_close_to_centralized() {
             .arg(&data)
             .args(["--weights", PRETRAINED])
             .args(["--imgsz", "128", "--edges", "2", "--epochs", "6", "--batch", "8", "--warmup-min-iters", "20"])
-            .args(["--epsilon", "16", "--skip-privacy", "--threads", "1"]),
+            .args(["--epsilon", "16", "--skip-privacy", "--skip-fedavg", "--threads", "1"]),
         "the job",
     );
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -52,4 +52,6 @@ fn mistnet_on_non_square_edge_photos_stays_close_to_centralized() {
     println!("mAP@.5 on non-square photos: MistNet {mistnet:.4}, centralized {centralized:.4}, public-only {:.4}", score("public-only"));
     assert!(mistnet >= 0.5 * centralized, "MistNet mAP@.5 {mistnet} against centralized {centralized} on non-square photos");
     assert!(Path::new(&out.join("train/model.safetensors")).exists());
+    // --skip-fedavg: no FedAvg phase, no comparison.
+    assert!(!out.join("fedavg").exists() && summary.get("comparison").is_none() && map.iter().all(|m| m["model"] != "fedavg"));
 }

@@ -8,6 +8,7 @@
 //! split, attacks the features at the chosen ε, and writes a summary with plots. Every phase is a
 //! child process with its log under `--out/logs`; Ctrl-C stops them all.
 
+mod compare;
 mod phases;
 mod summary;
 mod supervisor;
@@ -38,12 +39,16 @@ upload: it starts once --min-samples are stored and takes in the samples stored 
 when the last edge is done; the train phase's time runs from its start, alongside the edges, waiting included). \
 With --no-follow it starts after every edge has finished.\n\
 7. centralized: `pretrain` trains the whole model on the raw private images (no split, no noise), same start and epochs.\n\
-8. val: `val` scores the public-only, MistNet and centralized models on the held-out private split (--out/val/<model>.json).\n\
-9. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
+8. fedavg: `fedavg` trains the whole model federated on the same shards from the same start: --epochs / --fedavg-local-epochs \
+rounds, every edge each round, FedAvg by sample count, clients in-process (skipped with --skip-fedavg).\n\
+9. val: `val` scores the public-only, MistNet, centralized and FedAvg models on the held-out private split (--out/val/<model>.json).\n\
+10. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
 The summary says how many samples each training epoch saw and how many were stored in the end.\n\n\
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \
-and the directories data, pretrain, export, store, edges, train, centralized, val, privacy and logs.\n\n\
-The defaults (yolov5n, 128 px, 600 images, 2 edges, 20 epochs) finish within about 15 minutes on 2 CPU cores. \
+fedavg.png (mAP@.5 against cumulative bytes per edge, MistNet and FedAvg, centralized as a line), \
+and the directories data, pretrain, export, store, edges, train, centralized, fedavg, val, privacy and logs.\n\n\
+The defaults (yolov5n, 128 px, 600 images, 2 edges, 20 epochs) finish within about 15 minutes on 2 CPU cores; \
+the FedAvg phase takes about as long as the centralized one. \
 For real runs raise --imgsz, --images, --epochs and --pretrain-epochs, pick --model, and give training more --threads \
 on a machine with cores to spare.\n\n\
 Examples:\n  mistnet-cloud job --out runs/job\n  \
@@ -103,6 +108,12 @@ pub struct Args {
     /// Skip the privacy phase.
     #[arg(long)]
     pub skip_privacy: bool,
+    /// Skip the FedAvg phase (the federated baseline on the same shards).
+    #[arg(long)]
+    pub skip_fedavg: bool,
+    /// Local epochs per FedAvg round; the rounds are --epochs / this, so that every method trains the same total epochs.
+    #[arg(long, default_value_t = 1)]
+    pub fedavg_local_epochs: usize,
     /// Seed of the generated data, of training and of the edges' randomized-response noise (edge k draws
     /// from seed + 1000 + k), so that a run repeats. The job's edges run beside the cloud on this machine,
     /// a simulation; a real edge (`mistnet-edge run` without --seed) draws its noise from the OS.
@@ -135,6 +146,9 @@ impl Args {
         self.privacy.privacy()?;
         if std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("--out {} is not empty: choose a new directory", self.out.display());
+        }
+        if self.fedavg_local_epochs == 0 || !self.epochs.is_multiple_of(self.fedavg_local_epochs) {
+            bail!("--fedavg-local-epochs must divide --epochs ({}): FedAvg trains rounds × local epochs = --epochs", self.epochs);
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");

@@ -29,6 +29,10 @@ use super::supervisor::{Handle, Supervisor, check, log_tail, sibling_binary};
 use crate::run_flags::RunFlags;
 use crate::{export, pretrain, privacy_cmd, serve, synth, train_cmd, val};
 
+// The FedAvg phase, in its own file (a child module: it uses the job's private helpers).
+#[path = "fedavg_phase.rs"]
+mod fedavg_phase;
+
 /// How long `serve` may take to become ready, and to stop after SIGTERM.
 const SERVE_START: Duration = Duration::from_secs(60);
 const SERVE_STOP: Duration = Duration::from_secs(30);
@@ -101,11 +105,18 @@ impl Job {
             (expected, mistnet, Some(min))
         };
         let centralized = self.centralized(&data, &pretrained)?;
-        let val = self.val(&data, [("public-only", &pretrained), ("mistnet", &mistnet), ("centralized", &centralized)])?;
+        let fedavg = if self.config.skip_fedavg { None } else { Some(self.fedavg(&data, &pretrained)?) };
+        let mut models = vec![("public-only", pretrained.as_path()), ("mistnet", &mistnet), ("centralized", &centralized)];
+        models.extend(fedavg.as_deref().map(|m| ("fedavg", m)));
+        let val = self.val(&data, &models)?;
         let privacy = if self.config.skip_privacy { None } else { Some(self.privacy(&export)?) };
 
         let training = Training { results: self.dir("train").join(RESULTS_FILE), min_samples };
-        let summary = Summary::collect(&self.config, &self.dir("store"), expected, &training, val, privacy.as_deref(), &self.timings, self.started.elapsed())?;
+        let mut summary =
+            Summary::collect(&self.config, &self.dir("store"), expected, &training, val, privacy.as_deref(), &self.timings, self.started.elapsed())?;
+        if fedavg.is_some() {
+            summary.comparison = Some(self.comparison(&data, &export, &summary)?);
+        }
         summary.write(&self.config.out, &self.dir("train"), &self.dir("centralized"))?;
         print!("{}", summary.table());
         println!("summary in {}", self.config.out.join("summary.md").display());
@@ -445,13 +456,13 @@ impl Job {
         })
     }
 
-    fn val(&mut self, data: &Path, models: [(&str, &Path); 3]) -> Result<Vec<(String, Metrics)>> {
+    fn val(&mut self, data: &Path, models: &[(&str, &Path)]) -> Result<Vec<(String, Metrics)>> {
         let out = self.dir("val");
         std::fs::create_dir_all(&out)?;
         let heldout = data.join(layout::PRIVATE_VAL_YAML);
         self.phase("val", "every model on the held-out private split", |job| {
             let mut all = Vec::new();
-            for (name, weights) in models {
+            for &(name, weights) in models {
                 let json = out.join(format!("{name}.json"));
                 let args = val::Args {
                     weights: weights.to_path_buf(),

@@ -84,6 +84,9 @@ pub struct Summary {
     pub privacy: Option<Vec<Attack>>,
     pub phases: Vec<Timing>,
     pub total_seconds: f64,
+    /// MistNet, FedAvg and centralized side by side (absent with --skip-fedavg).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<super::compare::Comparison>,
 }
 
 impl Summary {
@@ -128,6 +131,7 @@ impl Summary {
             privacy: privacy.map(read_privacy).transpose()?,
             phases: phases.to_vec(),
             total_seconds: total.as_secs_f64(),
+            comparison: None,
         })
     }
 
@@ -181,6 +185,9 @@ impl Summary {
             b.elements
         );
         s += &self.training_line();
+        if let Some(c) = &self.comparison {
+            s += &c.table();
+        }
         if let Some(rows) = &self.privacy {
             s += "\n| privacy: setting | attack | SSIM | PSNR (dB) | verdict |\n|---|---|---|---|---|\n";
             for r in rows {

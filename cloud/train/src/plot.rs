@@ -56,6 +56,22 @@ const COLORS: [RGBColor; 8] = [
 impl LinePlot {
     /// Draws the plot into a `width × height` PNG at `path`.
     pub fn save_png(&self, path: &Path, width: u32, height: u32) -> Result<(), PlotError> {
+        self.draw(path, width, height, false)
+    }
+
+    /// [`LinePlot::save_png`] with a logarithmic x axis (bytes, say): points with x ≤ 0 are left
+    /// out, ticks are labelled with the values in SI form (`340k`, `1.2M`).
+    pub fn save_png_log_x(&self, path: &Path, width: u32, height: u32) -> Result<(), PlotError> {
+        let series = self
+            .series
+            .iter()
+            .map(|s| Series { name: s.name.clone(), points: s.points.iter().filter(|(x, _)| *x > 0.0).map(|&(x, y)| (x.log10(), y)).collect() })
+            .collect();
+        LinePlot { series, ..self.clone() }.draw(path, width, height, true)
+    }
+
+    /// `log_x`: the x values are already log10 of what the ticks show.
+    fn draw(&self, path: &Path, width: u32, height: u32, log_x: bool) -> Result<(), PlotError> {
         ensure_font();
         let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
         let points = self.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
@@ -71,12 +87,22 @@ impl LinePlot {
         }
         let pad = |lo: f64, hi: f64, top: f64| if hi - lo < 1e-12 { (lo - 0.5, hi + 0.5) } else { (lo, hi + (hi - lo) * top) };
         let (x0, x1) = pad(x0, x1, 0.05);
+        // On a log axis the leftmost point (often a lone one) would sit on the axis: room on that side too.
+        let x0 = if log_x { x0 - (x1 - x0) * 0.05 } else { x0 };
         // Headroom above the highest point for the legend, drawn in the upper left: the curves
         // plotted here (per epoch) rise to the right.
         let (y0, y1) = pad(y0.min(0.0_f64.max(y0 - (y1 - y0) * 0.05)), y1, 0.25);
         // Whole-number x values (epochs) get whole-number tick labels.
-        let whole_x = self.series.iter().flat_map(|s| s.points.iter()).all(|(x, _)| x.fract() == 0.0);
-        let x_tick = |x: &f64| if whole_x && x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") };
+        let whole_x = !log_x && self.series.iter().flat_map(|s| s.points.iter()).all(|(x, _)| x.fract() == 0.0);
+        let x_tick = |x: &f64| {
+            if log_x {
+                si(10f64.powf(*x))
+            } else if whole_x && x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x}")
+            }
+        };
 
         let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -132,8 +158,35 @@ impl LinePlot {
     }
 }
 
+/// `v` with an SI prefix and two significant digits or so: 950, 34k, 1.2M, 7.1G.
+fn si(v: f64) -> String {
+    let (scaled, prefix) = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")].into_iter().find(|(s, _)| v >= *s).map_or((v, ""), |(s, p)| (v / s, p));
+    if scaled >= 10.0 { format!("{scaled:.0}{prefix}") } else { format!("{scaled:.1}{prefix}") }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn si_labels() {
+        assert_eq!([950.0, 34_000.0, 1.25e6, 7.1e9].map(super::si), ["950", "34k", "1.2M", "7.1G"]);
+    }
+
+    #[test]
+    fn a_log_x_plot_draws_its_positive_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.png");
+        let plot = LinePlot {
+            title: "mAP against bytes".into(),
+            x_label: "bytes".into(),
+            y_label: "mAP".into(),
+            series: vec![Series { name: "a".into(), points: vec![(0.0, 0.1), (1e5, 0.2), (1e8, 0.6)] }],
+            hlines: vec![(0.5, "line".into())],
+        };
+        plot.save_png_log_x(&path, 640, 400).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert!(img.pixels().any(|p| p.0 == [31, 119, 180]));
+    }
+
     use super::*;
 
     #[test]

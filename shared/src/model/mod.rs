@@ -12,6 +12,7 @@ pub mod config;
 pub mod conv;
 pub mod deploy;
 pub mod detect;
+pub mod flops;
 pub mod gemm_conv;
 pub mod input;
 pub mod kernels;

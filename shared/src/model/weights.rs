@@ -76,6 +76,15 @@ impl ParamStore {
         Ok(Self { files: Some(Arc::new(files)), file_names, allow_init: false, inner: Arc::default() })
     }
 
+    /// A store over tensors held in memory (a federated round's global model), each copied into
+    /// its own variable so that training the model leaves `tensors` as they were; a tensor the
+    /// model asks for that `tensors` lacks is an error. The variables live on `device`.
+    pub fn from_tensors(tensors: &BTreeMap<String, Tensor>, device: &Device) -> Result<Self, ModelError> {
+        let vars = tensors.iter().map(|(k, v)| Ok((k.clone(), Var::from_tensor(&v.to_device(device)?.copy()?)?))).collect::<Result<_, ModelError>>()?;
+        let inner = Inner { vars, ..Inner::default() };
+        Ok(Self { files: None, file_names: BTreeSet::new(), allow_init: false, inner: Arc::new(Mutex::new(inner)) })
+    }
+
     /// A `VarBuilder` rooted at the state-dict root (the caller adds `model`).
     pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), DType::F32, device.clone())

@@ -153,31 +153,11 @@ pub fn fit(trainee: &Trainee, source: &dyn LabelledSource, val: &EvalSet, config
 /// schedule's iteration counts the batches of every epoch as they were.
 pub fn fit_growing(trainee: &Trainee, source: &mut dyn GrowingSource, val: &EvalSet, config: &FitConfig, resume: bool) -> Result<Vec<EpochRecord>, FitError> {
     let n = source.len();
-    if n < 2 {
-        return Err(FitError::Config(format!("training needs at least 2 samples (BatchNorm batch statistics), got {n}")));
-    }
-    if config.batch_size < 2 {
-        return Err(FitError::Config(format!("--batch must be at least 2 (BatchNorm batch statistics), got {}", config.batch_size)));
-    }
+    let mut session = Session::new(trainee, &*source, config)?;
     std::fs::create_dir_all(&config.out).map_err(|source| FitError::Io { path: config.out.clone(), source })?;
-    // Batches of at least `batch_size` (the last takes the remainder), so none has one sample.
-    let batches_of = |n: usize| (n / config.batch_size).max(1);
-    let batches = batches_of(n);
-    let detect = trainee.model.detect();
-    let loss_fn = YoloLoss::new(detect, LossConfig::from_hyp(&config.hyp, detect.strides.len(), detect.nc, config.imgsz as usize)?)?;
-    let opt_config = OptimizerConfig {
-        hyp: config.hyp.clone(),
-        batch_size: config.batch_size,
-        nominal_batch: config.nominal_batch,
-        epochs: config.epochs,
-        batches_per_epoch: batches,
-        decay: config.decay,
-    };
-    let mut optimizer = Optimizer::new(trainee.store.trainable(), &opt_config)?;
-    let mut ema = ModelEma::new(&trainee.store.tensors())?;
     let checkpoint = config.out.join(CHECKPOINT_FILE);
     let (start, mut records) = if resume {
-        let state = checkpoint::load(&checkpoint, &mut optimizer, &mut ema, config.seed)?;
+        let state = checkpoint::load(&checkpoint, &mut session.optimizer, &mut session.ema, config.seed)?;
         (state, report::read_results(&config.out.join(RESULTS_FILE), state)?)
     } else {
         (0, Vec::new())
@@ -188,7 +168,7 @@ pub fn fit_growing(trainee: &Trainee, source: &mut dyn GrowingSource, val: &Eval
     let end = config.stop_after.map_or(config.epochs, |k| (start + k).min(config.epochs));
     // The schedule's iteration: the batches of every earlier epoch, from the samples each saw
     // (rows of runs from before the `samples` column: this run's count, as they all had it).
-    let mut iteration: usize = records.iter().map(|r| batches_of(r.samples.unwrap_or(n))).sum();
+    let mut iteration: usize = records.iter().map(|r| batches_of(r.samples.unwrap_or(n), config.batch_size)).sum();
     for epoch in start..end {
         let t0 = Instant::now();
         let added = source.refresh()?;
@@ -196,7 +176,120 @@ pub fn fit_growing(trainee: &Trainee, source: &mut dyn GrowingSource, val: &Eval
         if added > 0 {
             tracing::info!(epoch, added, samples = n, "took in newly available samples");
         }
-        let batches = batches_of(n);
+        let losses = session.train_epoch_at(trainee, &*source, config, epoch, iteration, &format!("epoch {}/{}", epoch + 1, config.epochs))?;
+        iteration += losses.batches;
+        let model_path = config.out.join(MODEL_FILE);
+        let mut deploy = trainee.fixed.clone();
+        deploy.extend(session.ema.tensors().iter().map(|(k, v)| (k.clone(), v.clone())));
+        save_deployable(&deploy, &trainee.meta, &model_path)?;
+        let metrics = val.evaluate(&Detector::load(&model_path, &config.device)?, config.batch_size, &config.device)?.metrics();
+        checkpoint::save(&checkpoint, &trainee.store, &session.optimizer, &session.ema, epoch + 1, config.seed)?;
+        let lr = session.optimizer.settings().lr;
+        let seconds = t0.elapsed().as_secs_f64();
+        let EpochLosses { box_loss, obj_loss, cls_loss, total_loss, step_seconds, samples_per_second, .. } = losses;
+        records.push(EpochRecord {
+            epoch,
+            box_loss,
+            obj_loss,
+            cls_loss,
+            total_loss,
+            metrics,
+            lr,
+            seconds,
+            step_seconds,
+            samples_per_second,
+            samples: Some(n),
+        });
+        report::write(&config.out, &records)?;
+        tracing::info!(epoch, map50 = metrics.map50, map50_95 = metrics.map50_95, loss = total_loss, seconds, step_seconds, samples_per_second, samples = n, "epoch done");
+    }
+    Ok(records)
+}
+
+/// Batches of an epoch over `n` samples: at least `batch_size` each (the last takes the
+/// remainder), so none has one sample.
+fn batches_of(n: usize, batch_size: usize) -> usize {
+    (n / batch_size).max(1)
+}
+
+/// Mean losses and timing of one epoch of [`Session::train_epoch`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochLosses {
+    pub box_loss: f64,
+    pub obj_loss: f64,
+    pub cls_loss: f64,
+    pub total_loss: f64,
+    /// Wall time of the epoch's training steps.
+    pub seconds: f64,
+    pub step_seconds: f64,
+    pub samples_per_second: f64,
+    /// Batches (steps of the schedule) the epoch took.
+    pub batches: usize,
+}
+
+/// One training run's loss, optimizer and EMA over a source, stepped an epoch at a time: what
+/// [`fit`] runs, and what a federated client runs for its local epochs. The learning-rate
+/// schedule is a function of the epoch index within `config.epochs`, so a caller may start at
+/// any epoch (a federated round's place in the whole run).
+pub struct Session {
+    loss_fn: YoloLoss,
+    pub optimizer: Optimizer,
+    pub ema: ModelEma,
+    batches: usize,
+}
+
+impl Session {
+    /// A fresh optimizer (no momentum yet) and EMA over `trainee`'s current weights.
+    pub fn new(trainee: &Trainee, source: &dyn LabelledSource, config: &FitConfig) -> Result<Self, FitError> {
+        let n = source.len();
+        if n < 2 {
+            return Err(FitError::Config(format!("training needs at least 2 samples (BatchNorm batch statistics), got {n}")));
+        }
+        if config.batch_size < 2 {
+            return Err(FitError::Config(format!("--batch must be at least 2 (BatchNorm batch statistics), got {}", config.batch_size)));
+        }
+        let batches = batches_of(n, config.batch_size);
+        let detect = trainee.model.detect();
+        let loss_fn = YoloLoss::new(detect, LossConfig::from_hyp(&config.hyp, detect.strides.len(), detect.nc, config.imgsz as usize)?)?;
+        let opt_config = OptimizerConfig {
+            hyp: config.hyp.clone(),
+            batch_size: config.batch_size,
+            nominal_batch: config.nominal_batch,
+            epochs: config.epochs,
+            batches_per_epoch: batches,
+            decay: config.decay,
+        };
+        let optimizer = Optimizer::new(trainee.store.trainable(), &opt_config)?;
+        let ema = ModelEma::new(&trainee.store.tensors())?;
+        Ok(Self { loss_fn, optimizer, ema, batches })
+    }
+
+    /// Batches per epoch over the samples held at the start.
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// One epoch (number `epoch` of the schedule) over `source`, whose size has not changed since
+    /// [`Session::new`]: [`Session::train_epoch_at`] with every earlier epoch as long as this one.
+    pub fn train_epoch(&mut self, trainee: &Trainee, source: &dyn LabelledSource, config: &FitConfig, epoch: usize, label: &str) -> Result<EpochLosses, FitError> {
+        self.train_epoch_at(trainee, source, config, epoch, epoch * self.batches, label)
+    }
+
+    /// One epoch (number `epoch` of the schedule) over every sample `source` holds now, its first
+    /// batch at the schedule's global iteration `iteration`: shuffled with the seed on stream
+    /// `epoch`, augmented if configured, a progress bar prefixed with `label`.
+    pub fn train_epoch_at(
+        &mut self,
+        trainee: &Trainee,
+        source: &dyn LabelledSource,
+        config: &FitConfig,
+        epoch: usize,
+        iteration: usize,
+        label: &str,
+    ) -> Result<EpochLosses, FitError> {
+        let n = source.len();
+        let batches = batches_of(n, config.batch_size);
+        let t0 = Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         rng.set_stream(epoch as u64);
         let mut order: Vec<usize> = (0..n).collect();
@@ -204,15 +297,15 @@ pub fn fit_growing(trainee: &Trainee, source: &mut dyn GrowingSource, val: &Eval
         let bar = ProgressBar::new(batches as u64).with_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}").expect("valid template").progress_chars("=> "),
         );
-        bar.set_prefix(format!("epoch {}/{}", epoch + 1, config.epochs));
+        bar.set_prefix(label.to_string());
         let mut sums = [0f64; 4];
         for i in 0..batches {
             let end = if i + 1 == batches { n } else { (i + 1) * config.batch_size };
             let (inputs, targets) = make_batch(source, &order[i * config.batch_size..end], config.augment.then_some(&mut rng))?;
             let out = trainee.model.forward_t(&inputs.to_device(&config.device)?, true)?;
-            let loss = loss_fn.compute(&out.raw, &targets)?;
-            if optimizer.backward_step_at(&loss.total, epoch, iteration + i)? {
-                ema.update(&trainee.store.tensors())?;
+            let loss = self.loss_fn.compute(&out.raw, &targets)?;
+            if self.optimizer.backward_step_at(&loss.total, epoch, iteration + i)? {
+                self.ema.update(&trainee.store.tensors())?;
             }
             let total = loss.lbox + loss.lobj + loss.lcls;
             if !total.is_finite() {
@@ -226,35 +319,19 @@ pub fn fit_growing(trainee: &Trainee, source: &mut dyn GrowingSource, val: &Eval
             bar.inc(1);
         }
         bar.finish_and_clear();
-        iteration += batches;
-        let trained = t0.elapsed().as_secs_f64();
-        let (step_seconds, samples_per_second) = (trained / batches as f64, n as f64 / trained);
-        let model_path = config.out.join(MODEL_FILE);
-        let mut deploy = trainee.fixed.clone();
-        deploy.extend(ema.tensors().iter().map(|(k, v)| (k.clone(), v.clone())));
-        save_deployable(&deploy, &trainee.meta, &model_path)?;
-        let metrics = val.evaluate(&Detector::load(&model_path, &config.device)?, config.batch_size, &config.device)?.metrics();
-        checkpoint::save(&checkpoint, &trainee.store, &optimizer, &ema, epoch + 1, config.seed)?;
-        let lr = optimizer.settings().lr;
-        let mean = sums.map(|s| s / batches as f64);
         let seconds = t0.elapsed().as_secs_f64();
-        records.push(EpochRecord {
-            epoch,
+        let mean = sums.map(|s| s / batches as f64);
+        Ok(EpochLosses {
             box_loss: mean[0],
             obj_loss: mean[1],
             cls_loss: mean[2],
             total_loss: mean[3],
-            metrics,
-            lr,
             seconds,
-            step_seconds,
-            samples_per_second,
-            samples: Some(n),
-        });
-        report::write(&config.out, &records)?;
-        tracing::info!(epoch, map50 = metrics.map50, map50_95 = metrics.map50_95, loss = mean[3], seconds, step_seconds, samples_per_second, samples = n, "epoch done");
+            step_seconds: seconds / batches as f64,
+            samples_per_second: n as f64 / seconds,
+            batches,
+        })
     }
-    Ok(records)
 }
 
 /// Stacks the samples at `indices` into `[B, C, H, W]` and YOLOv5 targets
