@@ -80,34 +80,10 @@ fn scan_from(mut reader: impl Read + Seek, file_len: u64, path: &Path, mut visit
             return Ok(ScanEnd { valid_len: 0, corrupt: Vec::new(), torn_tail: Some(torn) });
         }
     }
-    let mut offset = SEGMENT_MAGIC.len() as u64;
-    let mut payload = Vec::new();
     // The streaming pass, until the end or the first damage.
-    let reason = loop {
-        if offset == file_len {
-            return Ok(ScanEnd { valid_len: offset, corrupt: Vec::new(), torn_tail: None });
-        }
-        let mut frame = [0u8; FRAME_HEADER];
-        if !read_exact_or_eof(&mut reader, &mut frame, path)? {
-            break format!("record header at byte {offset} is incomplete");
-        }
-        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_PAYLOAD {
-            break format!("record at byte {offset} declares {len} bytes, over the {MAX_PAYLOAD}-byte limit");
-        }
-        // Checked before allocating: a damaged header must not cost a 64 MiB buffer.
-        if offset + (FRAME_HEADER + len) as u64 > file_len {
-            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
-        }
-        payload.resize(len, 0);
-        if !read_exact_or_eof(&mut reader, &mut payload, path)? {
-            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
-        }
-        match check(&frame, &payload) {
-            Ok(record) => visit(record, offset),
-            Err(why) => break format!("record at byte {offset} {why}"),
-        }
-        offset += (FRAME_HEADER + len) as u64;
+    let streamed = stream_records(&mut reader, SEGMENT_MAGIC.len() as u64, file_len, path, &mut visit)?;
+    let (offset, Some(reason)) = (streamed.end, streamed.stopped) else {
+        return Ok(ScanEnd { valid_len: streamed.end, corrupt: Vec::new(), torn_tail: None });
     };
     // Damage at `offset`: the rest of the file, in memory, is searched for valid records.
     let mut rest = Vec::new();
@@ -195,34 +171,9 @@ pub fn scan_tail(path: &Path, from: u64, mut visit: impl FnMut(Record, u64)) -> 
         }
         reader.seek(SeekFrom::Start(from)).map_err(|e| StoreError::io(path, e))?;
     }
-    let mut last = None;
-    let mut payload = Vec::new();
-    let reason = loop {
-        if offset == file_len {
-            return Ok(Tail { end: offset, last, pending: None });
-        }
-        let mut frame = [0u8; FRAME_HEADER];
-        if !read_exact_or_eof(&mut reader, &mut frame, path)? {
-            break format!("record header at byte {offset} is incomplete");
-        }
-        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_PAYLOAD {
-            break format!("record at byte {offset} declares {len} bytes, over the {MAX_PAYLOAD}-byte limit");
-        }
-        if offset + (FRAME_HEADER + len) as u64 > file_len {
-            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
-        }
-        payload.resize(len, 0);
-        if !read_exact_or_eof(&mut reader, &mut payload, path)? {
-            break format!("record at byte {offset} is incomplete ({len} bytes declared)");
-        }
-        match check(&frame, &payload) {
-            Ok(record) => visit(record, offset),
-            Err(why) => break format!("record at byte {offset} {why}"),
-        }
-        last = Some((offset, frame));
-        offset += (FRAME_HEADER + len) as u64;
-    };
+    let streamed = stream_records(&mut reader, offset, file_len, path, &mut visit)?;
+    let (offset, last) = (streamed.end, streamed.last);
+    let Some(reason) = streamed.stopped else { return Ok(Tail { end: offset, last, pending: None }) };
     // Is there a valid record after the bytes that are none? Only the bytes the file held when the
     // scan started are searched (a record appended since is read by the next scan).
     let mut rest = Vec::new();
@@ -230,6 +181,52 @@ pub fn scan_tail(path: &Path, from: u64, mut visit: impl FnMut(Record, u64)) -> 
     (&mut reader).take(file_len - offset).read_to_end(&mut rest).map_err(|e| StoreError::io(path, e))?;
     let next_valid = next_valid(&rest, 1).map(|at| offset + at as u64);
     Ok(Tail { end: offset, last, pending: pending(offset, reason, next_valid) })
+}
+
+/// Where [`stream_records`] stopped.
+struct Streamed {
+    /// The offset after the last whole record read.
+    end: u64,
+    /// That record's offset and frame header.
+    last: Option<(u64, [u8; FRAME_HEADER])>,
+    /// Why it stopped before the end of the file: the bytes at `end` are no whole, valid record.
+    stopped: Option<String>,
+}
+
+/// Reads records from `reader`, positioned at `offset`, until `file_len` or the first bytes that
+/// are no whole, valid record, handing each with its offset to `visit`: the streaming pass that
+/// [`scan`] and [`scan_tail`] share.
+fn stream_records(reader: &mut impl Read, mut offset: u64, file_len: u64, path: &Path, visit: &mut impl FnMut(Record, u64)) -> Result<Streamed, StoreError> {
+    let mut last = None;
+    let mut payload = Vec::new();
+    let stopped = loop {
+        if offset == file_len {
+            break None;
+        }
+        let mut frame = [0u8; FRAME_HEADER];
+        if !read_exact_or_eof(reader, &mut frame, path)? {
+            break Some(format!("record header at byte {offset} is incomplete"));
+        }
+        let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_PAYLOAD {
+            break Some(format!("record at byte {offset} declares {len} bytes, over the {MAX_PAYLOAD}-byte limit"));
+        }
+        // Checked before allocating: a damaged header must not cost a 64 MiB buffer.
+        if offset + (FRAME_HEADER + len) as u64 > file_len {
+            break Some(format!("record at byte {offset} is incomplete ({len} bytes declared)"));
+        }
+        payload.resize(len, 0);
+        if !read_exact_or_eof(reader, &mut payload, path)? {
+            break Some(format!("record at byte {offset} is incomplete ({len} bytes declared)"));
+        }
+        match check(&frame, &payload) {
+            Ok(record) => visit(record, offset),
+            Err(why) => break Some(format!("record at byte {offset} {why}")),
+        }
+        last = Some((offset, frame));
+        offset += (FRAME_HEADER + len) as u64;
+    };
+    Ok(Streamed { end: offset, last, stopped })
 }
 
 /// Checks a frame's checksum and parses its payload.
