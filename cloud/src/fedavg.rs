@@ -17,9 +17,10 @@ use mistnet_train::federated::server::{self, ACCOUNTING_FILE, Edge, FedConfig};
 use mistnet_train::federated::{Aggregation, State};
 use mistnet_train::fit::images::ImageSet;
 use mistnet_train::fit::{EvalSet, FitConfig, MODEL_FILE, RESULTS_FILE};
-use mistnet_train::train::{Hyp, LrDecay, optimizer::NOMINAL_BATCH};
+use mistnet_train::train::LrDecay;
 
 use crate::edge_memory;
+use crate::run_flags::StepFlags;
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Each round, a sample of the edges (--fraction of them, at least one; drawn from --seed) each trains \
@@ -32,7 +33,10 @@ averaged in so far (never reset; the starting model counts 0)\n\
 The clients run in this process, one after another; the bytes are counted as a client process would send them: the \
 serialized global state (safetensors) down to each sampled edge, its trained state up, in f32 and, as a size only, f16.\n\
 Edge compute: 3 forward passes (forward + backward) of the whole model per local sample, from the convolutions' shapes \
-(2 × multiply-adds, as Ultralytics counts GFLOPs).\n\n\
+(2 × multiply-adds, as Ultralytics counts GFLOPs).\n\
+--warmup-min-iters counts each edge's own iterations (its shard's batches × rounds × local epochs): with small shards \
+the default (100) keeps the whole run in warmup; lower it so that warmup spans the same part of the run as in centralized \
+training.\n\n\
 Writes into --out: model.safetensors (the global model after the last round, deployable), results.csv (per round, round 0 \
 the starting model: clients, mAP@.5, mAP@.5:.95, cumulative bytes per edge f32/f16, loss, time), accounting.json (bytes down \
 and up per round per edge, GFLOPs per edge, payload sizes, and the peak RSS of one edge's training step measured in a child \
@@ -67,23 +71,9 @@ pub struct Args {
     /// Letterbox size in pixels (square; a multiple of 32). Default: the size the starting model was trained at.
     #[arg(long, value_name = "PX", value_parser = parse_imgsz)]
     pub imgsz: Option<u32>,
-    /// Batch size of every edge (at least 2: BatchNorm uses batch statistics).
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Nominal batch size: gradients are accumulated up to it before each optimizer step (YOLOv5: 64).
-    #[arg(long, default_value_t = NOMINAL_BATCH)]
-    pub nbs: usize,
-    /// Hyper-parameters: a YOLOv5 hyp YAML. Default: hyp.scratch-low.
-    #[arg(long, value_name = "HYP.yaml")]
-    pub hyp: Option<PathBuf>,
-    /// The fewest warmup iterations (YOLOv5: 100) of the run's schedule. Each edge counts its own iterations (its shard's
-    /// batches × rounds × local epochs): with small shards the default keeps the whole run in warmup; lower it so that
-    /// warmup spans the same part of the run as in centralized training.
-    #[arg(long, value_name = "N")]
-    pub warmup_min_iters: Option<usize>,
-    /// Turn augmentation off.
-    #[arg(long)]
-    pub no_augment: bool,
+    // How every edge makes its steps (--warmup-min-iters: see below).
+    #[command(flatten)]
+    pub step: StepFlags,
     /// Seed of the edges' sampling, shuffling and augmentation (each edge draws its own from it).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -108,11 +98,7 @@ impl ToArgs for Args {
             .arg("--fraction", self.fraction.to_string())
             .arg("--aggregation", &self.aggregation)
             .opt("--imgsz", self.imgsz.map(|px| px.to_string()))
-            .arg("--batch", self.batch.to_string())
-            .arg("--nbs", self.nbs.to_string())
-            .opt("--hyp", self.hyp.as_ref())
-            .opt("--warmup-min-iters", self.warmup_min_iters.map(|n| n.to_string()))
-            .switch("--no-augment", self.no_augment)
+            .group(&self.step)
             .arg("--seed", self.seed.to_string())
             .group(&self.device)
             .switch("--skip-bad", self.skip_bad)
@@ -147,22 +133,14 @@ pub fn run(args: Args) -> Result<()> {
     ensure!(val_data.names() == meta.names.as_slice(), "--val {}: classes {:?}, the model's {:?}", args.val.display(), val_data.names(), meta.names);
     let val_split = val_data.load(if val_data.has_split(Split::Val) { Split::Val } else { Split::Train }, policy)?;
     let val = EvalSet::load(&val_split.samples, &meta.names, meta.imgsz)?;
-    let hyp = match &args.hyp {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            serde_norway::from_str::<Hyp>(&text).with_context(|| format!("{}: not a YOLOv5 hyp file", path.display()))?
-        }
-        None => Hyp::default(),
-    };
-    let hyp = Hyp { warmup_min_iters: args.warmup_min_iters.unwrap_or(hyp.warmup_min_iters), ..hyp };
     let fit = FitConfig {
         epochs: args.rounds * args.local_epochs,
-        batch_size: args.batch,
-        nominal_batch: args.nbs,
-        hyp,
+        batch_size: args.step.batch,
+        nominal_batch: args.step.nbs,
+        hyp: args.step.hyp()?,
         decay: LrDecay::Linear,
         seed: args.seed,
-        augment: !args.no_augment,
+        augment: !args.step.no_augment,
         imgsz: meta.imgsz,
         device,
         out: args.out.clone(),
@@ -181,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
     let (records, mut accounting) = server::run(start, &meta, &edges, &val, &config)?;
     drop(edges);
     // The edge's memory: one training step of the whole model in a process of its own.
-    let memory = edge_memory::Args { mode: "train".into(), weights: args.weights.clone(), model: None, cut: None, data: first_edge, imgsz: meta.imgsz, batch: args.batch };
+    let memory = edge_memory::Args { mode: "train".into(), weights: args.weights.clone(), model: None, cut: None, data: first_edge, imgsz: meta.imgsz, batch: args.step.batch };
     let exe = std::env::current_exe().context("cannot find this binary")?;
     accounting.edge_peak_rss_bytes = Some(edge_memory::measure(&exe, &memory)?);
     server::write_accounting(&args.out, &accounting)?;
@@ -252,11 +230,7 @@ mod tests {
             fraction: 0.5,
             aggregation: "running".into(),
             imgsz: Some(96),
-            batch: 4,
-            nbs: 4,
-            hyp: Some("h.yaml".into()),
-            warmup_min_iters: Some(5),
-            no_augment: true,
+            step: StepFlags { batch: 4, nbs: 4, hyp: Some("h.yaml".into()), warmup_min_iters: Some(5), no_augment: true },
             seed: 3,
             device: DeviceArgs { spec: DeviceSpec::Cpu },
             skip_bad: true,
@@ -268,7 +242,13 @@ mod tests {
     fn fedavg_flags_parse_back() {
         let a = example();
         assert_eq!(reparse(&a).unwrap(), a);
-        let plain = Args { imgsz: None, hyp: None, warmup_min_iters: None, no_augment: false, skip_bad: false, aggregation: "fedavg".into(), ..example() };
+        let plain = Args {
+            imgsz: None,
+            step: StepFlags { hyp: None, warmup_min_iters: None, no_augment: false, ..example().step },
+            skip_bad: false,
+            aggregation: "fedavg".into(),
+            ..example()
+        };
         assert_eq!(reparse(&plain).unwrap(), plain);
     }
 

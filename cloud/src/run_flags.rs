@@ -1,4 +1,6 @@
-//! Flags shared by `train` and `pretrain`: data, schedule, seed, device and the run directory.
+//! Flags shared by the training commands: [`StepFlags`] (batch, accumulation, hyper-parameters,
+//! warmup, augmentation: `train`, `pretrain` and `fedavg`) and [`RunFlags`] (`train` and
+//! `pretrain`: data, schedule, seed, device and the run directory).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -8,6 +10,57 @@ use mistnet::data::{BadDataPolicy, Dataset, LoadedSplit, Split};
 use mistnet_cli::{Argv, DeviceArgs, ImageSizeArgs, ToArgs};
 use mistnet_train::fit::FitConfig;
 use mistnet_train::train::{Hyp, LrDecay, optimizer::NOMINAL_BATCH};
+
+/// How each training step is made: batch, gradient accumulation, hyper-parameters, warmup floor
+/// and augmentation (`train`, `pretrain`, `fedavg`).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct StepFlags {
+    /// Batch size (at least 2: BatchNorm uses batch statistics).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Nominal batch size: gradients are accumulated over batches up to it before each optimizer step (YOLOv5: 64).
+    #[arg(long, default_value_t = NOMINAL_BATCH)]
+    pub nbs: usize,
+    /// Hyper-parameters: a YOLOv5 hyp YAML (loss, optimizer and warmup keys; the rest is ignored). Default: hyp.scratch-low.
+    #[arg(long, value_name = "HYP.yaml")]
+    pub hyp: Option<PathBuf>,
+    /// The fewest warmup iterations (YOLOv5's train.py: 100), counted over the run's own schedule. Lower it for runs
+    /// so short that 100 iterations would be most of them. Overrides `warmup_min_iters` of --hyp.
+    #[arg(long, value_name = "N")]
+    pub warmup_min_iters: Option<usize>,
+    /// Turn augmentation off.
+    #[arg(long)]
+    pub no_augment: bool,
+}
+
+impl StepFlags {
+    /// The hyper-parameters: --hyp's (default hyp.scratch-low) with --warmup-min-iters over them.
+    pub fn hyp(&self) -> Result<Hyp> {
+        let mut hyp = match &self.hyp {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                serde_norway::from_str::<Hyp>(&text).with_context(|| format!("{}: not a YOLOv5 hyp file", path.display()))?
+            }
+            None => Hyp::default(),
+        };
+        if let Some(n) = self.warmup_min_iters {
+            hyp.warmup_min_iters = n;
+        }
+        Ok(hyp)
+    }
+}
+
+impl ToArgs for StepFlags {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new()
+            .arg("--batch", self.batch.to_string())
+            .arg("--nbs", self.nbs.to_string())
+            .opt("--hyp", self.hyp.as_ref())
+            .opt("--warmup-min-iters", self.warmup_min_iters.map(|n| n.to_string()))
+            .switch("--no-augment", self.no_augment)
+            .build()
+    }
+}
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct RunFlags {
@@ -19,25 +72,11 @@ pub struct RunFlags {
     /// Epochs to train.
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
-    /// Batch size (at least 2: BatchNorm uses batch statistics).
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Nominal batch size: gradients are accumulated over batches up to it before each optimizer step (YOLOv5: 64).
-    #[arg(long, default_value_t = NOMINAL_BATCH)]
-    pub nbs: usize,
-    /// Hyper-parameters: a YOLOv5 hyp YAML (loss, optimizer and warmup keys; the rest is ignored). Default: hyp.scratch-low.
-    #[arg(long, value_name = "HYP.yaml")]
-    pub hyp: Option<PathBuf>,
-    /// The fewest warmup iterations (YOLOv5's train.py: 100). Lower it only for runs so short that 100 iterations
-    /// would be most of them. Overrides `warmup_min_iters` of --hyp.
-    #[arg(long, value_name = "N")]
-    pub warmup_min_iters: Option<usize>,
+    #[command(flatten)]
+    pub step: StepFlags,
     /// Cosine learning-rate decay to lrf (default: linear).
     #[arg(long)]
     pub cos_lr: bool,
-    /// Turn augmentation off.
-    #[arg(long)]
-    pub no_augment: bool,
     /// Seed of shuffling, augmentation (and, for `train`, of the simulated edges' noise).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -61,24 +100,14 @@ pub struct RunFlags {
 
 impl RunFlags {
     pub fn fit_config(&self) -> Result<FitConfig> {
-        let mut hyp = match &self.hyp {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                serde_norway::from_str::<Hyp>(&text).with_context(|| format!("{}: not a YOLOv5 hyp file", path.display()))?
-            }
-            None => Hyp::default(),
-        };
-        if let Some(n) = self.warmup_min_iters {
-            hyp.warmup_min_iters = n;
-        }
         Ok(FitConfig {
             epochs: self.epochs,
-            batch_size: self.batch,
-            nominal_batch: self.nbs,
-            hyp,
+            batch_size: self.step.batch,
+            nominal_batch: self.step.nbs,
+            hyp: self.step.hyp()?,
             decay: if self.cos_lr { LrDecay::Cosine } else { LrDecay::Linear },
             seed: self.seed,
-            augment: !self.no_augment,
+            augment: !self.step.no_augment,
             imgsz: self.imgsz.px,
             device: self.device.open()?,
             out: self.out.clone(),
@@ -109,12 +138,8 @@ impl ToArgs for RunFlags {
             .arg("--data", &self.data)
             .group(&self.imgsz)
             .arg("--epochs", self.epochs.to_string())
-            .arg("--batch", self.batch.to_string())
-            .arg("--nbs", self.nbs.to_string())
-            .opt("--hyp", self.hyp.as_ref())
-            .opt("--warmup-min-iters", self.warmup_min_iters.map(|n| n.to_string()))
+            .group(&self.step)
             .switch("--cos-lr", self.cos_lr)
-            .switch("--no-augment", self.no_augment)
             .arg("--seed", self.seed.to_string())
             .group(&self.device)
             .switch("--skip-bad", self.skip_bad)
@@ -135,10 +160,8 @@ pub mod tests {
     pub fn example() -> RunFlags {
         let plain = plain();
         RunFlags {
-            hyp: Some("hyp.yaml".into()),
-            warmup_min_iters: Some(20),
+            step: StepFlags { hyp: Some("hyp.yaml".into()), warmup_min_iters: Some(20), no_augment: true, ..plain.step.clone() },
             cos_lr: true,
-            no_augment: true,
             seed: 7,
             device: DeviceArgs { spec: DeviceSpec::Cuda(1) },
             skip_bad: true,
@@ -153,12 +176,8 @@ pub mod tests {
             data: "data/public.yaml".into(),
             imgsz: ImageSizeArgs { px: 128 },
             epochs: 3,
-            batch: 8,
-            nbs: 8,
-            hyp: None,
-            warmup_min_iters: None,
+            step: StepFlags { batch: 8, nbs: 8, hyp: None, warmup_min_iters: None, no_augment: false },
             cos_lr: false,
-            no_augment: false,
             seed: 0,
             device: DeviceArgs { spec: DeviceSpec::Cpu },
             skip_bad: false,

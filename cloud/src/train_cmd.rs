@@ -99,7 +99,7 @@ impl Args {
         if !self.follow {
             return Ok(None);
         }
-        let min = self.min_samples.unwrap_or(self.run.batch.max(2));
+        let min = self.min_samples.unwrap_or(self.run.step.batch.max(2));
         if min < 2 {
             bail!("--min-samples must be at least 2 (BatchNorm batch statistics), got {min}");
         }
@@ -320,7 +320,7 @@ mod tests {
         let c = Args { follow: true, min_samples: Some(40), wait_timeout: Some(2.5), ..b.clone() };
         assert_eq!(reparse(&c).unwrap(), c);
         assert_eq!(c.follow_settings().unwrap(), Some((40, Duration::from_millis(2500))));
-        assert_eq!(Args { min_samples: None, wait_timeout: None, ..c.clone() }.follow_settings().unwrap(), Some((a.run.batch.max(2), Duration::from_secs(600))));
+        assert_eq!(Args { min_samples: None, wait_timeout: None, ..c.clone() }.follow_settings().unwrap(), Some((a.run.step.batch.max(2), Duration::from_secs(600))));
         assert_eq!(b.follow_settings().unwrap(), None);
         for (bad, why) in [(Args { min_samples: Some(1), ..c.clone() }, "--min-samples must be at least 2"), (Args { wait_timeout: Some(-1.0), ..c.clone() }, "--wait-timeout must be")] {
             assert!(bad.follow_settings().unwrap_err().to_string().contains(why), "{why}");

@@ -26,7 +26,7 @@ use rand::distr::Alphanumeric;
 use super::Args;
 use super::summary::{Summary, Timing, Training};
 use super::supervisor::{Handle, Supervisor, check, log_tail, sibling_binary};
-use crate::run_flags::RunFlags;
+use crate::run_flags::{RunFlags, StepFlags};
 use crate::{export, pretrain, privacy_cmd, serve, synth, train_cmd, val};
 
 // The FedAvg phase, in its own file (a child module: it uses the job's private helpers).
@@ -419,20 +419,23 @@ impl Job {
         Ok(out.join(MODEL_FILE))
     }
 
-    /// The flags every training phase shares: the job's batch (also the nominal batch: no
-    /// accumulation), seed, size, warmup and device.
+    /// How every training phase (MistNet, centralized, FedAvg) makes a step: the job's batch, also
+    /// the nominal batch (no accumulation), and its warmup floor.
+    pub(super) fn step_flags(&self) -> StepFlags {
+        let c = &self.config;
+        StepFlags { batch: c.batch, nbs: c.batch, hyp: None, warmup_min_iters: c.warmup_min_iters, no_augment: false }
+    }
+
+    /// The flags every training phase shares: how a step is made ([`Self::step_flags`]), seed,
+    /// size and device.
     fn run_flags(&self, data: &Path, out: &Path, epochs: usize) -> RunFlags {
         let c = &self.config;
         RunFlags {
             data: data.to_path_buf(),
             imgsz: c.imgsz,
             epochs,
-            batch: c.batch,
-            nbs: c.batch,
-            hyp: None,
-            warmup_min_iters: c.warmup_min_iters,
+            step: self.step_flags(),
             cos_lr: false,
-            no_augment: false,
             seed: c.seed,
             device: c.device,
             skip_bad: false,
