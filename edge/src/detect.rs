@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::model_cache::{self, Source};
 
 #[derive(clap::Args)]
-#[command(mut_arg("token_file", |a| a.required(false)))]
+#[command(mut_arg("token_file", |a| a.required(false)), mut_arg("server", |a| a.requires("token_file")))]
 #[command(after_help = "Writes, per image, DIR/<stem>.json ({image, width, height, detections: [{class, name, score, \
 bbox: [x1, y1, x2, y2] in original pixels}]}) and DIR/<stem>.png (the image with one coloured rectangle per detection, \
 colour by class).\nA MistNet model (trained on binarized features) runs Front, binarization, Back; no randomized response.\n\n\
