@@ -64,6 +64,8 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     let before = val_map50(&untrained, &heldout);
     assert!(score("mistnet") > before + 0.1, "MistNet mAP@.5 {} against untrained {before}", score("mistnet"));
     assert!((score("mistnet") - val_map50(&out.join("train/model.safetensors"), &heldout)).abs() < 1e-9);
+    let ratio = summary["mistnet_over_centralized"].as_f64().unwrap();
+    assert!((ratio - score("mistnet") / score("centralized")).abs() < 1e-12, "{ratio}");
 
     // The privacy rows: float, 1-bit and the chosen ε, for both attacks, SSIM in range.
     let rows = summary["privacy"].as_array().unwrap();
@@ -109,4 +111,5 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     assert!(md.contains("| mistnet |") && md.contains("| centralized |") && md.contains("| fedavg |"), "{md}");
     assert!(md.contains("MistNet training (while the edges uploaded, from ") && md.contains(&format!("; {expected} stored in the end")), "{md}");
     assert!(md.contains("| FedAvg (6 rounds × 1 local epochs"), "{md}");
+    assert!(md.contains(&format!("MistNet mAP@.5: {:.4} before (public-only) → {:.4} after, {:.1}% of centralized.", score("public-only"), score("mistnet"), 100.0 * ratio)), "{md}");
 }
