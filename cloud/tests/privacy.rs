@@ -1,5 +1,6 @@
 //! The privacy evaluation end to end at tiny sizes: through the library (attack strength,
-//! determinism) and through the real binary (report files and their keys).
+//! re-identification, verdicts, determinism) and through the real binary (report files and
+//! their keys).
 
 use std::process::Command;
 
@@ -9,7 +10,8 @@ use mistnet::codec::Mechanism;
 use mistnet_privacy::decoder::DecoderConfig;
 use mistnet_privacy::observe::Weights;
 use mistnet_privacy::optimize::OptimizeConfig;
-use mistnet_privacy::report::{CSV_COLUMNS, write_outputs};
+use mistnet_privacy::report::{CSV_COLUMNS, PLOT_PNG, write_outputs};
+use mistnet_privacy::verdict::{self, Criteria};
 use mistnet_privacy::{Attack, EvalConfig, evaluate};
 
 fn tiny(attacks: Vec<Attack>) -> EvalConfig {
@@ -24,20 +26,34 @@ fn tiny(attacks: Vec<Attack>) -> EvalConfig {
         images: None,
         synthetic: 1,
         aux_images: 12,
-        decoder: DecoderConfig { steps: 30, batch: 6, width: 16, ..DecoderConfig::default() },
+        aux_photos: None,
+        decoder: DecoderConfig { steps: 30, batch: 6, width: 16, blocks: 1, ..DecoderConfig::default() },
         optimize: OptimizeConfig { steps: 40, ..OptimizeConfig::default() },
+        opt_images: 8,
         utility: None,
+        criteria: Criteria::default(),
         seed: 3,
     }
 }
 
 #[test]
-fn attacks_on_float_features_beat_attacks_at_epsilon_half() {
-    let cfg = tiny(vec![Attack::Decoder, Attack::Optimization]);
+fn attacks_on_float_features_beat_attacks_at_epsilon_half_and_re_identify() {
+    let cfg = tiny(Attack::ALL.to_vec());
     let a = evaluate(&cfg, &Device::Cpu, &ProgressBar::hidden()).unwrap();
-    // 1 cut × (float, 1bit, sue-eps0.5) × 2 attacks.
-    assert_eq!(a.report.rows.len(), 6);
-    for attack in ["decoder", "optimization"] {
+    // 1 cut × (float, 1bit, sue-eps0.5) × 3 attacks.
+    assert_eq!(a.report.rows.len(), 9);
+    let float_opt = a.report.rows.iter().find(|r| r.setting == "float" && r.attack == "optimization").unwrap();
+    // The optimization attacks reconstruct 8 of the 34 held-out images, each ranked among all 34.
+    assert_eq!((float_opt.reid.trials, float_opt.reid.images), (8, 34));
+    assert!(float_opt.reid.p_top1 < 0.05, "float features at cut 1 are re-identified: {:?}", float_opt.reid);
+    assert_eq!(a.report.calibration.len(), 1);
+    assert_eq!(a.report.verdicts.len(), 3, "one verdict per setting");
+    let labels = [verdict::RECOGNISABLE, verdict::REIDENTIFIABLE, verdict::ABOVE_BLIND_GUESS, verdict::TOO_WEAK, verdict::UNRECOGNISABLE];
+    for v in &a.report.verdicts {
+        assert!(labels.contains(&v.verdict.as_str()), "{v:?}");
+        assert!(v.explained.starts_with(&v.verdict));
+    }
+    for attack in ["decoder", "optimization", "combined"] {
         let ssim = |setting: &str| a.report.rows.iter().find(|r| r.setting == setting && r.attack == attack).unwrap().ssim;
         assert!(
             ssim("float") > ssim("sue-eps0.5") + 0.05,
@@ -68,7 +84,7 @@ fn the_binary_writes_the_report_files_with_the_documented_keys() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");
     let status = Command::new(env!("CARGO_BIN_EXE_mistnet-cloud"))
-        .args(["privacy", "--model", "yolov5n", "--cuts", "1,2", "--epsilons", "2,0.5", "--imgsz", "32", "--synthetic", "1"])
+        .args(["privacy", "--random-init", "--model", "yolov5n", "--cuts", "1,2", "--epsilons", "2,0.5", "--imgsz", "32", "--synthetic", "1"])
         .args(["--aux-images", "4", "--decoder-steps", "2", "--decoder-width", "16", "--opt-steps", "2", "--save-reconstructions"])
         .arg("--out")
         .arg(&out)
@@ -81,33 +97,39 @@ fn the_binary_writes_the_report_files_with_the_documented_keys() {
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap(), CSV_COLUMNS.join(","));
-    // 2 cuts × (float, 1bit, sue-eps2, sue-eps0.5) × 2 attacks.
-    assert_eq!(lines.count(), 16);
+    // 2 cuts × (float, 1bit, sue-eps2, sue-eps0.5) × 3 attacks.
+    assert_eq!(lines.count(), 24);
 
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["random_init"], true);
-    assert_eq!(json["heldout"].as_array().unwrap().len(), 5, "4 embedded photos + 1 synthetic");
+    assert_eq!(json["heldout"].as_array().unwrap().len(), 34, "33 embedded photos + 1 synthetic");
     let rows = json["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 16);
+    assert_eq!(rows.len(), 24);
     for row in rows {
-        for key in CSV_COLUMNS {
+        for key in CSV_COLUMNS.iter().filter(|k| !k.starts_with("reid_")) {
             assert!(row.get(key).is_some(), "row lacks {key}: {row}");
         }
         let ssim = row["ssim"].as_f64().unwrap();
         assert!((-1.0..=1.0).contains(&ssim));
         assert!(row["psnr"].as_f64().unwrap() > 0.0);
-        let want = if ssim < 0.3 { "unrecognisable" } else { "recognisable" };
-        assert_eq!(row["verdict"], want);
+        let trials = if row["attack"] == "decoder" { 34 } else { 8 };
+        assert_eq!((row["reid"]["trials"].as_u64(), row["reid"]["images"].as_u64()), (Some(trials), Some(34)), "{row}");
+        if ssim >= 0.3 {
+            assert_eq!(row["verdict"], "recognisable", "{row}");
+        }
     }
+    assert_eq!(json["verdicts"].as_array().unwrap().len(), 8, "one per (cut, setting)");
+    assert_eq!(json["calibration"].as_array().unwrap().len(), 2, "one per cut");
+    assert_eq!(json["criteria"]["ssim"], 0.3);
     let eps: Vec<_> = rows.iter().filter(|r| r["cut"] == 1 && r["attack"] == "decoder").map(|r| r["epsilon"].clone()).collect();
     assert_eq!(eps, [serde_json::Value::Null, serde_json::Value::Null, 2.0.into(), 0.5.into()]);
 
-    assert!(out.join("ssim_vs_epsilon.png").is_file());
+    assert!(out.join(PLOT_PNG).is_file());
     for cut in [1, 2] {
         for setting in ["float", "1bit", "sue-eps2", "sue-eps0.5"] {
             let grid = image::open(out.join(format!("grids/cut{cut}-{setting}.png"))).unwrap();
-            // 5 images of 32 px with 2 px gaps; originals + 2 attacks.
-            assert_eq!((grid.width(), grid.height()), (5 * 34 - 2, 3 * 34 - 2));
+            // The 8 images every attack reconstructed, 32 px with 2 px gaps; originals + 3 attacks.
+            assert_eq!((grid.width(), grid.height()), (8 * 34 - 2, 4 * 34 - 2));
         }
     }
     let pair = out.join("pairs/cut2-sue-eps0.5-optimization");
@@ -207,6 +229,14 @@ fn val_and_back_refuse_a_whole_model_and_a_cut_that_is_not_swept() {
     assert!(!other_cut.status.success() && err.contains("add 1 to --cuts"), "{err}");
     let alone = cloud(&["privacy", "--val", data, "--out", out.to_str().unwrap()]);
     assert!(!alone.status.success(), "--val needs --back");
+}
+
+#[test]
+fn without_weights_the_front_to_attack_must_be_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cloud(&["privacy", "--out", dir.path().join("r").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("give --weights FRONT") && err.contains("--random-init"), "{err}");
 }
 
 #[test]

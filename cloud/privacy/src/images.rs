@@ -57,16 +57,7 @@ pub fn heldout(dir: Option<&Path>, synthetic: usize, imgsz: u32, seed: u64) -> R
     let mut set = ImageSet { names: Vec::new(), images: Vec::new() };
     match dir {
         Some(dir) => {
-            let entries = std::fs::read_dir(dir)
-                .map_err(|e| PrivacyError::Image { path: dir.display().to_string(), message: format!("cannot list: {e}") })?;
-            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_image(p)).collect();
-            paths.sort();
-            if paths.is_empty() {
-                return Err(PrivacyError::Image { path: dir.display().to_string(), message: "holds no images".into() });
-            }
-            for p in paths {
-                let img = read_rgb(&p).map_err(|message| PrivacyError::Image { path: p.display().to_string(), message })?;
-                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            for (name, img) in read_dir_images(dir)? {
                 set.push(name, letterbox(&img, imgsz).0);
             }
         }
@@ -88,10 +79,32 @@ pub fn heldout(dir: Option<&Path>, synthetic: usize, imgsz: u32, seed: u64) -> R
     Ok(set)
 }
 
+/// The images of `dir`, sorted by name, with their file stems.
+fn read_dir_images(dir: &Path) -> Result<Vec<(String, RgbImage)>, PrivacyError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| PrivacyError::Image { path: dir.display().to_string(), message: format!("cannot list: {e}") })?;
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_image(p)).collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(PrivacyError::Image { path: dir.display().to_string(), message: "holds no images".into() });
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let img = read_rgb(&p).map_err(|message| PrivacyError::Image { path: p.display().to_string(), message })?;
+            Ok((p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), img))
+        })
+        .collect()
+}
+
 /// The attacker's auxiliary set: `count` images, alternately a public-domain synthetic image and
-/// a random square crop (a quarter to all of the side) of one of the embedded auxiliary photos.
-pub fn auxiliary(count: usize, imgsz: u32, seed: u64) -> Result<ImageSet, PrivacyError> {
-    let photos = photos::AUX.iter().map(|(n, b)| decode_embedded(n, b)).collect::<Result<Vec<_>, _>>()?;
+/// a random square crop (a quarter to all of the short side, flipped half the time) of one of the
+/// embedded auxiliary photos or of the photos in `extra` (e.g. the cloud's public split).
+pub fn auxiliary(count: usize, extra: Option<&Path>, imgsz: u32, seed: u64) -> Result<ImageSet, PrivacyError> {
+    let mut photos = photos::AUX.iter().map(|(n, b)| Ok((n.to_string(), decode_embedded(n, b)?))).collect::<Result<Vec<_>, PrivacyError>>()?;
+    if let Some(dir) = extra {
+        photos.extend(read_dir_images(dir)?);
+    }
     let mut rng = stream(seed, "auxiliary");
     let mut set = ImageSet { names: Vec::new(), images: Vec::new() };
     for i in 0..count {
@@ -100,7 +113,7 @@ pub fn auxiliary(count: usize, imgsz: u32, seed: u64) -> Result<ImageSet, Privac
             set.push(format!("aux-synthetic-{i}"), drawn.image);
         } else {
             let k = rng.random_range(0..photos.len());
-            let photo = &photos[k];
+            let (name, photo) = &photos[k];
             let side = photo.width().min(photo.height());
             let crop = rng.random_range(side / 4..=side);
             let (x, y) = (rng.random_range(0..=photo.width() - crop), rng.random_range(0..=photo.height() - crop));
@@ -109,7 +122,7 @@ pub fn auxiliary(count: usize, imgsz: u32, seed: u64) -> Result<ImageSet, Privac
             if rng.random_bool(0.5) {
                 image::imageops::flip_horizontal_in_place(&mut img);
             }
-            set.push(format!("aux-{}-{i}", photos::AUX[k].0), img);
+            set.push(format!("aux-{name}-{i}"), img);
         }
     }
     Ok(set)

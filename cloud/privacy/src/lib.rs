@@ -3,16 +3,20 @@
 //!
 //! The attacker knows the Front's weights, the mechanism and ε. It sees what the cloud sees:
 //! the decoded bits of each wire message ([`observe`]), or the raw float features as the
-//! no-protection reference. Two attacks ([`Attack`]):
+//! no-protection reference. Three attacks ([`Attack`]):
 //! - [`decoder`]: an upsampling convolutional network trained on auxiliary images encoded exactly
 //!   as edges encode them, mapping features back to images;
 //! - [`optimize`]: gradient descent on an input image to match the observed features through the
 //!   differentiable Front (He et al. 2019, as the MistNet paper does), with a sigmoid surrogate
-//!   of the binarization, the exact randomized-response likelihood and a total-variation prior.
+//!   of the binarization, the exact randomized-response likelihood and a total-variation prior;
+//! - combined: the optimization started from, and anchored to, the decoder's reconstruction.
 //!
-//! [`sweep::evaluate`] runs every (cut, setting, attack) and, with a trained model, the mAP
-//! each setting leaves ([`utility`]); [`report`] writes the table, CSV, JSON, image grids and
-//! the SSIM-against-ε plot. [`photos`] holds the embedded photographs.
+//! Each reconstruction is scored by SSIM/PSNR and by re-identification among all held-out
+//! originals ([`reid`]); [`verdict`] turns that evidence, the blind guess and the calibration on
+//! float features into a verdict per (cut, setting). [`sweep::evaluate`] runs every (cut,
+//! setting, attack) and, with a trained model, the mAP each setting leaves ([`utility`]);
+//! [`report`] writes the table, CSV, JSON, image grids and the privacy–utility plot. [`photos`]
+//! holds the embedded photographs.
 
 pub mod decoder;
 pub mod images;
@@ -20,9 +24,11 @@ pub mod init;
 pub mod observe;
 pub mod optimize;
 pub mod photos;
+pub mod reid;
 pub mod report;
 pub mod sweep;
 pub mod utility;
+pub mod verdict;
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,16 +47,24 @@ pub enum Attack {
     Decoder,
     /// Optimization-based inversion through the differentiable Front.
     Optimization,
+    /// The optimization started from, and anchored to, the decoder's reconstruction.
+    Combined,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 2] = [Attack::Decoder, Attack::Optimization];
+    pub const ALL: [Attack; 3] = [Attack::Decoder, Attack::Optimization, Attack::Combined];
 
     pub fn name(self) -> &'static str {
         match self {
             Attack::Decoder => "decoder",
             Attack::Optimization => "optimization",
+            Attack::Combined => "combined",
         }
+    }
+
+    /// Whether the attack needs the trained decoder.
+    pub fn uses_decoder(self) -> bool {
+        matches!(self, Attack::Decoder | Attack::Combined)
     }
 }
 
@@ -67,7 +81,7 @@ impl FromStr for Attack {
         Self::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| PrivacyError::Config(format!("unknown attack {s:?}; known: decoder, optimization")))
+            .ok_or_else(|| PrivacyError::Config(format!("unknown attack {s:?}; known: decoder, optimization, combined")))
     }
 }
 

@@ -2,7 +2,9 @@
 //! (Adam) on an input image so that the differentiable Front's features explain the observed
 //! ones, plus a total-variation prior and, for bits, a prior towards mid-grey.
 //!
-//! The image is `sigmoid(z)` (so it stays in 0..1), starting from grey (`z = 0`). Float features
+//! The image is `sigmoid(z)` (so it stays in 0..1), starting from grey (`z = 0`) or, in the
+//! combined attack, from the decoder's reconstruction, which then also replaces mid-grey as the
+//! anchor of the prior (a learned prior refined by the likelihood). Float features
 //! are matched by mean squared error relative to the observed features' mean square (so one
 //! prior weight fits every cut and set of weights). For bits, the binarization `x > 0` is replaced by its
 //! surrogate `σ(k·x)` and the loss is the exact negative log-likelihood of the observed bits
@@ -24,8 +26,9 @@ pub struct OptimizeConfig {
     pub lr: f64,
     /// Weight of the total-variation prior.
     pub tv_weight: f64,
-    /// Weight of the prior pulling pixels towards mid-grey, `mean((image − ½)²)`, for bits only:
-    /// they fix only the signs of the features, float features pin the image down.
+    /// Weight of the prior pulling pixels towards mid-grey (or the starting reconstruction),
+    /// `mean((image − anchor)²)`, for bits only: they fix only the signs of the features, float
+    /// features pin the image down.
     pub grey_weight: f64,
     /// Slope `k` of the binarization surrogate `σ(k·x)`.
     pub sharpness: f64,
@@ -60,16 +63,29 @@ fn feature_loss(f: &Tensor, observed: &Tensor, setting: &Setting, sharpness: f64
     }
 }
 
-/// Reconstructs `[N, 3, H, W]` images (0..1) whose features explain `observed`.
+/// Reconstructs `[N, 3, H, W]` images (0..1) whose features explain `observed`, starting from
+/// grey or from `start` (`[N, 3, H, W]` in 0..1, e.g. the decoder's reconstructions).
 pub fn invert(
     front: &UnfoldedFront,
     observed: &Tensor,
     setting: &Setting,
     image_dims: (usize, usize, usize, usize),
+    start: Option<&Tensor>,
     cfg: &OptimizeConfig,
     progress: &ProgressBar,
 ) -> Result<Tensor, PrivacyError> {
-    let z = Var::zeros(image_dims, candle_core::DType::F32, observed.device())?;
+    let z = match start {
+        None => Var::zeros(image_dims, candle_core::DType::F32, observed.device())?,
+        Some(s) => {
+            // The logit of the start, clamped so that no pixel starts saturated.
+            let s = s.clamp(0.02, 0.98)?;
+            Var::from_tensor(&(s.log()? - s.affine(-1.0, 1.0)?.log()?)?)?
+        }
+    };
+    let anchor = match start {
+        None => Tensor::full(0.5f32, image_dims, observed.device())?,
+        Some(s) => s.detach(),
+    };
     let mut opt = AdamW::new(vec![z.clone()], ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
     let scale = f64::from(observed.sqr()?.mean_all()?.to_scalar::<f32>()?).max(1e-12);
     for _ in 0..cfg.steps {
@@ -77,7 +93,7 @@ pub fn invert(
         let f = front.forward(&image)?;
         let mut prior = (total_variation(&image)? * cfg.tv_weight)?;
         if let Setting::Bits(_) = setting {
-            prior = (prior + (image.affine(1.0, -0.5)?.sqr()?.mean_all()? * cfg.grey_weight)?)?;
+            prior = (prior + ((&image - &anchor)?.sqr()?.mean_all()? * cfg.grey_weight)?)?;
         }
         let loss = (feature_loss(&f, observed, setting, cfg.sharpness, scale)? + prior)?;
         opt.backward_step(&loss)?;

@@ -1,5 +1,6 @@
 //! The sweep: for every cut and [`Setting`], encode the auxiliary and held-out images as edges
-//! do, run each attack, and score its reconstructions of the held-out images.
+//! do, run each attack, and score its reconstructions of the held-out images (SSIM, PSNR and
+//! re-identification).
 
 use std::path::PathBuf;
 
@@ -16,8 +17,10 @@ use super::images::{self, ImageSet};
 use super::init::stream;
 use super::observe::{CutModel, Setting, Weights, load_fronts};
 use super::optimize::{self, OptimizeConfig};
+use super::reid;
 use super::report::{Report, Row};
 use super::utility::{Utility, UtilityConfig};
+use super::verdict::Criteria;
 use super::{Attack, PrivacyError};
 
 /// What to evaluate.
@@ -37,17 +40,31 @@ pub struct EvalConfig {
     pub synthetic: usize,
     /// Auxiliary images the decoder trains on.
     pub aux_images: usize,
+    /// A directory of photos whose random crops join the embedded auxiliary photos'.
+    pub aux_photos: Option<PathBuf>,
     pub decoder: DecoderConfig,
     pub optimize: OptimizeConfig,
+    /// Held-out images the optimization and combined attacks reconstruct (evenly spaced over the
+    /// set; 0: all); every held-out image stays a candidate in re-identification.
+    pub opt_images: usize,
     /// A trained model and labelled data: adds the mAP of each setting at the model's cut.
     pub utility: Option<UtilityConfig>,
+    /// The thresholds of the verdicts.
+    pub criteria: Criteria,
     pub seed: u64,
 }
 
-/// One scored (cut, setting, attack) with its reconstructions of the held-out images.
+/// One scored (cut, setting, attack) with its reconstructions of held-out images.
 pub struct Outcome {
     pub row: Row,
+    /// The held-out images reconstructed (indices into the set), and their reconstructions.
+    pub of: Vec<usize>,
     pub reconstructions: Vec<RgbImage>,
+}
+
+/// `m` indices spread evenly over `0..n` (all of them when `m` is 0 or at least `n`).
+pub fn spread(n: usize, m: usize) -> Vec<usize> {
+    if m == 0 || m >= n { (0..n).collect() } else { (0..m).map(|k| k * n / m).collect() }
 }
 
 /// Everything an evaluation produced.
@@ -58,18 +75,13 @@ pub struct Evaluation {
 }
 
 impl EvalConfig {
-    /// Progress units of the whole sweep: one per training or optimization step.
+    /// Progress units of the whole sweep: one per training or optimization step (the decoder
+    /// is trained once per (cut, setting) for both attacks that use it).
     pub fn total_steps(&self) -> u64 {
         let settings = 2 + self.epsilons.len();
-        let per_setting: usize = self
-            .attacks
-            .iter()
-            .map(|a| match a {
-                Attack::Decoder => self.decoder.steps,
-                Attack::Optimization => self.optimize.steps,
-            })
-            .sum();
-        (self.cuts.len() * settings * per_setting) as u64
+        let decoder = if self.attacks.iter().any(|a| a.uses_decoder()) { self.decoder.steps } else { 0 };
+        let optimize = self.attacks.iter().filter(|a| **a != Attack::Decoder).count() * self.optimize.steps;
+        (self.cuts.len() * settings * (decoder + optimize)) as u64
     }
 }
 
@@ -89,11 +101,11 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
         None => None,
     };
     let heldout = images::heldout(cfg.images.as_deref(), cfg.synthetic, cfg.imgsz, cfg.seed)?;
-    let aux = images::auxiliary(cfg.aux_images, cfg.imgsz, cfg.seed)?;
+    let aux = images::auxiliary(cfg.aux_images, cfg.aux_photos.as_deref(), cfg.imgsz, cfg.seed)?;
     let heldout_t = heldout.tensor(device)?;
     let aux_t = if aux.is_empty() { None } else { Some(aux.tensor(device)?) };
-    if cfg.attacks.contains(&Attack::Decoder) && aux_t.is_none() {
-        return Err(PrivacyError::Config("the decoder attack needs --aux-images > 0".into()));
+    if cfg.attacks.iter().any(|a| a.uses_decoder()) && aux_t.is_none() {
+        return Err(PrivacyError::Config("the decoder and combined attacks need --aux-images > 0".into()));
     }
     let baseline_ssim = match &aux_t {
         Some(t) => Some(blind_guess_ssim(&t.mean_keepdim(0)?, &heldout)?),
@@ -115,20 +127,34 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
                 _ => None,
             };
             let observed = front.observe(&heldout_t, setting, &mut noise_rng(cfg.seed, front.cut, &name, "heldout"))?;
+            let decoded = if cfg.attacks.iter().any(|a| a.uses_decoder()) {
+                let aux_t = aux_t.as_ref().expect("checked above");
+                let mut rng = noise_rng(cfg.seed, front.cut, &name, "aux");
+                let seed = stream(cfg.seed, &format!("decoder-{}-{name}", front.cut)).random();
+                let observe = |images: &Tensor| front.observe(images, setting, &mut rng);
+                let model = decoder::train(aux_t, observe, front.edge.out_stride(), &cfg.decoder, seed, progress)?;
+                Some(model.forward(&observed)?)
+            } else {
+                None
+            };
+            let everyone: Vec<usize> = (0..heldout.len()).collect();
+            let subset = spread(heldout.len(), cfg.opt_images);
+            let picked = Tensor::from_vec(subset.iter().map(|&i| i as u32).collect::<Vec<_>>(), subset.len(), device)?;
+            let observed_subset = observed.index_select(&picked, 0)?;
+            let (_, c, h, w) = heldout_t.dims4()?;
+            let dims = (subset.len(), c, h, w);
             for &attack in &cfg.attacks {
-                let recon = match attack {
-                    Attack::Decoder => {
-                        let aux_t = aux_t.as_ref().expect("checked above");
-                        let aux_features = front.observe(aux_t, setting, &mut noise_rng(cfg.seed, front.cut, &name, "aux"))?;
-                        let seed = stream(cfg.seed, &format!("decoder-{}-{name}", front.cut)).random();
-                        let model = decoder::train(&aux_features, aux_t, front.edge.out_stride(), &cfg.decoder, seed, progress)?;
-                        model.forward(&observed)?
-                    }
+                let (of, recon) = match attack {
+                    Attack::Decoder => (&everyone, decoded.clone().expect("trained above")),
                     Attack::Optimization => {
-                        optimize::invert(&front.attacker, &observed, setting, heldout_t.dims4()?, &cfg.optimize, progress)?
+                        (&subset, optimize::invert(&front.attacker, &observed_subset, setting, dims, None, &cfg.optimize, progress)?)
+                    }
+                    Attack::Combined => {
+                        let start = decoded.as_ref().expect("trained above").index_select(&picked, 0)?;
+                        (&subset, optimize::invert(&front.attacker, &observed_subset, setting, dims, Some(&start), &cfg.optimize, progress)?)
                     }
                 };
-                let mut outcome = score(front, setting, attack, &recon, &heldout)?;
+                let mut outcome = score(front, setting, attack, of, &recon, &heldout)?;
                 outcome.row.set_utility(metrics.as_ref());
                 outcomes.push(outcome);
             }
@@ -192,13 +218,15 @@ fn blind_guess_ssim(guess: &Tensor, heldout: &ImageSet) -> Result<f64, PrivacyEr
     Ok(total / heldout.len() as f64)
 }
 
-fn score(front: &CutModel, setting: &Setting, attack: Attack, recon: &Tensor, heldout: &ImageSet) -> Result<Outcome, PrivacyError> {
+/// Scores the reconstructions `recon` of the held-out images `of`.
+fn score(front: &CutModel, setting: &Setting, attack: Attack, of: &[usize], recon: &Tensor, heldout: &ImageSet) -> Result<Outcome, PrivacyError> {
     let reconstructions = to_images(recon)?;
     let (mut ssims, mut psnrs) = (Vec::new(), Vec::new());
-    for (original, r) in heldout.images.iter().zip(&reconstructions) {
-        let (s, p) = similarity(original, r)?;
+    for (&i, r) in of.iter().zip(&reconstructions) {
+        let (s, p) = similarity(&heldout.images[i], r)?;
         ssims.push(s);
         psnrs.push(p);
     }
-    Ok(Outcome { row: Row::new(front.cut, setting, attack, &ssims, &psnrs), reconstructions })
+    let reid = reid::reidentify(&heldout.images, of, &reconstructions);
+    Ok(Outcome { row: Row::new(front.cut, setting, attack, &ssims, &psnrs, reid), of: of.to_vec(), reconstructions })
 }

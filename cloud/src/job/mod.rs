@@ -42,7 +42,9 @@ With --no-follow it starts after every edge has finished.\n\
 8. fedavg: `fedavg` trains the whole model federated on the same shards from the same start: --epochs / --fedavg-local-epochs \
 rounds, every edge each round, FedAvg by sample count, clients in-process (skipped with --skip-fedavg).\n\
 9. val: `val` scores the public-only, MistNet, centralized and FedAvg models on the held-out private split (--out/val/<model>.json).\n\
-10. privacy: `privacy` attacks the features at --cut: float, 1-bit, and --mechanism at --epsilon.\n\n\
+10. privacy: `privacy` attacks the edges' Front at --cut (float, 1-bit, and --mechanism at each --privacy-epsilons and \
+--epsilon; the public split's images join the attacker's auxiliary photos) and scores the MistNet model on the held-out \
+private split under each: the privacy–utility table and plot (privacy/privacy_utility.png).\n\n\
 The summary says how many samples each training epoch saw and how many were stored in the end.\n\n\
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \
 fedavg.png (mAP@.5 against cumulative bytes per edge, MistNet and FedAvg, centralized as a line), \
@@ -91,6 +93,10 @@ pub struct Args {
     // The edges' randomized response (not none: the job demonstrates a private setting).
     #[command(flatten)]
     pub privacy: LdpArgs,
+    /// The ε swept by the privacy phase (the attacks and the MistNet model's mAP at each); --epsilon is added
+    /// when missing.
+    #[arg(long, value_delimiter = ',', default_value = "8,4,2,1,0.5")]
+    pub privacy_epsilons: Vec<f64>,
     /// Decoder-attack training steps of the privacy phase (default: `privacy`'s).
     #[arg(long)]
     pub decoder_steps: Option<usize>,
@@ -129,6 +135,14 @@ pub struct Args {
 }
 
 impl Args {
+    /// The ε of the privacy sweep: --privacy-epsilons, with --epsilon added when missing, largest first.
+    pub fn privacy_epsilons(&self) -> Vec<f64> {
+        let mut all = self.privacy_epsilons.clone();
+        all.extend(self.privacy.epsilon.filter(|e| !self.privacy_epsilons.contains(e)));
+        all.sort_by(|a, b| b.total_cmp(a));
+        all
+    }
+
     /// Checks the flags before anything starts.
     fn validate(&self) -> Result<()> {
         if self.edges == 0 {
@@ -144,6 +158,9 @@ impl Args {
             bail!("--mechanism none sends features without privacy; the job demonstrates a private setting (use sue, rr or oue)");
         }
         self.privacy.privacy()?;
+        if let Some(e) = self.privacy_epsilons.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+            bail!("--privacy-epsilons: every ε must be a positive number, got {e}");
+        }
         if std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("--out {} is not empty: choose a new directory", self.out.display());
         }

@@ -109,7 +109,7 @@ impl Job {
         let mut models = vec![("public-only", pretrained.as_path()), ("mistnet", &mistnet), ("centralized", &centralized)];
         models.extend(fedavg.as_deref().map(|m| ("fedavg", m)));
         let val = self.val(&data, &models)?;
-        let privacy = if self.config.skip_privacy { None } else { Some(self.privacy(&export)?) };
+        let privacy = if self.config.skip_privacy { None } else { Some(self.privacy(&data, &export, &mistnet)?) };
 
         let training = Training { results: self.dir("train").join(RESULTS_FILE), min_samples };
         let mut summary =
@@ -489,25 +489,37 @@ impl Job {
         })
     }
 
-    fn privacy(&mut self, export: &Path) -> Result<PathBuf> {
+    /// The privacy–utility sweep: the attacks on the edges' Front at the job's cut, and the mAP of
+    /// the MistNet model on the held-out private split, for float, 1-bit and each ε of the sweep.
+    fn privacy(&mut self, data: &Path, export: &Path, mistnet: &Path) -> Result<PathBuf> {
         let out = self.dir("privacy");
         let c = &self.config;
-        let defaults = privacy_cmd::Args::defaults(out.clone());
+        let epsilons = c.privacy_epsilons();
+        let aux_photos = data.join(layout::PUBLIC_TRAIN_IMAGES);
         let args = privacy_cmd::Args {
             model: c.model.clone(),
             weights: vec![export.join(export::FRONT_FILE)],
             cuts: vec![c.cut.index],
             mechanism: c.privacy.mechanism,
-            epsilons: c.privacy.epsilon.into_iter().collect(),
+            epsilons: epsilons.clone(),
             imgsz: c.imgsz,
-            decoder_steps: c.decoder_steps.unwrap_or(defaults.decoder_steps),
-            opt_steps: c.opt_steps.unwrap_or(defaults.opt_steps),
+            aux_photos: aux_photos.is_dir().then_some(aux_photos),
+            decoder_steps: c.decoder_steps,
+            opt_steps: c.opt_steps,
+            val: Some(data.join(layout::PRIVATE_VAL_YAML)),
+            back: Some(mistnet.to_path_buf()),
             seed: c.seed,
             threads: c.threads,
             device: c.device,
-            ..defaults
+            ..privacy_cmd::Args::defaults(out.clone())
         };
-        let what = format!("model-inversion attacks at cut {}: float, 1-bit, {}", c.cut.index, self.privacy_setting());
+        let eps: Vec<String> = epsilons.iter().map(|e| e.to_string()).collect();
+        let what = format!(
+            "model-inversion attacks and the MistNet model's mAP at cut {}: float, 1-bit, {} ε = {}",
+            c.cut.index,
+            c.privacy.mechanism.name(),
+            eps.join(", ")
+        );
         self.phase("privacy", &what, |job| {
             let cmd = job.cloud_cmd("privacy", &args);
             job.run_child("privacy", cmd, spinner("privacy"), |_| {})

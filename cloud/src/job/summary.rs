@@ -51,14 +51,35 @@ pub struct Score {
     pub metrics: Metrics,
 }
 
-/// One attack's score at one setting (float, 1bit or the job's ε).
+/// One attack's score at one setting (float, 1bit or an ε of the sweep).
 #[derive(Debug, Clone, Serialize)]
 pub struct Attack {
     pub setting: String,
     pub attack: String,
     pub ssim: f64,
     pub psnr: f64,
+    /// Reconstructions that named their own original first among all held-out images, of `reid_trials`.
+    pub reid_top1: u64,
+    pub reid_trials: u64,
     pub verdict: String,
+}
+
+/// One point of the privacy–utility curve: a setting's verdict over every attack, and what the
+/// MistNet model keeps under it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrivacyUtility {
+    pub setting: String,
+    pub epsilon: Option<f64>,
+    pub strongest_attack: String,
+    pub ssim: f64,
+    pub reid_top1: u64,
+    pub reid_trials: u64,
+    pub reid_p_top1: f64,
+    /// The MistNet model's mAP@.5 on the held-out private split under this setting (none for float).
+    pub map50: Option<f64>,
+    pub verdict: String,
+    /// The verdict with the tests it failed (or why it is withheld).
+    pub explained: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +106,8 @@ pub struct Summary {
     pub mistnet_over_centralized: Option<f64>,
     /// The privacy phase's rows (absent with --skip-privacy).
     pub privacy: Option<Vec<Attack>>,
+    /// The privacy–utility curve: one point per setting (absent with --skip-privacy).
+    pub privacy_utility: Option<Vec<PrivacyUtility>>,
     pub phases: Vec<Timing>,
     pub total_seconds: f64,
     /// MistNet, FedAvg and centralized side by side (absent with --skip-fedavg).
@@ -133,6 +156,7 @@ impl Summary {
             mistnet_over_centralized: map50(&map, "mistnet").zip(map50(&map, "centralized")).map(|(m, c)| m / c),
             map: map.into_iter().map(|(model, metrics)| Score { model, metrics }).collect(),
             privacy: privacy.map(read_privacy).transpose()?,
+            privacy_utility: privacy.map(read_privacy_utility).transpose()?,
             phases: phases.to_vec(),
             total_seconds: total.as_secs_f64(),
             comparison: None,
@@ -194,9 +218,22 @@ impl Summary {
             s += &c.table();
         }
         if let Some(rows) = &self.privacy {
-            s += "\n| privacy: setting | attack | SSIM | PSNR (dB) | verdict |\n|---|---|---|---|---|\n";
+            s += "\n| privacy: setting | attack | SSIM | PSNR (dB) | re-identified (top-1) | verdict |\n|---|---|---|---|---|---|\n";
             for r in rows {
-                s += &format!("| {} | {} | {:.3} | {:.2} | {} |\n", r.setting, r.attack, r.ssim, r.psnr, r.verdict);
+                s += &format!(
+                    "| {} | {} | {:.3} | {:.2} | {}/{} | {} |\n",
+                    r.setting, r.attack, r.ssim, r.psnr, r.reid_top1, r.reid_trials, r.verdict
+                );
+            }
+        }
+        if let Some(points) = &self.privacy_utility {
+            s += "\n| privacy–utility: setting | strongest attack | SSIM | re-identified (top-1) | MistNet mAP@.5 | verdict |\n|---|---|---|---|---|---|\n";
+            for p in points {
+                let map = p.map50.map_or_else(|| "–".to_string(), |m| format!("{m:.3}"));
+                s += &format!(
+                    "| {} | {} | {:.3} | {}/{} (p = {:.2e}) | {map} | {} |\n",
+                    p.setting, p.strongest_attack, p.ssim, p.reid_top1, p.reid_trials, p.reid_p_top1, p.explained
+                );
             }
         }
         s += "\n| phase | seconds |\n|---|---|\n";
@@ -256,16 +293,76 @@ fn fmt_eps(e: Option<f64>) -> String {
     e.map_or_else(|| "∞".into(), |e| e.to_string())
 }
 
-/// The rows of the privacy phase's `report.json`.
-fn read_privacy(dir: &Path) -> Result<Vec<Attack>> {
+/// The privacy phase's `report.json`, and the entries of its array `key`.
+fn read_report(dir: &Path, key: &str) -> Result<(PathBuf, Vec<serde_json::Value>)> {
     let path = dir.join(REPORT_JSON);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?;
-    let rows = report["rows"].as_array().with_context(|| format!("{}: no rows", path.display()))?;
+    let entries = report[key].as_array().with_context(|| format!("{}: no {key}", path.display()))?.clone();
+    Ok((path, entries))
+}
+
+/// Typed access to one JSON entry of `path`, with errors naming the file and the key.
+struct Entry<'a> {
+    path: &'a Path,
+    value: &'a serde_json::Value,
+}
+
+impl Entry<'_> {
+    fn text(&self, k: &str) -> Result<String> {
+        self.value[k].as_str().map(String::from).with_context(|| format!("{}: entry without `{k}`", self.path.display()))
+    }
+
+    fn num(&self, k: &str) -> Result<f64> {
+        self.value[k].as_f64().with_context(|| format!("{}: entry without `{k}`", self.path.display()))
+    }
+
+    fn count(&self, k: &str) -> Result<u64> {
+        self.value[k].as_u64().with_context(|| format!("{}: entry without `{k}`", self.path.display()))
+    }
+}
+
+/// The rows of the privacy phase's `report.json`.
+fn read_privacy(dir: &Path) -> Result<Vec<Attack>> {
+    let (path, rows) = read_report(dir, "rows")?;
     rows.iter()
-        .map(|r| {
-            let text = |k: &str| r[k].as_str().map(String::from).with_context(|| format!("{}: row without `{k}`", path.display()));
-            let num = |k: &str| r[k].as_f64().with_context(|| format!("{}: row without `{k}`", path.display()));
-            Ok(Attack { setting: text("setting")?, attack: text("attack")?, ssim: num("ssim")?, psnr: num("psnr")?, verdict: text("verdict")? })
+        .map(|value| {
+            let e = Entry { path: &path, value };
+            let reid = Entry { path: &path, value: &value["reid"] };
+            Ok(Attack {
+                setting: e.text("setting")?,
+                attack: e.text("attack")?,
+                ssim: e.num("ssim")?,
+                psnr: e.num("psnr")?,
+                reid_top1: reid.count("top1")?,
+                reid_trials: reid.count("trials")?,
+                verdict: e.text("verdict")?,
+            })
+        })
+        .collect()
+}
+
+/// The privacy–utility curve: `report.json`'s verdicts, with the mAP of each setting's rows.
+fn read_privacy_utility(dir: &Path) -> Result<Vec<PrivacyUtility>> {
+    let (path, verdicts) = read_report(dir, "verdicts")?;
+    let (_, rows) = read_report(dir, "rows")?;
+    verdicts
+        .iter()
+        .map(|value| {
+            let e = Entry { path: &path, value };
+            let setting = e.text("setting")?;
+            let map50 = rows.iter().find(|r| r["setting"].as_str() == Some(setting.as_str())).and_then(|r| r["map50"].as_f64());
+            Ok(PrivacyUtility {
+                epsilon: value["epsilon"].as_f64(),
+                strongest_attack: e.text("strongest_attack")?,
+                ssim: e.num("ssim")?,
+                reid_top1: e.count("reid_top1")?,
+                reid_trials: e.count("trials")?,
+                reid_p_top1: e.num("reid_p_top1")?,
+                map50,
+                verdict: e.text("verdict")?,
+                explained: e.text("explained")?,
+                setting,
+            })
         })
         .collect()
 }

@@ -60,7 +60,7 @@ impl SsimConfig {
     }
 
     /// The 1-D filter taps (the 2-D window is their outer product).
-    fn taps(&self) -> Result<Vec<f64>, ImageQualityError> {
+    pub fn taps(&self) -> Result<Vec<f64>, ImageQualityError> {
         match self.window {
             SsimWindow::Gaussian { sigma } => {
                 if !(sigma.is_finite() && sigma > 0.0) {

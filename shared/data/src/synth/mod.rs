@@ -46,6 +46,8 @@ pub mod layout {
     pub const PRIVATE_YAML: &str = "private.yaml";
     /// The held-out private split.
     pub const PRIVATE_VAL_YAML: &str = "private-val.yaml";
+    /// The images of the public train split (what an attacker of the features could also hold).
+    pub const PUBLIC_TRAIN_IMAGES: &str = "public/train/images";
 
     /// Edge `k`'s private split.
     pub fn edge_yaml(k: usize) -> String {
@@ -289,7 +291,7 @@ fn write_yamls(cfg: &SynthConfig, root: &Path) -> Result<Vec<PathBuf>, DataError
     let yaml = |path: PathBuf, train, val| DatasetYaml { path, train, val, nc: names.len(), names: names.clone() };
     let edges: Vec<String> = (0..cfg.edges).map(|k| format!("edge-{k}/images")).collect();
     let mut files = vec![
-        (layout::PUBLIC_YAML.to_string(), yaml(root.join("public"), one("train/images"), one("val/images"))),
+        (layout::PUBLIC_YAML.to_string(), yaml(root.join("public"), one(layout::PUBLIC_TRAIN_IMAGES.trim_start_matches("public/")), one("val/images"))),
         (layout::PRIVATE_VAL_YAML.to_string(), yaml(root.join("private/val"), one("images"), one("images"))),
         (layout::PRIVATE_YAML.to_string(), yaml(root.join("private"), SplitEntry::Many(edges), one("val/images"))),
     ];
