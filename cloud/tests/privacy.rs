@@ -97,14 +97,14 @@ fn the_binary_writes_the_report_files_with_the_documented_keys() {
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap(), CSV_COLUMNS.join(","));
-    // 2 cuts × (float, 1bit, sue-eps2, sue-eps0.5) × 3 attacks.
-    assert_eq!(lines.count(), 24);
+    // 2 cuts × (float, 1bit, sue-eps2, sue-eps0.5) × the 2 default attacks (decoder, combined).
+    assert_eq!(lines.count(), 16);
 
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["random_init"], true);
     assert_eq!(json["heldout"].as_array().unwrap().len(), 34, "33 embedded photos + 1 synthetic");
     let rows = json["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 24);
+    assert_eq!(rows.len(), 16);
     for row in rows {
         for key in CSV_COLUMNS.iter().filter(|k| !k.starts_with("reid_")) {
             assert!(row.get(key).is_some(), "row lacks {key}: {row}");
@@ -128,11 +128,11 @@ fn the_binary_writes_the_report_files_with_the_documented_keys() {
     for cut in [1, 2] {
         for setting in ["float", "1bit", "sue-eps2", "sue-eps0.5"] {
             let grid = image::open(out.join(format!("grids/cut{cut}-{setting}.png"))).unwrap();
-            // The 8 images every attack reconstructed, 32 px with 2 px gaps; originals + 3 attacks.
-            assert_eq!((grid.width(), grid.height()), (8 * 34 - 2, 4 * 34 - 2));
+            // The 8 images every attack reconstructed, 32 px with 2 px gaps; originals + 2 attacks.
+            assert_eq!((grid.width(), grid.height()), (8 * 34 - 2, 3 * 34 - 2));
         }
     }
-    let pair = out.join("pairs/cut2-sue-eps0.5-optimization");
+    let pair = out.join("pairs/cut2-sue-eps0.5-combined");
     assert!(pair.join("astronaut_orig.png").is_file() && pair.join("astronaut_recon.png").is_file());
 }
 

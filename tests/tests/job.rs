@@ -30,7 +30,8 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
         .arg(&out)
         .args(["--weights", PRETRAINED])
         .args(["--images", "300", "--imgsz", "128", "--edges", "2", "--epochs", "6", "--batch", "8", "--warmup-min-iters", "20"])
-        .args(["--epsilon", "4", "--decoder-steps", "2", "--opt-steps", "2", "--threads", "1"])
+        .args(["--epsilon", "4", "--privacy-epsilons", "1", "--decoder-steps", "2", "--decoder-finetune-steps", "1", "--opt-steps", "2"])
+        .args(["--threads", "1"])
         .env("RUST_LOG", "warn")
         .status()
         .unwrap();
@@ -67,13 +68,24 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     let ratio = summary["mistnet_over_centralized"].as_f64().unwrap();
     assert!((ratio - score("mistnet") / score("centralized")).abs() < 1e-12, "{ratio}");
 
-    // The privacy rows: float, 1-bit and the chosen ε, for both attacks, SSIM in range.
+    // The privacy rows: float, 1-bit, the chosen ε and the swept one, for both default attacks, SSIM in range.
     let rows = summary["privacy"].as_array().unwrap();
     let settings: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["setting"].as_str().unwrap()).collect();
-    assert_eq!(settings.len(), 3, "{settings:?}");
+    assert_eq!(settings, ["1bit", "float", "sue-eps1", "sue-eps4"].into(), "{settings:?}");
+    assert_eq!(rows.len(), 8);
     for r in rows {
         let ssim = r["ssim"].as_f64().unwrap();
         assert!((-1.0..=1.0).contains(&ssim), "{r}");
+    }
+    // The privacy–utility curve: a verdict per setting, and the MistNet model's mAP under each bits
+    // setting; without noise it is the val phase's figure.
+    let curve = summary["privacy_utility"].as_array().unwrap();
+    assert_eq!(curve.len(), 4);
+    let point = |s: &str| curve.iter().find(|p| p["setting"] == s).unwrap().clone();
+    assert!(point("float")["map50"].is_null());
+    assert!((point("1bit")["map50"].as_f64().unwrap() - score("mistnet")).abs() < 1e-9, "{curve:?}");
+    for p in curve {
+        assert!(p["explained"].as_str().unwrap().starts_with(p["verdict"].as_str().unwrap()), "{p}");
     }
     // Every phase but pretraining (skipped: --weights) is timed.
     assert_eq!(summary["phases"].as_array().unwrap().len(), 9);
@@ -103,7 +115,7 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     // FedAvg's per-round results: round 0 (the start) and 6 rounds.
     assert_eq!(std::fs::read_to_string(out.join("fedavg/results.csv")).unwrap().lines().count(), 1 + 7);
 
-    for png in ["map.png", "fedavg.png", "train/map.png", "centralized/loss.png", "fedavg/map.png", "privacy/ssim_vs_epsilon.png"] {
+    for png in ["map.png", "fedavg.png", "train/map.png", "centralized/loss.png", "fedavg/map.png", "privacy/privacy_utility.png"] {
         let img = image::open(out.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
         assert!(img.width() > 100, "{png}");
     }
@@ -111,5 +123,6 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     assert!(md.contains("| mistnet |") && md.contains("| centralized |") && md.contains("| fedavg |"), "{md}");
     assert!(md.contains("MistNet training (while the edges uploaded, from ") && md.contains(&format!("; {expected} stored in the end")), "{md}");
     assert!(md.contains("| FedAvg (6 rounds × 1 local epochs"), "{md}");
+    assert!(md.contains("| privacy–utility: setting | strongest attack |") && md.contains("| sue-eps1 | "), "{md}");
     assert!(md.contains(&format!("MistNet mAP@.5: {:.4} before (public-only) → {:.4} after, {:.1}% of centralized.", score("public-only"), score("mistnet"), 100.0 * ratio)), "{md}");
 }

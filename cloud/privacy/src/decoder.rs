@@ -2,7 +2,8 @@
 //! images, trained with AdamW (cosine learning-rate decay) on the attacker's auxiliary images
 //! encoded exactly as edges encode them. Every step draws a batch, flips each image
 //! horizontally with probability ½ and encodes it afresh (new randomized-response noise each
-//! time), so the decoder never sees the same features twice.
+//! time), so the decoder never sees the same features twice. A decoder can start from another
+//! one's weights (the sweep fine-tunes each ε's decoder from the previous bits setting's).
 //!
 //! Architecture: a 3×3 conv at the features' resolution, `blocks` residual blocks there (two 3×3
 //! convs each), then per factor of 2 of the Front's stride a nearest ×2 upsampling and a 3×3
@@ -30,6 +31,8 @@ pub struct DecoderConfig {
     /// Residual blocks at the features' resolution.
     pub blocks: usize,
     pub steps: usize,
+    /// Steps of a decoder that starts from another's weights (a fine-tune).
+    pub finetune_steps: usize,
     pub batch: usize,
     /// Peak learning rate (decayed to 5% of it by a cosine schedule).
     pub lr: f64,
@@ -39,7 +42,7 @@ pub struct DecoderConfig {
 
 impl Default for DecoderConfig {
     fn default() -> Self {
-        Self { width: 64, blocks: 2, steps: 300, batch: 8, lr: 2e-3, ssim_weight: 1.0 }
+        Self { width: 64, blocks: 2, steps: 200, finetune_steps: 60, batch: 8, lr: 2e-3, ssim_weight: 1.0 }
     }
 }
 
@@ -83,6 +86,8 @@ pub struct InversionDecoder {
     /// Standardisation of the input features, from the first training batch: `(x − mean) / std`.
     mean: f64,
     std: f64,
+    /// The weights, by name (what a fine-tune starts from).
+    varmap: VarMap,
 }
 
 impl InversionDecoder {
@@ -106,7 +111,7 @@ impl InversionDecoder {
             c = next;
         }
         let head = Conv3x3::new(vb.pp("head"), c, 3)?;
-        Ok(Self { stem, blocks, ups, head, mean: 0.0, std: 1.0 })
+        Ok(Self { stem, blocks, ups, head, mean: 0.0, std: 1.0, varmap: VarMap::new() })
     }
 
     /// Reconstructions `[N, 3, H, W]` in 0..1 from features `[N, C, H/stride, W/stride]`.
@@ -124,12 +129,14 @@ impl InversionDecoder {
 
 /// Trains a decoder mapping features back to `images` (`[N, 3, H, W]` in 0..1). `observe` encodes
 /// a batch of images as the edges do and returns what the cloud receives (`[B, C, H/stride,
-/// W/stride]`). Weights, batches and flips are drawn from `seed`.
+/// W/stride]`). From scratch it trains `cfg.steps` steps; from `start`'s weights (same
+/// architecture), `cfg.finetune_steps`. Weights, batches and flips are drawn from `seed`.
 pub fn train(
     images: &Tensor,
     mut observe: impl FnMut(&Tensor) -> Result<Tensor, PrivacyError>,
     stride: usize,
     cfg: &DecoderConfig,
+    start: Option<&InversionDecoder>,
     seed: u64,
     progress: &ProgressBar,
 ) -> Result<InversionDecoder, PrivacyError> {
@@ -160,21 +167,37 @@ pub fn train(
     let mut decoder = InversionDecoder::build(&vb, first_features.dim(1)?, stride, cfg)?;
     let mut named: Vec<_> = varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, var) in &named {
-        // Biases start at zero (U(±1/√fan_in) of their conv would need the weight's shape).
-        if name.ends_with(".weight") { uniform_fan_in(var, &mut rng)? } else { var.set(&var.zeros_like()?)? }
-    }
+    let steps = match start {
+        None => {
+            for (name, var) in &named {
+                // Biases start at zero (U(±1/√fan_in) of their conv would need the weight's shape).
+                if name.ends_with(".weight") { uniform_fan_in(var, &mut rng)? } else { var.set(&var.zeros_like()?)? }
+            }
+            cfg.steps
+        }
+        Some(start) => {
+            let from = start.varmap.data().lock().expect("varmap lock");
+            for (name, var) in &named {
+                let source = from.get(name).filter(|v| v.dims() == var.dims()).ok_or_else(|| {
+                    PrivacyError::Config(format!("cannot fine-tune: the starting decoder has no {name} of shape {:?}", var.dims()))
+                })?;
+                var.set(source.as_tensor())?;
+            }
+            cfg.finetune_steps
+        }
+    };
+    decoder.varmap = varmap.clone();
     decoder.mean = f64::from(first_features.mean_all()?.to_scalar::<f32>()?);
     decoder.std = f64::from(first_features.affine(1.0, -decoder.mean)?.sqr()?.mean_all()?.to_scalar::<f32>()?).sqrt().max(1e-6);
     let ssim = SsimLoss::new(images.dim(2)?, images.dim(3)?, device)?;
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: cfg.lr, weight_decay: 1e-4, ..Default::default() })?;
     let mut next = Some((first_features, first_target));
-    for step in 0..cfg.steps {
+    for step in 0..steps {
         let (features, target) = match next.take() {
             Some(b) => b,
             None => draw(&mut rng)?,
         };
-        let progress_frac = step as f64 / cfg.steps.max(1) as f64;
+        let progress_frac = step as f64 / steps.max(1) as f64;
         opt.set_learning_rate(cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress_frac).cos())));
         let out = decoder.forward(&features)?;
         let mut loss = (&out - &target)?.sqr()?.mean_all()?;

@@ -36,7 +36,7 @@ pub struct OptimizeConfig {
 
 impl Default for OptimizeConfig {
     fn default() -> Self {
-        Self { steps: 300, lr: 0.1, tv_weight: 0.15, grey_weight: 1.0, sharpness: 10.0 }
+        Self { steps: 100, lr: 0.1, tv_weight: 0.15, grey_weight: 1.0, sharpness: 10.0 }
     }
 }
 

@@ -76,12 +76,17 @@ pub struct Evaluation {
 
 impl EvalConfig {
     /// Progress units of the whole sweep: one per training or optimization step (the decoder
-    /// is trained once per (cut, setting) for both attacks that use it).
+    /// is trained once per (cut, setting) for both attacks that use it: from scratch for float
+    /// and 1-bit features, fine-tuned from the previous setting's for each ε).
     pub fn total_steps(&self) -> u64 {
         let settings = 2 + self.epsilons.len();
-        let decoder = if self.attacks.iter().any(|a| a.uses_decoder()) { self.decoder.steps } else { 0 };
-        let optimize = self.attacks.iter().filter(|a| **a != Attack::Decoder).count() * self.optimize.steps;
-        (self.cuts.len() * settings * (decoder + optimize)) as u64
+        let decoder = if self.attacks.iter().any(|a| a.uses_decoder()) {
+            2 * self.decoder.steps + self.epsilons.len() * self.decoder.finetune_steps
+        } else {
+            0
+        };
+        let optimize = self.attacks.iter().filter(|a| **a != Attack::Decoder).count() * self.optimize.steps * settings;
+        (self.cuts.len() * (decoder + optimize)) as u64
     }
 }
 
@@ -117,6 +122,8 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
     progress.set_length(cfg.total_steps() + utility_units as u64);
     let mut outcomes = Vec::new();
     for front in &fronts {
+        // The last bits setting's decoder, which the next ε's fine-tunes.
+        let mut previous: Option<decoder::InversionDecoder> = None;
         for setting in &settings {
             let name = setting.name();
             progress.set_message(format!("cut {} {name}", front.cut));
@@ -132,8 +139,13 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
                 let mut rng = noise_rng(cfg.seed, front.cut, &name, "aux");
                 let seed = stream(cfg.seed, &format!("decoder-{}-{name}", front.cut)).random();
                 let observe = |images: &Tensor| front.observe(images, setting, &mut rng);
-                let model = decoder::train(aux_t, observe, front.edge.out_stride(), &cfg.decoder, seed, progress)?;
-                Some(model.forward(&observed)?)
+                let start = if setting.epsilon().is_some() { previous.as_ref() } else { None };
+                let model = decoder::train(aux_t, observe, front.edge.out_stride(), &cfg.decoder, start, seed, progress)?;
+                let out = model.forward(&observed)?;
+                if let Setting::Bits(_) = setting {
+                    previous = Some(model);
+                }
+                Some(out)
             } else {
                 None
             };

@@ -44,20 +44,16 @@ impl Default for Criteria {
 fn failures(row: &Row, baseline: Option<f64>, c: &Criteria) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     if row.ssim >= c.ssim {
-        out.push((RECOGNISABLE, format!("{}: SSIM {:.3} ≥ {}", row.attack, row.ssim, c.ssim)));
+        out.push((RECOGNISABLE, format!("{} SSIM {:.3} ≥ {}", row.attack, row.ssim, c.ssim)));
     }
     let r = &row.reid;
-    if r.above_chance(c.alpha) {
-        out.push((
-            REIDENTIFIABLE,
-            format!(
-                "{}: re-identifies top-1 {}/{} (p = {:.2e}), top-5 {}/{} (p = {:.2e}) among {} against chance {:.3}/{:.3}",
-                row.attack, r.top1, r.trials, r.p_top1, r.top5, r.trials, r.p_top5, r.images, r.chance_top1, r.chance_top5
-            ),
-        ));
+    if r.p_top1 < c.alpha {
+        out.push((REIDENTIFIABLE, format!("{} re-identifies {}/{} top-1 among {} (p {:.1e})", row.attack, r.top1, r.trials, r.images, r.p_top1)));
+    } else if r.p_top5 < c.alpha {
+        out.push((REIDENTIFIABLE, format!("{} re-identifies {}/{} top-5 among {} (p {:.1e})", row.attack, r.top5, r.trials, r.images, r.p_top5)));
     }
     if let Some(b) = baseline.filter(|b| row.ssim > b + c.baseline_margin) {
-        out.push((ABOVE_BLIND_GUESS, format!("{}: SSIM {:.3} > blind guess {b:.3} + {}", row.attack, row.ssim, c.baseline_margin)));
+        out.push((ABOVE_BLIND_GUESS, format!("{} SSIM {:.3} > blind guess {b:.3} + {}", row.attack, row.ssim, c.baseline_margin)));
     }
     out
 }
@@ -159,7 +155,7 @@ pub fn judge(rows: &[Row], baseline: Option<f64>, calibrations: &[Calibration], 
             let uncalibrated = match calibration {
                 Some(k) if k.met => None,
                 Some(k) => Some(format!(
-                    "on float features at cut {cut} the strongest attack ({}) reaches SSIM {:.3} < {} or re-identifies at chance (top-1 {}/{}, p = {:.2e})",
+                    "calibration not met: on float features at cut {cut} the strongest attack ({}) reaches SSIM {:.3} (needs {}), top-1 {}/{} (p {:.1e})",
                     k.attack, k.ssim, k.required_ssim, k.reid_top1, k.trials, k.reid_p_top1
                 )),
                 None => Some(format!("no float row at cut {cut} to calibrate with")),
@@ -248,7 +244,7 @@ mod tests {
         let reid_leak = [strong_float.clone(), row("1bit", "decoder", 0.22, 1), row("1bit", "optimization", 0.2, 9)];
         let v = judge(&reid_leak, Some(0.21), &cal, &c);
         assert_eq!(v[1].verdict, REIDENTIFIABLE);
-        assert!(v[1].explained.contains("optimization: re-identifies top-1 9/32"), "{}", v[1].explained);
+        assert!(v[1].explained.contains("optimization re-identifies 9/32 top-1 among 32"), "{}", v[1].explained);
         // SSIM below 0.3 but well above the blind guess.
         let v = judge(&[strong_float.clone(), row("1bit", "decoder", 0.29, 1)], Some(0.2), &cal, &c);
         assert_eq!(v[1].verdict, ABOVE_BLIND_GUESS);
@@ -262,7 +258,7 @@ mod tests {
         assert!(!cal[0].met);
         let v = judge(&weak, Some(0.2), &cal, &c);
         assert_eq!(v[1].verdict, TOO_WEAK);
-        assert!(v[1].explained.contains("SSIM 0.400 < 0.5"), "{}", v[1].explained);
+        assert!(v[1].explained.contains("reaches SSIM 0.400 (needs 0.5)"), "{}", v[1].explained);
         assert_eq!(row_verdict(&weak[1], Some(0.2), &cal, &c), TOO_WEAK);
     }
 }

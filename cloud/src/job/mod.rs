@@ -100,6 +100,9 @@ pub struct Args {
     /// Decoder-attack training steps of the privacy phase (default: `privacy`'s).
     #[arg(long)]
     pub decoder_steps: Option<usize>,
+    /// Decoder fine-tune steps per ε of the privacy phase (default: `privacy`'s).
+    #[arg(long)]
+    pub decoder_finetune_steps: Option<usize>,
     /// Optimization-attack steps of the privacy phase (default: `privacy`'s).
     #[arg(long)]
     pub opt_steps: Option<usize>,

@@ -505,6 +505,7 @@ impl Job {
             imgsz: c.imgsz,
             aux_photos: aux_photos.is_dir().then_some(aux_photos),
             decoder_steps: c.decoder_steps,
+            decoder_finetune_steps: c.decoder_finetune_steps,
             opt_steps: c.opt_steps,
             val: Some(data.join(layout::PRIVATE_VAL_YAML)),
             back: Some(mistnet.to_path_buf()),
