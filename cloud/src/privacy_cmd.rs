@@ -136,7 +136,8 @@ pub struct Args {
     /// Decoder minibatch size.
     #[arg(long, default_value_t = DecoderConfig::default().batch)]
     pub decoder_batch: usize,
-    /// Decoder channels at the features' resolution (halved per upsampling, at least 16).
+    /// Decoder channels at the features' resolution at stride 8 (cut 4 of YOLOv5), scaled with the Front's stride
+    /// (half at stride 4, a quarter at stride 2); halved per upsampling, at least 16.
     #[arg(long, default_value_t = DecoderConfig::default().width)]
     pub decoder_width: usize,
     /// Decoder residual blocks at the features' resolution.

@@ -7,7 +7,8 @@
 //!
 //! Architecture: a 3×3 conv at the features' resolution, `blocks` residual blocks there (two 3×3
 //! convs each), then per factor of 2 of the Front's stride a nearest ×2 upsampling and a 3×3
-//! conv (channels halving down to 16), all SiLU, and a 3×3 conv to RGB through a sigmoid.
+//! conv (channels halving down to 16), all SiLU, and a 3×3 conv to RGB through a sigmoid. The
+//! width at the features' resolution grows with the stride, as their channels do.
 //! Loss: mean squared error plus `ssim_weight`·(1 − SSIM), SSIM with the report's window
 //! ([`ssim_loss`]), so the decoder is trained for the score it is judged by.
 
@@ -26,7 +27,9 @@ use super::init::{stream, uniform_fan_in};
 /// Decoder size and training schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecoderConfig {
-    /// Channels at the features' resolution (halved after each upsampling, at least 16).
+    /// Channels at the features' resolution for a Front of stride 8 (cut 4), scaled with the
+    /// stride (half at stride 4, a quarter at stride 2) so that every cut costs about the same;
+    /// halved after each upsampling; at least 16.
     pub width: usize,
     /// Residual blocks at the features' resolution.
     pub blocks: usize,
@@ -98,7 +101,7 @@ impl InversionDecoder {
         if cfg.width == 0 {
             return Err(PrivacyError::Config("--decoder-width must be at least 1".into()));
         }
-        let w = cfg.width;
+        let w = (cfg.width * stride / 8).max(16);
         let stem = Conv3x3::new(vb.pp("stem"), in_channels, w)?;
         let blocks = (0..cfg.blocks)
             .map(|i| Ok(Residual { a: Conv3x3::new(vb.pp(format!("block{i}.a")), w, w)?, b: Conv3x3::new(vb.pp(format!("block{i}.b")), w, w)? }))
