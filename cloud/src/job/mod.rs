@@ -10,6 +10,7 @@
 
 mod compare;
 mod phases;
+mod seeds;
 mod summary;
 mod supervisor;
 
@@ -24,7 +25,7 @@ use mistnet_cli::{CutArgs, DeviceArgs, ImageSizeArgs, LdpArgs, ModelArgs};
 const DEFAULT_IMGSZ: &str = "128";
 const DEFAULT_EPSILON: &str = "4";
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 #[command(mut_arg("imgsz", |a| a.default_value(DEFAULT_IMGSZ).help("Letterbox size in pixels of every phase (square; a positive multiple of 32).")))]
 #[command(mut_arg("epsilon", |a| a.default_value(DEFAULT_EPSILON).help("Privacy parameter ε of every edge, 0 < ε <= 64.")))]
 #[command(after_help = "Phases, each a child process with its log in --out/logs/<phase>.log:\n\
@@ -48,7 +49,9 @@ private split under each: the privacy–utility table and plot (privacy/privacy_
 The summary says how many samples each training epoch saw and how many were stored in the end.\n\n\
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \
 fedavg.png (mAP@.5 against cumulative bytes per edge, MistNet and FedAvg, centralized as a line), \
-and the directories data, pretrain, export, store, edges, train, centralized, fedavg, val, privacy and logs.\n\n\
+and the directories data, pretrain, export, store, edges, train, centralized, fedavg, val, privacy and logs. \
+With --seeds N, each seed's run is in --out/seed-<s> and --out holds seeds.json and seeds.md (also printed): \
+the mean ± sd of each model's mAP over the seeds.\n\n\
 The defaults (yolov5n, 128 px, 600 images, 2 edges, 20 epochs) finish within about 15 minutes on 2 CPU cores; \
 the FedAvg phase takes about as long as the centralized one. \
 For real runs raise --imgsz, --images, --epochs and --pretrain-epochs, pick --model, and give training more --threads \
@@ -128,6 +131,10 @@ pub struct Args {
     /// a simulation; a real edge (`mistnet-edge run` without --seed) draws its noise from the OS.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Run the whole job once per seed (--seed, --seed + 1, ...), each into --out/seed-<s>, and report the mean ±
+    /// sample sd (min–max) of every model's mAP and of MistNet/centralized over them (--out/seeds.json, seeds.md).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seeds: usize,
     /// CPU threads (rayon's pool) of each training phase; each edge process uses one. The default
     /// suits a machine shared with other work; on idle cores, give training the cores it has.
     #[arg(long, default_value_t = 1)]
@@ -173,6 +180,9 @@ impl Args {
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
+        if self.seeds == 0 {
+            bail!("--seeds must be at least 1");
+        }
         if let Some(n) = self.min_samples
             && n < 2
         {
@@ -184,7 +194,7 @@ impl Args {
 
 pub fn run(args: Args) -> Result<()> {
     args.validate()?;
-    phases::Job::new(args)?.run()
+    if args.seeds > 1 { seeds::run(args) } else { phases::Job::new(args)?.run() }
 }
 
 #[cfg(test)]
