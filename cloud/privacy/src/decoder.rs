@@ -263,6 +263,24 @@ mod tests {
     use mistnet::metrics::{ImageF32, ssim};
 
     #[test]
+    fn a_fine_tune_starts_from_the_given_decoders_weights_and_needs_its_architecture() {
+        let images = Tensor::arange(0f32, (4 * 3 * 16 * 16) as f32, &Device::Cpu).unwrap().affine(1.0 / 3072.0, 0.0).unwrap();
+        let images = images.reshape((4, 3, 16, 16)).unwrap();
+        let observe = |x: &Tensor| -> Result<Tensor, PrivacyError> { Ok(x.avg_pool2d(2)?) };
+        let cfg = DecoderConfig { width: 16, blocks: 1, steps: 3, finetune_steps: 0, batch: 2, ..DecoderConfig::default() };
+        let hidden = ProgressBar::hidden();
+        let first = train(&images, observe, 2, &cfg, None, 1, &hidden).unwrap();
+        let tuned = train(&images, observe, 2, &cfg, Some(&first), 2, &hidden).unwrap();
+        let weight = |d: &InversionDecoder| d.varmap.data().lock().unwrap()["stem.weight"].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(weight(&first), weight(&tuned), "no fine-tune steps: the starting weights");
+        let fresh = train(&images, observe, 2, &cfg, None, 2, &hidden).unwrap();
+        assert_ne!(weight(&first), weight(&fresh), "another seed, other initial weights");
+        let wider = DecoderConfig { width: 256, ..cfg };
+        let err = train(&images, observe, 2, &wider, Some(&first), 2, &hidden).err().expect("a different architecture").to_string();
+        assert!(err.contains("cannot fine-tune"), "{err}");
+    }
+
+    #[test]
     fn the_differentiable_ssim_is_the_reports_ssim() {
         let (h, w) = (24, 20);
         let pixel = |i: usize, k: u32| ((i as u32 * 37 + k * 101) % 251) as f32 / 250.0;
