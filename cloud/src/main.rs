@@ -40,7 +40,7 @@ enum Command {
     Val(val::Args),
     /// Write the Front (for edges) and the full model (for deployment) with a manifest.
     Export(export::Args),
-    /// Model-inversion attacks on the features edges send: SSIM/PSNR of reconstructions against ε per cut, with a report.
+    /// Model-inversion and re-identification attacks on the features edges send, a verdict per cut and ε, and the mAP each ε leaves.
     Privacy(privacy_cmd::Args),
     /// The whole MistNet job on this machine: data, pretraining, cloud service, edge processes, training, centralized baseline, privacy attacks, summary.
     Job(job::Args),

@@ -1,5 +1,5 @@
-//! `mistnet-cloud privacy`: model-inversion attacks on the features edges send, SSIM/PSNR
-//! against ε per cut, with a report (see [`mistnet_privacy`]).
+//! `mistnet-cloud privacy`: model-inversion and re-identification attacks on the features edges
+//! send, a verdict per cut and ε, and optionally the mAP each ε leaves (see [`mistnet_privacy`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
