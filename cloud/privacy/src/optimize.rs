@@ -9,7 +9,8 @@
 //! prior weight fits every cut and set of weights). For bits, the binarization `x > 0` is replaced by its
 //! surrogate `σ(k·x)` and the loss is the exact negative log-likelihood of the observed bits
 //! under the mechanism: a bit is 1 with probability `q = p₀ + (p₁ − p₀)·σ(k·x)`, where `p₁`,
-//! `p₀` are the probabilities that an input 1 / 0 comes out as 1 (the attacker knows ε).
+//! `p₀` are the probabilities that an input 1 / 0 comes out as 1 (the attacker knows ε); the
+//! priors are weighted by 1/(p₁ − p₀)², as the likelihood's curvature shrinks with the noise.
 
 use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -88,6 +89,12 @@ pub fn invert(
     };
     let mut opt = AdamW::new(vec![z.clone()], ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
     let scale = f64::from(observed.sqr()?.mean_all()?.to_scalar::<f32>()?).max(1e-12);
+    // Randomized response shrinks what each bit says about its feature: the likelihood's curvature
+    // falls by (p₁ − p₀)², so the priors are weighted up by its inverse (1 without noise).
+    let prior_scale = match setting {
+        Setting::Float => 1.0,
+        Setting::Bits(p) => 1.0 / (p.prob_one(true) - p.prob_one(false)).powi(2).max(1e-4),
+    };
     for _ in 0..cfg.steps {
         let image = candle_nn::ops::sigmoid(z.as_tensor())?;
         let f = front.forward(&image)?;
@@ -95,7 +102,7 @@ pub fn invert(
         if let Setting::Bits(_) = setting {
             prior = (prior + ((&image - &anchor)?.sqr()?.mean_all()? * cfg.grey_weight)?)?;
         }
-        let loss = (feature_loss(&f, observed, setting, cfg.sharpness, scale)? + prior)?;
+        let loss = (feature_loss(&f, observed, setting, cfg.sharpness, scale)? + (prior * prior_scale)?)?;
         opt.backward_step(&loss)?;
         progress.inc(1);
     }
