@@ -12,6 +12,7 @@
 
 use serde::Serialize;
 
+use super::SSIM_UNRECOGNISABLE;
 use super::report::Row;
 
 /// The verdict labels, most severe first.
@@ -36,7 +37,7 @@ pub struct Criteria {
 
 impl Default for Criteria {
     fn default() -> Self {
-        Self { ssim: 0.3, baseline_margin: 0.05, alpha: 0.05, calibration_ssim: 0.5 }
+        Self { ssim: SSIM_UNRECOGNISABLE, baseline_margin: 0.05, alpha: 0.05, calibration_ssim: 0.5 }
     }
 }
 
