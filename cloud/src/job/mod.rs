@@ -19,6 +19,8 @@ use anyhow::{Result, bail};
 use mistnet::codec::Mechanism;
 use mistnet_cli::{CutArgs, DeviceArgs, ImageSizeArgs, LdpArgs, ModelArgs};
 
+use crate::run_flags::MosaicFlags;
+
 /// The job's defaults where they differ from the commands' own: small images and a stated ε, so that
 /// `mistnet-cloud job` alone runs a private job in minutes.
 const DEFAULT_IMGSZ: &str = "128";
@@ -29,7 +31,9 @@ const DEFAULT_EPSILON: &str = "4";
 #[command(mut_arg("epsilon", |a| a.default_value(DEFAULT_EPSILON).help("Privacy parameter ε of every edge, 0 < ε <= 64.")))]
 #[command(after_help = "Phases, each a child process with its log in --out/logs/<phase>.log:\n\
 1. data: `synth` writes the public split, one private shard per edge and a held-out private split (skipped with --data).\n\
-2. pretrain: `pretrain` trains the whole model on the public split (skipped with --weights).\n\
+2. pretrain: `pretrain --binarize-cut` trains the whole model on the public split binarization-aware: the Back reads the \
+Front's output binarized at --cut and randomized with --mechanism at --epsilon, as the edges will send it, so MistNet starts \
+from a Back that already reads bits (with --float-pretrain: on float features, as a plain detector; skipped with --weights).\n\
 3. export: `export` writes the Front at --cut and --imgsz with its manifest.\n\
 4. serve: `serve --front` serves the export on 127.0.0.1 (a free port) with a fresh token per edge; the store is --out/store. \
 The job waits until its gRPC health service reports the upload service SERVING.\n\
@@ -79,6 +83,10 @@ pub struct Args {
     /// Epochs of pretraining on the public split.
     #[arg(long, default_value_t = 20)]
     pub pretrain_epochs: usize,
+    /// Pretrain on float features (the whole model as a plain detector) instead of binarization-aware at --cut with
+    /// the edges' --mechanism and --epsilon; MistNet's Back then first meets bits in training.
+    #[arg(long, conflicts_with = "weights")]
+    pub float_pretrain: bool,
     /// Epochs of MistNet training and of the centralized baseline (the same for both).
     #[arg(long, default_value_t = 20)]
     pub epochs: usize,
@@ -88,6 +96,9 @@ pub struct Args {
     /// The fewest warmup iterations of every training phase (default: YOLOv5's 100); lower it for tiny runs.
     #[arg(long, value_name = "N")]
     pub warmup_min_iters: Option<usize>,
+    // The mosaic augmentation of every training phase (pretrain, MistNet's train, centralized, FedAvg).
+    #[command(flatten)]
+    pub mosaic: MosaicFlags,
     // The edges' randomized response (not none: the job demonstrates a private setting).
     #[command(flatten)]
     pub privacy: LdpArgs,
@@ -188,5 +199,7 @@ mod tests {
         let one = parse(&["--min-samples", "1", "--out", "/nonexistent/job"]).unwrap();
         assert!(one.validate().unwrap_err().to_string().contains("--min-samples must be at least 2"));
         assert!(parse(&["--no-follow", "--min-samples", "10"]).is_err(), "--min-samples without following");
+        assert!(!args.float_pretrain, "the job pretrains binarization-aware by default");
+        assert!(parse(&["--float-pretrain", "--weights", "w.safetensors"]).is_err(), "--float-pretrain with pretrained weights");
     }
 }
