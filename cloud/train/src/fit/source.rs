@@ -396,7 +396,7 @@ fn mosaic_window(tiles: &[LabelledInput; 4], (x0, y0): (usize, usize)) -> candle
     let (_, h, w) = tiles[0].input.dims3()?;
     let top = Tensor::cat(&[&tiles[0].input, &tiles[1].input], 2)?;
     let bottom = Tensor::cat(&[&tiles[2].input, &tiles[3].input], 2)?;
-    let input = Tensor::cat(&[top, bottom], 1)?.narrow(1, y0, h)?.narrow(2, x0, w)?;
+    let input = Tensor::cat(&[top, bottom], 1)?.narrow(1, y0, h)?.narrow(2, x0, w)?.contiguous()?;
     let dims = (w as u32, h as u32);
     let boxes = tiles.iter().enumerate().flat_map(|(i, t)| {
         let (ox, oy) = ((i % 2 * w) as f32, (i / 2 * h) as f32);
@@ -467,6 +467,11 @@ mod tests {
                 assert_eq!(got.input.dims(), [4, 8, 8]);
                 assert_eq!(got.input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected.input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "sample {i}, seed {seed}");
                 assert_eq!(got.labels, expected.labels, "sample {i}, seed {seed}");
+                // Always a mosaic: still one map of bits, with boxes inside it.
+                let mosaic = set.get(i, Some(&mut Augment { rng: &mut ChaCha8Rng::seed_from_u64(seed), mosaic: 1.0 })).unwrap();
+                assert_eq!(mosaic.input.dims(), [4, 8, 8]);
+                assert!(mosaic.input.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0 || v == 1.0));
+                assert!(mosaic.labels.iter().all(|l| l.w > 0.0 && l.h > 0.0 && (0.0..=1.0).contains(&l.cx) && (0.0..=1.0).contains(&l.cy)));
             }
         }
     }
@@ -583,10 +588,11 @@ mod tests {
         // Tile 0's box is whole in the window; tile 1's keeps 12 of its 16 cells; tile 2's falls out
         // of it; tile 3's first keeps 2 of 16 cells (under a quarter: dropped), its second is whole.
         assert_eq!(out.labels, [label(0, [1.0, 2.0, 5.0, 4.0]), label(1, [5.0, 0.0, 7.0, 6.0]), label(4, [5.0, 6.0, 7.0, 8.0])]);
-        // Drawn at random, the window stays inside the grid and the map keeps its shape.
+        // Drawn at random, the window stays inside the grid, and the map keeps its shape through the
+        // rest of the augmentation.
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         for _ in 0..20 {
-            let out = feature_mosaic(tiles.clone(), &mut rng).unwrap();
+            let out = augment_features(feature_mosaic(tiles.clone(), &mut rng).unwrap(), &mut rng).unwrap();
             assert_eq!(out.input.dims(), [1, 8, 8]);
         }
         let mut odd = tiles.clone();
