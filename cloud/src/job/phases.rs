@@ -183,8 +183,8 @@ impl Job {
         let out = self.dir("pretrain");
         let epochs = self.config.pretrain_epochs;
         let c = &self.config;
-        // Binarization-aware at the job's cut with the edges' noise, unless --float-pretrain.
-        let (binarize_cut, privacy) = if c.float_pretrain { (None, NO_NOISE) } else { (Some(c.cut.index), c.privacy) };
+        // With --aware-pretrain: binarization-aware at the job's cut with the edges' noise.
+        let (binarize_cut, privacy) = if c.aware_pretrain { (Some(c.cut.index), c.privacy) } else { (None, NO_NOISE) };
         let args = pretrain::Args { run: self.run_flags(&data.join(layout::PUBLIC_YAML), &out, epochs), model: c.model.clone(), weights: None, binarize_cut, privacy };
         let what = match binarize_cut {
             Some(cut) => format!("whole {} on the public split, binarization-aware at cut {cut} ({}), {epochs} epochs", c.model.name, self.privacy_setting()),
