@@ -429,3 +429,31 @@ pub fn save_untrained_back(weights: &Path, cut: usize, out: &Path) -> Result<(),
 pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join(CHECKPOINT_FILE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_mosaic_turns_the_mosaic_off_for_the_last_epochs() {
+        let config = |mosaic, close_mosaic| FitConfig {
+            epochs: 5,
+            batch_size: 2,
+            nominal_batch: 2,
+            hyp: Hyp::default(),
+            decay: LrDecay::Linear,
+            seed: 0,
+            augment: true,
+            mosaic,
+            close_mosaic,
+            imgsz: 32,
+            device: Device::Cpu,
+            out: PathBuf::new(),
+            stop_after: None,
+        };
+        let per_epoch = |c: &FitConfig| (0..5).map(|e| c.mosaic_at(e)).collect::<Vec<_>>();
+        assert_eq!(per_epoch(&config(0.5, 2)), [0.5, 0.5, 0.5, 0.0, 0.0]);
+        assert_eq!(per_epoch(&config(1.0, 0)), [1.0; 5]);
+        assert_eq!(per_epoch(&config(1.0, 9)), [0.0; 5]);
+    }
+}
