@@ -92,8 +92,9 @@ pub struct Args {
     pub pretrain_epochs: usize,
     /// Pretrain binarization-aware at --cut with the edges' --mechanism and --epsilon (`pretrain --binarize-cut`), so
     /// that MistNet starts from a Back that already reads the edges' bits, instead of on float features. Off by default:
-    /// at the default sizes MistNet's first epoch then scores at least the public-only model, but its later epochs fall
-    /// well below those of MistNet from a float-pretrained model (README, "What is not done yet").
+    /// at the default sizes MistNet's first epoch then scores at least the public-only model, but on the noiseless bits
+    /// `val` scores its later epochs fall well below those of MistNet from a float-pretrained model, though on noisy
+    /// bits they score above them (README, "What is not done yet").
     #[arg(long, conflicts_with = "weights")]
     pub aware_pretrain: bool,
     /// Epochs of MistNet training and of the centralized baseline (the same for both).
