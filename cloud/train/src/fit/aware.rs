@@ -13,7 +13,7 @@ use mistnet::model::{LayerSpec, check_cut};
 use super::FitError;
 
 /// |x| beyond which the straight-through gradient is zero.
-pub const STE_CLIP: f32 = 1.0;
+const STE_CLIP: f32 = 1.0;
 
 /// Where the Front's output is binarized, and the randomized response applied to the bits.
 #[derive(Debug, Clone, Copy, PartialEq)]
