@@ -90,12 +90,14 @@ pub fn run(args: Args) -> Result<()> {
                 decay: LrDecay::Linear,
                 seed: 0,
                 augment: true,
+                mosaic: crate::run_flags::DEFAULT_MOSAIC,
+                close_mosaic: 0,
                 imgsz: args.imgsz,
                 device: Device::Cpu,
                 out: PathBuf::new(),
                 stop_after: None,
             };
-            let trainee = Trainee { model, store, fixed: Default::default(), meta };
+            let trainee = Trainee { model, store, fixed: Default::default(), meta, binarization: None };
             // One epoch over exactly one batch: one training step.
             Session::new(&trainee, &images, &config)?.train_epoch(&trainee, &images, &config, 0, "edge-memory step")?;
         }

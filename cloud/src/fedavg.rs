@@ -53,7 +53,8 @@ pub struct Args {
     /// Held-out evaluation data after every round: a dataset YAML, its val split (its train split if it has none).
     #[arg(long, value_name = "DATA.yaml")]
     pub val: PathBuf,
-    /// The starting model: a deployable whole model (`pretrain`'s model.safetensors), the same MistNet starts from.
+    /// The starting model: a deployable model (`pretrain`'s model.safetensors), the same MistNet starts from. One that
+    /// binarizes at a cut (binarization-aware `pretrain`) starts FedAvg too: every layer is trained on float features.
     #[arg(long)]
     pub weights: PathBuf,
     /// Rounds of federated training.
@@ -114,11 +115,10 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.device.open()?;
     // Every tensor of the file must belong to the model it names.
     let detector = Detector::load(&args.weights, &Device::Cpu).with_context(|| format!("--weights {}", args.weights.display()))?;
-    let meta = DeployMeta { imgsz: args.imgsz.unwrap_or(detector.meta().imgsz), ..detector.meta().clone() };
+    // FedAvg trains the whole model on images: a start that binarizes at a cut (binarization-aware
+    // `pretrain`, or `train`'s Front + Back) holds every layer and is trained on float features.
+    let meta = DeployMeta { imgsz: args.imgsz.unwrap_or(detector.meta().imgsz), binarized_cut: None, ..detector.meta().clone() };
     drop(detector);
-    if meta.binarized_cut.is_some() {
-        bail!("--weights {} is a MistNet model (Front + Back): FedAvg trains a whole model; give a `pretrain` model", args.weights.display());
-    }
     let start: State = candle_core::safetensors::load(&args.weights, &Device::Cpu)?.into_iter().collect::<BTreeMap<_, _>>();
     let policy = if args.skip_bad { BadDataPolicy::Skip } else { BadDataPolicy::Fail };
     let mut edges = Vec::new();
@@ -141,6 +141,8 @@ pub fn run(args: Args) -> Result<()> {
         decay: LrDecay::Linear,
         seed: args.seed,
         augment: !args.step.no_augment,
+        mosaic: args.step.mosaic.mosaic,
+        close_mosaic: args.step.mosaic.close_mosaic,
         imgsz: meta.imgsz,
         device,
         out: args.out.clone(),
@@ -230,7 +232,14 @@ mod tests {
             fraction: 0.5,
             aggregation: "running".into(),
             imgsz: Some(96),
-            step: StepFlags { batch: 4, nbs: 4, hyp: Some("h.yaml".into()), warmup_min_iters: Some(5), no_augment: true },
+            step: StepFlags {
+                batch: 4,
+                nbs: 4,
+                hyp: Some("h.yaml".into()),
+                warmup_min_iters: Some(5),
+                no_augment: true,
+                mosaic: crate::run_flags::MosaicFlags { mosaic: 0.25, close_mosaic: 2 },
+            },
             seed: 3,
             device: DeviceArgs { spec: DeviceSpec::Cpu },
             skip_bad: true,

@@ -1,5 +1,6 @@
 //! Flags shared by the training commands: [`StepFlags`] (batch, accumulation, hyper-parameters,
-//! warmup, augmentation: `train`, `pretrain` and `fedavg`) and [`RunFlags`] (`train` and
+//! warmup, augmentation with its [`MosaicFlags`]: `train`, `pretrain` and `fedavg`; the job sets
+//! the mosaic of all its training phases with the same flags) and [`RunFlags`] (`train` and
 //! `pretrain`: data, schedule, seed, device and the run directory).
 
 use std::ffi::OsString;
@@ -28,9 +29,42 @@ pub struct StepFlags {
     /// so short that 100 iterations would be most of them. Overrides `warmup_min_iters` of --hyp.
     #[arg(long, value_name = "N")]
     pub warmup_min_iters: Option<usize>,
-    /// Turn augmentation off.
+    /// Turn augmentation off (mosaic included).
     #[arg(long)]
     pub no_augment: bool,
+    #[command(flatten)]
+    pub mosaic: MosaicFlags,
+}
+
+/// The mosaic augmentation: four training samples tiled into one (YOLOv5's `load_mosaic` on
+/// images; on stored features, four maps tiled 2×2 and cropped back at a random centre).
+#[derive(clap::Args, Debug, Clone, Copy, PartialEq)]
+pub struct MosaicFlags {
+    /// Probability that a training sample is a mosaic of itself and three random others (images: tiled around a random
+    /// centre in a 2s×2s canvas, then the random affine crops it back to s; features: four maps tiled 2×2, a map-sized
+    /// window cut at a random centre; boxes move with their tile, are clipped, and those mostly cut off are dropped).
+    /// 0 turns it off; YOLOv5's hyp.scratch-low uses 1.
+    #[arg(long, value_name = "P", default_value_t = DEFAULT_MOSAIC, value_parser = parse_probability)]
+    pub mosaic: f64,
+    /// Train the last N epochs without mosaics (Ultralytics' close_mosaic), so that the model ends on whole samples.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLOSE_MOSAIC)]
+    pub close_mosaic: usize,
+}
+
+/// `--mosaic`'s and `--close-mosaic`'s defaults.
+pub const DEFAULT_MOSAIC: f64 = 1.0;
+pub const DEFAULT_CLOSE_MOSAIC: usize = 0;
+
+/// A probability in 0..=1.
+fn parse_probability(text: &str) -> Result<f64, String> {
+    let p: f64 = text.parse().map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&p) { Ok(p) } else { Err(format!("{p} is not a probability: it must be in 0..=1")) }
+}
+
+impl ToArgs for MosaicFlags {
+    fn to_args(&self) -> Vec<OsString> {
+        Argv::new().arg("--mosaic", self.mosaic.to_string()).arg("--close-mosaic", self.close_mosaic.to_string()).build()
+    }
 }
 
 impl StepFlags {
@@ -58,6 +92,7 @@ impl ToArgs for StepFlags {
             .opt("--hyp", self.hyp.as_ref())
             .opt("--warmup-min-iters", self.warmup_min_iters.map(|n| n.to_string()))
             .switch("--no-augment", self.no_augment)
+            .group(&self.mosaic)
             .build()
     }
 }
@@ -108,6 +143,8 @@ impl RunFlags {
             decay: if self.cos_lr { LrDecay::Cosine } else { LrDecay::Linear },
             seed: self.seed,
             augment: !self.step.no_augment,
+            mosaic: self.step.mosaic.mosaic,
+            close_mosaic: self.step.mosaic.close_mosaic,
             imgsz: self.imgsz.px,
             device: self.device.open()?,
             out: self.out.clone(),
@@ -160,7 +197,13 @@ pub mod tests {
     pub fn example() -> RunFlags {
         let plain = plain();
         RunFlags {
-            step: StepFlags { hyp: Some("hyp.yaml".into()), warmup_min_iters: Some(20), no_augment: true, ..plain.step.clone() },
+            step: StepFlags {
+                hyp: Some("hyp.yaml".into()),
+                warmup_min_iters: Some(20),
+                no_augment: true,
+                mosaic: MosaicFlags { mosaic: 0.1 + 0.2, close_mosaic: 5 },
+                ..plain.step.clone()
+            },
             cos_lr: true,
             seed: 7,
             device: DeviceArgs { spec: DeviceSpec::Cuda(1) },
@@ -176,7 +219,14 @@ pub mod tests {
             data: "data/public.yaml".into(),
             imgsz: ImageSizeArgs { px: 128 },
             epochs: 3,
-            step: StepFlags { batch: 8, nbs: 8, hyp: None, warmup_min_iters: None, no_augment: false },
+            step: StepFlags {
+                batch: 8,
+                nbs: 8,
+                hyp: None,
+                warmup_min_iters: None,
+                no_augment: false,
+                mosaic: MosaicFlags { mosaic: DEFAULT_MOSAIC, close_mosaic: DEFAULT_CLOSE_MOSAIC },
+            },
             cos_lr: false,
             seed: 0,
             device: DeviceArgs { spec: DeviceSpec::Cpu },
@@ -191,6 +241,19 @@ pub mod tests {
     fn run_flags_parse_back_to_themselves() {
         for flags in [plain(), example()] {
             assert_eq!(reparse(&flags).unwrap(), flags);
+        }
+    }
+
+    #[test]
+    fn the_mosaic_probability_must_be_in_0_to_1() {
+        let parse = |p: &str| {
+            let command = <MosaicFlags as clap::Args>::augment_args(clap::Command::new("m").no_binary_name(true));
+            command.try_get_matches_from([format!("--mosaic={p}")]).map(|m| <MosaicFlags as clap::FromArgMatches>::from_arg_matches(&m).unwrap().mosaic)
+        };
+        assert_eq!((parse("0").unwrap(), parse("0.5").unwrap(), parse("1").unwrap()), (0.0, 0.5, 1.0));
+        for bad in ["1.5", "-0.1", "NaN", "half"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("0..=1") || err.contains("not a number"), "{bad}: {err}");
         }
     }
 }

@@ -138,7 +138,12 @@ pub fn run(args: Args) -> Result<()> {
     let (dataset, train, val) = args.run.load_data()?;
     let names = dataset.names().to_vec();
     let yaml = match DeployMeta::read(&args.weights) {
-        Ok(meta) => meta.model_yaml,
+        Ok(meta) => {
+            if let Some(k) = meta.binarized_cut.filter(|&k| k != args.cut.index) {
+                bail!("--weights {} binarizes at cut {k} (its Back reads those bits); --cut must be {k}", args.weights.display());
+            }
+            meta.model_yaml
+        }
         Err(_) => args.model.yaml()?,
     };
     let specs = specs_for(&yaml, names.len())?;
@@ -188,7 +193,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let val = EvalSet::load(&val.samples, &names, config.imgsz)?;
     let meta = DeployMeta { model_yaml: yaml, names, imgsz: config.imgsz, binarized_cut: Some(cut) };
-    let trainee = Trainee { model: back, store, fixed: front_tensors, meta };
+    let trainee = Trainee { model: back, store, fixed: front_tensors, meta, binarization: None };
     let records = match &mut features {
         Features::Fixed(set) => fit::fit(&trainee, set, &val, &config, args.run.resume)?,
         Features::Followed(followed) => {

@@ -12,7 +12,7 @@ use mistnet::codec::{EncodeParams, Encoding, FrontHash, Privacy, encode, seeded_
 use mistnet::encoder::{EdgeEncoder, WireSettings};
 use mistnet::data::{BadDataPolicy, Dataset, Label, Split};
 use mistnet::model::{Front, ModelConfig, ParamStore};
-use mistnet_train::fit::{FeatureSet, LabelledSource, StoreExpect};
+use mistnet_train::fit::{Augment, FeatureSet, LabelledSource, StoreExpect};
 use mistnet_store::{FeatureStore, Outcome, StoreLimits, StoreWriter, Upload};
 use mistnet_e2e::{binary, start_cloud, start_edge};
 use rand::SeedableRng;
@@ -126,8 +126,8 @@ fn the_store_gives_the_trainer_what_the_simulation_makes_of_the_same_images() {
             assert_ne!(a.labels, sample.labels, "{id}: a non-square image's boxes move in the letterbox");
         }
         for seed in 0..6 {
-            let a = from_store.get(j, Some(&mut ChaCha8Rng::seed_from_u64(seed))).unwrap();
-            let b = simulated.get(i, Some(&mut ChaCha8Rng::seed_from_u64(seed))).unwrap();
+            let a = from_store.get(j, Some(&mut Augment { rng: &mut ChaCha8Rng::seed_from_u64(seed), mosaic: 0.0 })).unwrap();
+            let b = simulated.get(i, Some(&mut Augment { rng: &mut ChaCha8Rng::seed_from_u64(seed), mosaic: 0.0 })).unwrap();
             assert_eq!((flat(&a.input), a.labels), (flat(&b.input), b.labels), "{id}, augmentation seed {seed}");
         }
     }

@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::data::synth::layout;
 use mistnet::codec::{DEFAULT_ZSTD_LEVEL, Encoding};
 use mistnet_cli::edge::{PrivacyArgs, RunArgs};
-use mistnet_cli::{Argv, ClientArgs, ToArgs};
+use mistnet::codec::Mechanism;
+use mistnet_cli::{Argv, ClientArgs, LdpArgs, ToArgs};
 use mistnet_proto::client::{Connection, TlsFiles};
 use mistnet_proto::pb::feature_upload_server::SERVICE_NAME as FEATURE_UPLOAD;
 use mistnet_store::{OnCorruption, segment};
@@ -38,6 +39,8 @@ const SERVE_START: Duration = Duration::from_secs(60);
 const SERVE_STOP: Duration = Duration::from_secs(30);
 /// `train --follow --wait-timeout` in the job: long, since the job watches the edges itself.
 const FOLLOW_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// `pretrain`'s noise flags where it trains on float features.
+const NO_NOISE: LdpArgs = LdpArgs { mechanism: Mechanism::None, epsilon: None };
 
 /// One run of the job: its settings, the two binaries, the children and the phase timings.
 pub struct Job {
@@ -179,8 +182,14 @@ impl Job {
         }
         let out = self.dir("pretrain");
         let epochs = self.config.pretrain_epochs;
-        let args = pretrain::Args { run: self.run_flags(&data.join(layout::PUBLIC_YAML), &out, epochs), model: self.config.model.clone(), weights: None };
-        let what = format!("whole {} on the public split, {epochs} epochs", self.config.model.name);
+        let c = &self.config;
+        // With --aware-pretrain: binarization-aware at the job's cut with the edges' noise.
+        let (binarize_cut, privacy) = if c.aware_pretrain { (Some(c.cut.index), c.privacy) } else { (None, NO_NOISE) };
+        let args = pretrain::Args { run: self.run_flags(&data.join(layout::PUBLIC_YAML), &out, epochs), model: c.model.clone(), weights: None, binarize_cut, privacy };
+        let what = match binarize_cut {
+            Some(cut) => format!("whole {} on the public split, binarization-aware at cut {cut} ({}), {epochs} epochs", c.model.name, self.privacy_setting()),
+            None => format!("whole {} on the public split (float features), {epochs} epochs", c.model.name),
+        };
         self.phase("pretrain", &what, |job| job.train_child("pretrain", job.cloud_cmd("pretrain", &args), &out, epochs))?;
         Ok(out.join(MODEL_FILE))
     }
@@ -413,6 +422,8 @@ impl Job {
             run: self.run_flags(&data.join(layout::PRIVATE_YAML), &out, epochs),
             model: self.config.model.clone(),
             weights: Some(pretrained.to_path_buf()),
+            binarize_cut: None,
+            privacy: NO_NOISE,
         };
         let what = format!("the whole model on the raw private images (no split), {epochs} epochs");
         self.phase("centralized", &what, |job| job.train_child("centralized", job.cloud_cmd("pretrain", &args), &out, epochs))?;
@@ -420,10 +431,10 @@ impl Job {
     }
 
     /// How every training phase (MistNet, centralized, FedAvg) makes a step: the job's batch, also
-    /// the nominal batch (no accumulation), and its warmup floor.
+    /// the nominal batch (no accumulation), its warmup floor and its mosaic (pretraining's too).
     pub(super) fn step_flags(&self) -> StepFlags {
         let c = &self.config;
-        StepFlags { batch: c.batch, nbs: c.batch, hyp: None, warmup_min_iters: c.warmup_min_iters, no_augment: false }
+        StepFlags { batch: c.batch, nbs: c.batch, hyp: None, warmup_min_iters: c.warmup_min_iters, no_augment: false, mosaic: c.mosaic }
     }
 
     /// The flags every training phase shares: how a step is made ([`Self::step_flags`]), seed,

@@ -18,7 +18,7 @@ use candle_core::Device;
 use mistnet::codec::{EncodeParams, Encoding, Mechanism, Privacy, encode, seeded_rng};
 use mistnet::data::{BadDataPolicy, Label};
 use mistnet::model::{Front, ModelConfig, ParamStore};
-use mistnet_train::fit::{FeatureSet, LabelledSource, StoreExpect, make_batch};
+use mistnet_train::fit::{Augment, FeatureSet, LabelledSource, StoreExpect, make_batch};
 use mistnet_store::{FeatureStore, Outcome, StoreLimits, StoreWriter, Upload};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -146,7 +146,7 @@ fn child(dir: &std::path::Path) {
     let t0 = Instant::now();
     for b in 0..BATCHES {
         let indices: Vec<usize> = (b * BATCH..(b + 1) * BATCH).collect();
-        let (inputs, targets) = make_batch(&set, &indices, Some(&mut rng)).unwrap();
+        let (inputs, targets) = make_batch(&set, &indices, Some(&mut Augment { rng: &mut rng, mosaic: 1.0 })).unwrap();
         assert_eq!(inputs.dims()[0], BATCH);
         std::hint::black_box((inputs, targets));
     }

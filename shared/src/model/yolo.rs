@@ -147,25 +147,38 @@ impl Yolo {
 
     /// Forward pass; `train` selects BatchNorm batch statistics (and updates running stats).
     pub fn forward_t(&self, input: &Tensor, train: bool) -> Result<YoloOutput> {
-        self.run(input, train, false)
+        self.run(input, train, false, None)
     }
 
     /// Forward pass keeping every layer's output (for parity checks and debugging).
     pub fn forward_all(&self, input: &Tensor, train: bool) -> Result<YoloOutput> {
-        self.run(input, train, true)
+        self.run(input, train, true, None)
     }
 
-    fn run(&self, input: &Tensor, train: bool, keep_all: bool) -> Result<YoloOutput> {
+    /// Forward pass in which `map` replaces the output of layer `at` before any later layer reads
+    /// it (binarization-aware training: the Front's output binarized before the Back).
+    pub fn forward_mapped(&self, input: &Tensor, train: bool, at: usize, map: &mut dyn FnMut(Tensor) -> Result<Tensor>) -> Result<YoloOutput> {
+        if at < self.first || at + 1 >= self.specs.len() {
+            candle_core::bail!("cannot map the output of layer {at}: the model runs layers {}..{} and the last is the head", self.first, self.specs.len());
+        }
+        self.run(input, train, false, Some((at, map)))
+    }
+
+    fn run(&self, input: &Tensor, train: bool, keep_all: bool, mut map: Option<(usize, &mut dyn FnMut(Tensor) -> Result<Tensor>)>) -> Result<YoloOutput> {
         let mut raw = Vec::new();
         let outs = run_graph(&self.specs, self.first, input.clone(), keep_all, |i, xs| {
-            match &self.layers[i - self.first] {
+            let out = match &self.layers[i - self.first] {
                 Layer::Detect(d) => {
                     let owned: Vec<Tensor> = xs.iter().map(|t| (*t).clone()).collect();
                     raw = d.forward(&owned)?;
                     // The head's own "output" is not a tensor; keep a cheap placeholder.
-                    Ok(raw[0].clone())
+                    return Ok(raw[0].clone());
                 }
-                layer => layer.forward_t(xs, train),
+                layer => layer.forward_t(xs, train)?,
+            };
+            match &mut map {
+                Some((at, f)) if *at == i => f(out),
+                _ => Ok(out),
             }
         })?;
         let last = self.specs.len() - 1;

@@ -33,7 +33,7 @@ pub fn train_locally(
 ) -> Result<(State, Vec<EpochLosses>), FitError> {
     let store = ParamStore::from_tensors(global, &config.device)?;
     let model = Yolo::load(store.var_builder(&config.device), specs, 0, BatchNormConfig::default())?;
-    let trainee = Trainee { model, store, fixed: Default::default(), meta: meta.clone() };
+    let trainee = Trainee { model, store, fixed: Default::default(), meta: meta.clone(), binarization: None };
     let mut session = Session::new(&trainee, images, config)?;
     let mut losses = Vec::with_capacity(epochs.len());
     let n = epochs.len();

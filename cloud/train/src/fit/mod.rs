@@ -9,12 +9,16 @@
 //! - `results.csv`, `loss.png`, `map.png`: per-epoch losses, mAP, step time and samples a second;
 //! - `metrics.prom`: the last epoch's, in the Prometheus text format ([`exposition`]).
 //!
+//! A [`Trainee`] with a [`Binarization`] trains the whole model binarization-aware ([`aware`]).
+//!
 //! [`fit_growing`] trains on a source that may grow between epochs (`train --follow`: samples
 //! still being stored); every epoch's `results.csv` row says how many samples it saw.
 //!
 //! Randomness (shuffling, augmentation) is drawn from a ChaCha8 generator seeded with the seed
-//! on stream `epoch`, so a resumed run repeats exactly what an uninterrupted one does.
+//! on stream `epoch` (the binarization's noise from ChaCha20, the same seed and stream), so a
+//! resumed run repeats exactly what an uninterrupted one does.
 
+pub mod aware;
 pub mod checkpoint;
 pub mod eval;
 pub mod exposition;
@@ -29,16 +33,18 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::model::deploy::{DeployMeta, Detector, save_deployable};
-use mistnet::model::{ParamStore, Yolo};
+use mistnet::codec::{CodecRng, seeded_rng};
+use mistnet::model::{ParamStore, Yolo, YoloOutput};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::plot::PlotError;
 use crate::train::{Hyp, LossConfig, LrDecay, ModelEma, Optimizer, OptimizerConfig, Target, TrainError, YoloLoss};
+pub use aware::Binarization;
 pub use eval::{EvalSet, Evaluation, Metrics};
 pub use report::EpochRecord;
-pub use source::{FeatureSet, FollowedStore, LabelledInput, LabelledSource, StoreExpect};
+pub use source::{Augment, FeatureSet, FollowedStore, LabelledInput, LabelledSource, StoreExpect};
 
 /// File names in the run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -95,6 +101,10 @@ pub struct FitConfig {
     pub seed: u64,
     /// Augment training samples (the source decides how).
     pub augment: bool,
+    /// Probability that an augmented sample is a mosaic of four (YOLOv5's hyp.scratch-low: 1).
+    pub mosaic: f64,
+    /// No mosaics in the last this many epochs of the schedule (Ultralytics' `close_mosaic`).
+    pub close_mosaic: usize,
     /// Letterbox size of the images the inputs come from (scales the objectness gain).
     pub imgsz: u32,
     pub device: Device,
@@ -104,6 +114,14 @@ pub struct FitConfig {
     pub stop_after: Option<usize>,
 }
 
+impl FitConfig {
+    /// The mosaic probability of epoch `epoch`: [`FitConfig::mosaic`], 0 in the last
+    /// [`FitConfig::close_mosaic`] epochs.
+    pub fn mosaic_at(&self, epoch: usize) -> f64 {
+        if epoch + self.close_mosaic >= self.epochs { 0.0 } else { self.mosaic }
+    }
+}
+
 /// What is trained: `model` (whose parameters live in `store`) and what makes it deployable.
 pub struct Trainee {
     pub model: Yolo,
@@ -111,6 +129,20 @@ pub struct Trainee {
     /// Tensors written into the deployable file besides the model's (the Front's, for a Back).
     pub fixed: BTreeMap<String, Tensor>,
     pub meta: DeployMeta,
+    /// Binarize the output of layer `cut − 1` in training (a whole model's; [`aware`]).
+    pub binarization: Option<Binarization>,
+}
+
+impl Trainee {
+    /// The training forward pass (BatchNorm batch statistics), binarization-aware with noise
+    /// from `noise` when the trainee has a [`Binarization`].
+    fn forward_train(&self, input: &Tensor, noise: &mut CodecRng) -> Result<YoloOutput, FitError> {
+        Ok(match &self.binarization {
+            Some(b) if self.model.first() == 0 => self.model.forward_mapped(input, true, b.cut() - 1, &mut |x| b.apply(&x, noise))?,
+            Some(_) => return Err(FitError::Config("binarization-aware training needs the whole model, not a Back".into())),
+            None => self.model.forward_t(input, true)?,
+        })
+    }
 }
 
 /// A [`LabelledSource`] that may grow between epochs: [`fit_growing`] calls
@@ -128,8 +160,8 @@ impl LabelledSource for Fixed<'_> {
         self.0.len()
     }
 
-    fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError> {
-        self.0.get(index, rng)
+    fn get(&self, index: usize, augment: Option<&mut Augment<'_>>) -> Result<LabelledInput, FitError> {
+        self.0.get(index, augment)
     }
 }
 
@@ -294,6 +326,10 @@ impl Session {
         rng.set_stream(epoch as u64);
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
+        let mosaic = config.mosaic_at(epoch);
+        // The randomized response of binarization-aware training, on its own stream per epoch.
+        let mut noise = seeded_rng(config.seed);
+        noise.set_stream(epoch as u64);
         let bar = ProgressBar::new(batches as u64).with_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}").expect("valid template").progress_chars("=> "),
         );
@@ -301,8 +337,9 @@ impl Session {
         let mut sums = [0f64; 4];
         for i in 0..batches {
             let end = if i + 1 == batches { n } else { (i + 1) * config.batch_size };
-            let (inputs, targets) = make_batch(source, &order[i * config.batch_size..end], config.augment.then_some(&mut rng))?;
-            let out = trainee.model.forward_t(&inputs.to_device(&config.device)?, true)?;
+            let mut augment = config.augment.then_some(Augment { rng: &mut rng, mosaic });
+            let (inputs, targets) = make_batch(source, &order[i * config.batch_size..end], augment.as_mut())?;
+            let out = trainee.forward_train(&inputs.to_device(&config.device)?, &mut noise)?;
             let loss = self.loss_fn.compute(&out.raw, &targets)?;
             if self.optimizer.backward_step_at(&loss.total, epoch, iteration + i)? {
                 self.ema.update(&trainee.store.tensors())?;
@@ -336,11 +373,11 @@ impl Session {
 
 /// Stacks the samples at `indices` into `[B, C, H, W]` and YOLOv5 targets
 /// `(image, class, x, y, w, h)` normalized to the input.
-pub fn make_batch(source: &dyn LabelledSource, indices: &[usize], mut rng: Option<&mut ChaCha8Rng>) -> Result<(Tensor, Vec<Target>), FitError> {
+pub fn make_batch(source: &dyn LabelledSource, indices: &[usize], mut augment: Option<&mut Augment<'_>>) -> Result<(Tensor, Vec<Target>), FitError> {
     let mut inputs = Vec::with_capacity(indices.len());
     let mut targets = Vec::new();
     for (image, &index) in indices.iter().enumerate() {
-        let s = source.get(index, rng.as_deref_mut())?;
+        let s = source.get(index, augment.as_deref_mut())?;
         if let Some(first) = inputs.first().map(Tensor::dims).filter(|&d| d != s.input.dims()) {
             return Err(FitError::Sample(format!("{index}: input shape {:?} differs from the batch's {first:?}", s.input.dims())));
         }
@@ -391,4 +428,32 @@ pub fn save_untrained_back(weights: &Path, cut: usize, out: &Path) -> Result<(),
 /// The checkpoint path of a run directory.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join(CHECKPOINT_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_mosaic_turns_the_mosaic_off_for_the_last_epochs() {
+        let config = |mosaic, close_mosaic| FitConfig {
+            epochs: 5,
+            batch_size: 2,
+            nominal_batch: 2,
+            hyp: Hyp::default(),
+            decay: LrDecay::Linear,
+            seed: 0,
+            augment: true,
+            mosaic,
+            close_mosaic,
+            imgsz: 32,
+            device: Device::Cpu,
+            out: PathBuf::new(),
+            stop_after: None,
+        };
+        let per_epoch = |c: &FitConfig| (0..5).map(|e| c.mosaic_at(e)).collect::<Vec<_>>();
+        assert_eq!(per_epoch(&config(0.5, 2)), [0.5, 0.5, 0.5, 0.0, 0.0]);
+        assert_eq!(per_epoch(&config(1.0, 0)), [1.0; 5]);
+        assert_eq!(per_epoch(&config(1.0, 9)), [0.0; 5]);
+    }
 }

@@ -6,7 +6,8 @@
 //!   what the edges sent (the feature store), placing each box in the letterboxed canvas the
 //!   edge fed its Front; [`FeatureSet::from_messages`] takes any other source of messages with
 //!   letterboxed labels; [`FeatureSet::extract`] simulates the edges on a local dataset through
-//!   the one edge pipeline ([`EdgeEncoder`]), then decodes.
+//!   the one edge pipeline ([`EdgeEncoder`]), then decodes. Augmented, a sample may first become
+//!   a [`feature_mosaic`] of four.
 //! - [`FollowedStore`]: a feature store the edges are still uploading to (`train --follow`): each
 //!   [`FollowedStore::take_in`] decodes only the samples stored since the last and adds them to
 //!   the bits already held.
@@ -32,13 +33,29 @@ pub struct LabelledInput {
     pub labels: Vec<Label>,
 }
 
-/// A labelled sample source. `rng` is `Some` when the sample should be augmented.
+/// How a training sample is augmented: the epoch's generator, and the probability that the
+/// sample is a mosaic of itself and three others drawn from the source.
+#[derive(Debug)]
+pub struct Augment<'a> {
+    pub rng: &'a mut ChaCha8Rng,
+    /// In 0..=1; 0 draws nothing from `rng` for it.
+    pub mosaic: f64,
+}
+
+impl Augment<'_> {
+    /// Draws whether this sample is a mosaic, and if so the other three samples of it, out of `len`.
+    pub fn mosaic_partners(&mut self, len: usize) -> Option<[usize; 3]> {
+        (self.mosaic > 0.0 && self.rng.random_bool(self.mosaic)).then(|| std::array::from_fn(|_| self.rng.random_range(0..len)))
+    }
+}
+
+/// A labelled sample source. `augment` is `Some` when the sample should be augmented.
 pub trait LabelledSource {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError>;
+    fn get(&self, index: usize, augment: Option<&mut Augment<'_>>) -> Result<LabelledInput, FitError>;
 }
 
 /// Feature maps with labels normalized to the letterboxed image they came from. The maps are held
@@ -223,14 +240,26 @@ impl LabelledSource for FeatureSet {
         self.samples.len()
     }
 
-    /// The sample's bits unpacked to a `[C, H, W]` map of 0/1 f32, augmented when `rng` is given.
-    fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError> {
+    /// The sample's bits unpacked to a `[C, H, W]` map of 0/1 f32, augmented when `augment` is
+    /// given: first, with its probability, a [`feature_mosaic`] with three other samples.
+    fn get(&self, index: usize, augment: Option<&mut Augment<'_>>) -> Result<LabelledInput, FitError> {
+        let Some(augment) = augment else { return self.unpacked(index) };
+        let sample = match augment.mosaic_partners(self.len()) {
+            Some([a, b, c]) => {
+                let tiles = [index, a, b, c].map(|i| self.unpacked(i));
+                let [t0, t1, t2, t3] = tiles;
+                feature_mosaic([t0?, t1?, t2?, t3?], augment.rng)?
+            }
+            None => self.unpacked(index)?,
+        };
+        augment_features(sample, augment.rng)
+    }
+}
+
+impl FeatureSet {
+    fn unpacked(&self, index: usize) -> Result<LabelledInput, FitError> {
         let held = &self.samples[index];
-        let sample = LabelledInput { input: Tensor::from_vec(held.bits.to_f32(), self.shape.to_vec(), &Device::Cpu)?, labels: held.labels.clone() };
-        match rng {
-            Some(rng) => augment_features(sample, rng),
-            None => Ok(sample),
-        }
+        Ok(LabelledInput { input: Tensor::from_vec(held.bits.to_f32(), self.shape.to_vec(), &Device::Cpu)?, labels: held.labels.clone() })
     }
 }
 
@@ -285,8 +314,8 @@ impl LabelledSource for FollowedStore {
         self.set.len()
     }
 
-    fn get(&self, index: usize, rng: Option<&mut ChaCha8Rng>) -> Result<LabelledInput, FitError> {
-        self.set.get(index, rng)
+    fn get(&self, index: usize, augment: Option<&mut Augment<'_>>) -> Result<LabelledInput, FitError> {
+        self.set.get(index, augment)
     }
 }
 
@@ -328,18 +357,55 @@ pub fn augment_features(mut s: LabelledInput, rng: &mut ChaCha8Rng) -> Result<La
 }
 
 /// Labels of a `size` map after keeping the window `(x0, y0, w, h)` at the top-left corner.
-fn crop_labels(labels: &[Label], size: (usize, usize), (x0, y0, cw, ch): (usize, usize, usize, usize)) -> Vec<Label> {
+fn crop_labels(labels: &[Label], size: (usize, usize), window: (usize, usize, usize, usize)) -> Vec<Label> {
     let dims = (size.0 as u32, size.1 as u32);
-    labels
-        .iter()
-        .filter_map(|l| {
-            let [x1, y1, x2, y2] = l.to_pixels(dims);
+    window_boxes(labels.iter().map(|l| (l.class, l.to_pixels(dims))), window, dims)
+}
+
+/// Boxes `(class, [x1, y1, x2, y2])` in cells, clipped to the window `(x0, y0, w, h)` and
+/// normalized to a map of `out` cells whose top-left corner the window's is; a box keeping less
+/// than [`KEEP_AREA`] of its area is dropped.
+fn window_boxes(boxes: impl Iterator<Item = (usize, [f32; 4])>, (x0, y0, cw, ch): (usize, usize, usize, usize), out: (u32, u32)) -> Vec<Label> {
+    boxes
+        .filter_map(|(class, [x1, y1, x2, y2])| {
             let clip = |v: f32, o: usize, n: usize| (v - o as f32).clamp(0.0, n as f32);
             let b = [clip(x1, x0, cw), clip(y1, y0, ch), clip(x2, x0, cw), clip(y2, y0, ch)];
             let area = (b[2] - b[0]) * (b[3] - b[1]);
-            (area > 0.0 && area >= KEEP_AREA * (x2 - x1) * (y2 - y1)).then(|| Label::from_pixels(l.class, b, dims))
+            (area > 0.0 && area >= KEEP_AREA * (x2 - x1) * (y2 - y1)).then(|| Label::from_pixels(class, b, out))
         })
         .collect()
+}
+
+/// The feature-space mosaic: four `[C, H, W]` maps tiled 2×2 (`tiles[0]` top-left, then
+/// top-right, bottom-left, bottom-right) and a window of one map's size cut from the `2H×2W` grid
+/// around a random centre in its middle half (`(x0, y0)`, its top-left corner, uniform in
+/// `0..=W × 0..=H`), as YOLOv5's `load_mosaic` tiles images around a random centre and crops
+/// back. Boxes move with their map, are clipped to the window, and those keeping less than a
+/// quarter of their area are dropped.
+pub fn feature_mosaic(tiles: [LabelledInput; 4], rng: &mut ChaCha8Rng) -> Result<LabelledInput, FitError> {
+    let (_, h, w) = tiles[0].input.dims3()?;
+    if let Some(t) = tiles.iter().find(|t| t.input.dims() != tiles[0].input.dims()) {
+        return Err(FitError::Sample(format!("mosaic of feature maps {:?} and {:?}", tiles[0].input.dims(), t.input.dims())));
+    }
+    let (x0, y0) = (rng.random_range(0..=w), rng.random_range(0..=h));
+    Ok(mosaic_window(&tiles, (x0, y0))?)
+}
+
+/// [`feature_mosaic`] with the window's top-left corner at `(x0, y0)` of the grid.
+fn mosaic_window(tiles: &[LabelledInput; 4], (x0, y0): (usize, usize)) -> candle_core::Result<LabelledInput> {
+    let (_, h, w) = tiles[0].input.dims3()?;
+    let top = Tensor::cat(&[&tiles[0].input, &tiles[1].input], 2)?;
+    let bottom = Tensor::cat(&[&tiles[2].input, &tiles[3].input], 2)?;
+    let input = Tensor::cat(&[top, bottom], 1)?.narrow(1, y0, h)?.narrow(2, x0, w)?.contiguous()?;
+    let dims = (w as u32, h as u32);
+    let boxes = tiles.iter().enumerate().flat_map(|(i, t)| {
+        let (ox, oy) = ((i % 2 * w) as f32, (i / 2 * h) as f32);
+        t.labels.iter().map(move |l| {
+            let [x1, y1, x2, y2] = l.to_pixels(dims);
+            (l.class, [x1 + ox, y1 + oy, x2 + ox, y2 + oy])
+        })
+    });
+    Ok(LabelledInput { input, labels: window_boxes(boxes, (x0, y0, w, h), dims) })
 }
 
 #[cfg(test)]
@@ -397,10 +463,15 @@ mod tests {
             assert_eq!(plain.labels, dense.labels);
             for seed in 0..12 {
                 let expected = augment_features(dense.clone(), &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
-                let got = set.get(i, Some(&mut ChaCha8Rng::seed_from_u64(seed))).unwrap();
+                let got = set.get(i, Some(&mut Augment { rng: &mut ChaCha8Rng::seed_from_u64(seed), mosaic: 0.0 })).unwrap();
                 assert_eq!(got.input.dims(), [4, 8, 8]);
                 assert_eq!(got.input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected.input.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "sample {i}, seed {seed}");
                 assert_eq!(got.labels, expected.labels, "sample {i}, seed {seed}");
+                // Always a mosaic: still one map of bits, with boxes inside it.
+                let mosaic = set.get(i, Some(&mut Augment { rng: &mut ChaCha8Rng::seed_from_u64(seed), mosaic: 1.0 })).unwrap();
+                assert_eq!(mosaic.input.dims(), [4, 8, 8]);
+                assert!(mosaic.input.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0 || v == 1.0));
+                assert!(mosaic.labels.iter().all(|l| l.w > 0.0 && l.h > 0.0 && (0.0..=1.0).contains(&l.cx) && (0.0..=1.0).contains(&l.cy)));
             }
         }
     }
@@ -495,6 +566,38 @@ mod tests {
         let follower = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
         let err = FollowedStore::new(follower, expect(), BadDataPolicy::Fail).take_in().unwrap_err().to_string();
         assert!(err.contains("edge-1/other (stored)") && err.contains("another Front"), "{err}");
+    }
+
+    #[test]
+    fn a_feature_mosaic_tiles_four_maps_and_moves_their_boxes_into_the_window() {
+        // Tile i is filled with i + 1; the window's top-left corner is (3, 2) of the 16×16 grid.
+        let tile = |i: usize, labels: Vec<Label>| LabelledInput { input: Tensor::full(i as f32 + 1.0, (1, 8, 8), &Device::Cpu).unwrap(), labels };
+        let label = |class, b: [f32; 4]| Label::from_pixels(class, b, (8, 8));
+        let tiles = [
+            tile(0, vec![label(0, [4.0, 4.0, 8.0, 6.0])]),
+            tile(1, vec![label(1, [0.0, 0.0, 2.0, 8.0])]),
+            tile(2, vec![label(2, [0.0, 6.0, 2.0, 8.0])]),
+            tile(3, vec![label(3, [2.0, 0.0, 6.0, 4.0]), label(4, [0.0, 0.0, 2.0, 2.0])]),
+        ];
+        let out = mosaic_window(&tiles, (3, 2)).unwrap();
+        let map = out.input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, v) in map.iter().enumerate() {
+            let (x, y) = (i % 8 + 3, i / 8 + 2);
+            assert_eq!(*v, 1.0 + f32::from(u8::from(x >= 8)) + 2.0 * f32::from(u8::from(y >= 8)), "cell ({}, {})", i % 8, i / 8);
+        }
+        // Tile 0's box is whole in the window; tile 1's keeps 12 of its 16 cells; tile 2's falls out
+        // of it; tile 3's first keeps 2 of 16 cells (under a quarter: dropped), its second is whole.
+        assert_eq!(out.labels, [label(0, [1.0, 2.0, 5.0, 4.0]), label(1, [5.0, 0.0, 7.0, 6.0]), label(4, [5.0, 6.0, 7.0, 8.0])]);
+        // Drawn at random, the window stays inside the grid, and the map keeps its shape through the
+        // rest of the augmentation.
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        for _ in 0..20 {
+            let out = augment_features(feature_mosaic(tiles.clone(), &mut rng).unwrap(), &mut rng).unwrap();
+            assert_eq!(out.input.dims(), [1, 8, 8]);
+        }
+        let mut odd = tiles.clone();
+        odd[2].input = Tensor::zeros((1, 4, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(feature_mosaic(odd, &mut rng).unwrap_err().to_string().contains("mosaic of feature maps"));
     }
 
     #[test]
