@@ -98,13 +98,16 @@ fn read_dir_images(dir: &Path) -> Result<Vec<(String, RgbImage)>, PrivacyError> 
 }
 
 /// The attacker's auxiliary set: `count` images, alternately a public-domain synthetic image and
-/// a random square crop (a quarter to all of the short side, flipped half the time) of one of the
-/// embedded auxiliary photos or of the photos in `extra` (e.g. the cloud's public split).
+/// a random square crop (a quarter to all of the short side, flipped half the time) of a photo:
+/// one of the embedded auxiliary photos or, every other crop when `extra` is given, one of the
+/// photos there (e.g. the cloud's public split), so that however many `extra` holds, the
+/// embedded photos keep half the crops.
 pub fn auxiliary(count: usize, extra: Option<&Path>, imgsz: u32, seed: u64) -> Result<ImageSet, PrivacyError> {
-    let mut photos = photos::AUX.iter().map(|(n, b)| Ok((n.to_string(), decode_embedded(n, b)?))).collect::<Result<Vec<_>, PrivacyError>>()?;
-    if let Some(dir) = extra {
-        photos.extend(read_dir_images(dir)?);
-    }
+    let embedded = photos::AUX.iter().map(|(n, b)| Ok((n.to_string(), decode_embedded(n, b)?))).collect::<Result<Vec<_>, PrivacyError>>()?;
+    let extra = match extra {
+        Some(dir) => read_dir_images(dir)?,
+        None => Vec::new(),
+    };
     let mut rng = stream(seed, "auxiliary");
     let mut set = ImageSet { names: Vec::new(), images: Vec::new() };
     for i in 0..count {
@@ -112,8 +115,8 @@ pub fn auxiliary(count: usize, extra: Option<&Path>, imgsz: u32, seed: u64) -> R
             let drawn = synth::render(Domain::Public, &[1.0; 5], imgsz, &mut rng).map_err(|e| PrivacyError::Config(e.to_string()))?;
             set.push(format!("aux-synthetic-{i}"), drawn.image);
         } else {
-            let k = rng.random_range(0..photos.len());
-            let (name, photo) = &photos[k];
+            let photos = if !extra.is_empty() && i % 4 == 3 { &extra } else { &embedded };
+            let (name, photo) = &photos[rng.random_range(0..photos.len())];
             let side = photo.width().min(photo.height());
             let crop = rng.random_range(side / 4..=side);
             let (x, y) = (rng.random_range(0..=photo.width() - crop), rng.random_range(0..=photo.height() - crop));
@@ -126,4 +129,32 @@ pub fn auxiliary(count: usize, extra: Option<&Path>, imgsz: u32, seed: u64) -> R
         }
     }
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_photos_take_every_other_crop_and_the_embedded_ones_keep_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..20 {
+            RgbImage::from_pixel(40, 30, image::Rgb([k * 10, 0, 0])).save(dir.path().join(format!("public-{k:02}.png"))).unwrap();
+        }
+        let set = auxiliary(16, Some(dir.path()), 32, 0).unwrap();
+        for (i, name) in set.names.iter().enumerate() {
+            let want = match i % 4 {
+                0 | 2 => "aux-synthetic-",
+                1 => "aux-",
+                _ => "aux-public-",
+            };
+            assert!(name.starts_with(want), "image {i} is {name}");
+            if i % 4 == 1 {
+                assert!(!name.starts_with("aux-public-"), "image {i} is {name}: an embedded photo's crop");
+            }
+            assert_eq!(set.images[i].dimensions(), (32, 32));
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert!(auxiliary(4, Some(empty.path()), 32, 0).unwrap_err().to_string().contains("holds no images"));
+    }
 }

@@ -55,7 +55,7 @@ With --no-follow it starts after every edge has finished.\n\
 rounds, every edge each round, FedAvg by sample count, clients in-process (skipped with --skip-fedavg).\n\
 9. val: `val` scores the public-only, MistNet, centralized and FedAvg models on the held-out private split (--out/val/<model>.json).\n\
 10. privacy: `privacy` attacks the edges' Front at --cut (float, 1-bit, and --mechanism at each --privacy-epsilons and \
---epsilon; the public split's images join the attacker's auxiliary photos) and scores the MistNet model on the held-out \
+--epsilon; with --data, the public split's images join the attacker's auxiliary photos) and scores the MistNet model on the held-out \
 private split under each: the privacy–utility table and plot (privacy/privacy_utility.png).\n\n\
 The summary says how many samples each training epoch saw and how many were stored in the end.\n\n\
 Writes into --out: summary.json, summary.md (also printed), map.png (MistNet against centralized per epoch), \

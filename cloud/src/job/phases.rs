@@ -506,7 +506,9 @@ impl Job {
         let out = self.dir("privacy");
         let c = &self.config;
         let epsilons = c.privacy_epsilons();
-        let aux_photos = data.join(layout::PUBLIC_TRAIN_IMAGES);
+        // Your own data's public photos join the attacker's; the generated public split is drawn by
+        // the same generator as the auxiliary set's synthetic half, so it would add nothing.
+        let aux_photos = c.data.as_ref().map(|_| data.join(layout::PUBLIC_TRAIN_IMAGES)).filter(|p| p.is_dir());
         let args = privacy_cmd::Args {
             model: c.model.clone(),
             weights: vec![export.join(export::FRONT_FILE)],
@@ -514,7 +516,7 @@ impl Job {
             mechanism: c.privacy.mechanism,
             epsilons: epsilons.clone(),
             imgsz: c.imgsz,
-            aux_photos: aux_photos.is_dir().then_some(aux_photos),
+            aux_photos,
             decoder_steps: c.decoder_steps,
             decoder_finetune_steps: c.decoder_finetune_steps,
             opt_steps: c.opt_steps,
