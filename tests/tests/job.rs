@@ -126,3 +126,33 @@ fn the_job_stores_every_sample_once_learns_and_reports() {
     assert!(md.contains("| privacy–utility: setting | strongest attack |") && md.contains("| sue-eps1 | "), "{md}");
     assert!(md.contains(&format!("MistNet mAP@.5: {:.4} before (public-only) → {:.4} after, {:.1}% of centralized.", score("public-only"), score("mistnet"), 100.0 * ratio)), "{md}");
 }
+
+#[test]
+fn the_job_repeats_over_seeds_and_reports_the_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("seeds");
+    let status = Command::new(binary("mistnet-cloud"))
+        .args(["job", "--out"])
+        .arg(&out)
+        .args(["--seeds", "2", "--seed", "5", "--weights", PRETRAINED, "--images", "60", "--imgsz", "128", "--epochs", "1"])
+        .args(["--batch", "4", "--warmup-min-iters", "1", "--skip-privacy", "--skip-fedavg", "--threads", "1"])
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the job over seeds failed; logs in {}", out.display());
+    let seeds = json(&out.join("seeds.json"));
+    assert_eq!(seeds["seeds"], serde_json::json!([5, 6]));
+    for model in seeds["models"].as_array().unwrap() {
+        let name = model["model"].as_str().unwrap();
+        let values: Vec<f64> = model["map50"]["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        // Each value is that seed's own summary.
+        for (seed, v) in [5, 6].iter().zip(&values) {
+            let summary = json(&out.join(format!("seed-{seed}/summary.json")));
+            let own = summary["map"].as_array().unwrap().iter().find(|m| m["model"] == name).unwrap()["map50"].as_f64().unwrap();
+            assert_eq!(own, *v, "{name} at seed {seed}");
+        }
+        let mean = (values[0] + values[1]) / 2.0;
+        assert!((model["map50"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12, "{model}");
+    }
+    assert!(std::fs::read_to_string(out.join("seeds.md")).unwrap().contains("Over 2 seeds (5, 6)"));
+}

@@ -53,10 +53,16 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job whose children are stopped on Ctrl-C (the process's one handler is installed here).
     pub fn new(config: Args) -> Result<Self> {
+        Self::with_supervisor(config, Supervisor::with_signal_handler()?)
+    }
+
+    /// A job whose children `sup` tracks (`--seeds` runs every seed's job under one supervisor).
+    pub fn with_supervisor(config: Args, sup: Supervisor) -> Result<Self> {
         let (cloud, edge) = (sibling_binary("mistnet-cloud")?, sibling_binary("mistnet-edge")?);
         std::fs::create_dir_all(config.out.join("logs")).with_context(|| format!("cannot create {}", config.out.display()))?;
-        Ok(Job { config, cloud, edge, sup: Supervisor::with_signal_handler()?, timings: Vec::new(), started: Instant::now() })
+        Ok(Job { config, cloud, edge, sup, timings: Vec::new(), started: Instant::now() })
     }
 
     fn dir(&self, name: &str) -> PathBuf {

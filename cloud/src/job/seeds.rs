@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::Args;
 use super::phases::Job;
+use super::supervisor::Supervisor;
 
 /// Mean, sample standard deviation (n − 1; 0 for one run), min and max of one figure over the runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,11 +93,13 @@ fn read_summary(dir: &Path) -> Result<(Vec<(String, f64, f64)>, Option<f64>)> {
 pub fn run(args: Args) -> Result<()> {
     let seeds: Vec<u64> = (0..args.seeds as u64).map(|k| args.seed + k).collect();
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    // One Ctrl-C handler for the process, stopping whichever seed's job is running.
+    let sup = Supervisor::with_signal_handler()?;
     let mut dirs = Vec::new();
     for &seed in &seeds {
         let out = args.out.join(format!("seed-{seed}"));
         println!("=== seed {seed} of {}: {}", seeds.len(), out.display());
-        Job::new(Args { seed, seeds: 1, out: out.clone(), ..args.clone() })?.run()?;
+        Job::with_supervisor(Args { seed, seeds: 1, out: out.clone(), ..args.clone() }, sup.clone())?.run()?;
         dirs.push(out);
     }
     let result = aggregate(seeds, &dirs)?;
