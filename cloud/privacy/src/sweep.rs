@@ -120,6 +120,12 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
     // The utility evaluation: every bits setting once, over the val split.
     let utility_units = utility.as_ref().map_or(0, |u| (settings.len() - 1) * u.len());
     progress.set_length(cfg.total_steps() + utility_units as u64);
+    // The held-out images each attack reconstructs: all for the decoder, a spread for the others.
+    let everyone: Vec<usize> = (0..heldout.len()).collect();
+    let subset = spread(heldout.len(), cfg.opt_images);
+    let picked = Tensor::from_vec(subset.iter().map(|&i| i as u32).collect::<Vec<_>>(), subset.len(), device)?;
+    let (_, c, h, w) = heldout_t.dims4()?;
+    let dims = (subset.len(), c, h, w);
     let mut outcomes = Vec::new();
     for front in &fronts {
         // The last bits setting's decoder, which the next ε's fine-tunes.
@@ -149,12 +155,7 @@ pub fn evaluate(cfg: &EvalConfig, device: &Device, progress: &ProgressBar) -> Re
             } else {
                 None
             };
-            let everyone: Vec<usize> = (0..heldout.len()).collect();
-            let subset = spread(heldout.len(), cfg.opt_images);
-            let picked = Tensor::from_vec(subset.iter().map(|&i| i as u32).collect::<Vec<_>>(), subset.len(), device)?;
             let observed_subset = observed.index_select(&picked, 0)?;
-            let (_, c, h, w) = heldout_t.dims4()?;
-            let dims = (subset.len(), c, h, w);
             for &attack in &cfg.attacks {
                 let (of, recon) = match attack {
                     Attack::Decoder => (&everyone, decoded.clone().expect("trained above")),
