@@ -12,7 +12,7 @@
 //! holds training back.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -23,7 +23,7 @@ use mistnet::encoder::{EdgeEncoder, WireSettings};
 use mistnet::model::deploy::{DeployMeta, specs_for};
 use mistnet::model::{Front, ParamStore, load_back};
 use mistnet_cli::{Argv, CutArgs, LdpArgs, ModelArgs, ToArgs};
-use mistnet_store::{FeatureStore, OnCorruption, StoreFollower};
+use mistnet_store::{FeatureStore, OnCorruption, StoreFollower, StoreUrl};
 use mistnet_train::fit::{self, EvalSet, FeatureSet, FollowedStore, LabelledSource, StoreExpect, Trainee, checkpoint_path, initialize_detect_biases};
 
 use crate::run_flags::RunFlags;
@@ -40,11 +40,14 @@ a record still being appended is not yet stored, never an error). Training start
 are stored (a line every 5 s says how many are; after --wait-timeout seconds without them it fails), and before every \
 epoch the samples stored since the last read are decoded and taken in: each epoch trains on everything stored when it \
 starts, so a straggling or vanished edge never blocks it. results.csv's samples column and each `epoch done` log line \
-say how many samples an epoch saw; at the end, the samples stored after the last epoch started are counted.\n\n\
+say how many samples an epoch saw; at the end, the samples stored after the last epoch started are counted. With \
+--store s3://BUCKET/PREFIX, each read lists the bucket's samples and reads those not read before.\n\n\
 Examples:\n  mistnet-cloud train --data data/synth/private.yaml --weights runs/pretrain/model.safetensors --cut 4 \
 --imgsz 128 --mechanism sue --epsilon 2 --epochs 30 --out runs/mistnet\n  \
 mistnet-cloud train --data data/synth/private-val.yaml --store runs/store --follow --min-samples 100 \
---weights runs/export/model.safetensors --cut 4 --imgsz 128 --epochs 30 --out runs/mistnet")]
+--weights runs/export/model.safetensors --cut 4 --imgsz 128 --epochs 30 --out runs/mistnet\n  \
+AWS_ENDPOINT=http://10.0.0.5:9000 AWS_ALLOW_HTTP=true mistnet-cloud train --data data/synth/private-val.yaml \
+--store s3://features/job-1 --weights runs/export/model.safetensors --cut 4 --imgsz 128 --epochs 30 --out runs/mistnet")]
 pub struct Args {
     #[command(flatten)]
     pub run: RunFlags,
@@ -63,12 +66,12 @@ pub struct Args {
     // The simulated edges' noise; with --store the stored messages carry their own and these are not used.
     #[command(flatten)]
     pub privacy: LdpArgs,
-    /// Train on the samples in this feature store (the directory of `mistnet-cloud serve --store`) instead of
-    /// simulating the edges on --data's train split with --mechanism/--epsilon. Boxes are placed in the --imgsz
-    /// letterbox from each sample's original image size; a sample the trainer cannot use fails the run, naming it
-    /// (or see --skip-bad).
-    #[arg(long)]
-    pub store: Option<PathBuf>,
+    /// Train on the samples in this feature store (what `mistnet-cloud serve --store` names: a directory, or
+    /// s3://BUCKET/PREFIX with the AWS_* environment serve uses) instead of simulating the edges on --data's train
+    /// split with --mechanism/--epsilon. Boxes are placed in the --imgsz letterbox from each sample's original image
+    /// size; a sample the trainer cannot use fails the run, naming it (or see --skip-bad).
+    #[arg(long, value_name = "DIR|URL")]
+    pub store: Option<StoreUrl>,
     /// What reading --store does with corruption at rest (damage followed by valid records): refuse (stop, naming
     /// the file and byte) or quarantine (skip the damaged bytes with a warning and read every valid record).
     #[arg(long, value_name = "refuse|quarantine", default_value_t = OnCorruption::Refuse)]
@@ -120,7 +123,7 @@ impl ToArgs for Args {
             .group(&self.cut)
             .switch("--fresh-back", self.fresh_back)
             .group(&self.privacy)
-            .opt("--store", self.store.as_ref())
+            .opt("--store", self.store.as_ref().map(ToString::to_string))
             .arg("--on-corruption", self.on_corruption.to_string())
             .switch("--follow", self.follow)
             .opt("--min-samples", self.min_samples.map(|n| n.to_string()))
@@ -169,7 +172,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(dir) => match follow {
             Some((min, timeout)) => {
                 let expect = StoreExpect::new(&front, config.imgsz, names.len())?;
-                let follower = StoreFollower::new(dir, args.on_corruption).with_context(|| format!("--follow: the feature store {} (start `serve --store` first)", dir.display()))?;
+                let follower = StoreFollower::new(dir.clone(), args.on_corruption).with_context(|| format!("--follow: the feature store {dir} (start `serve --store` first)"))?;
                 let mut followed = FollowedStore::new(follower, expect, args.run.bad_data_policy());
                 wait_for_samples(&mut followed, dir, min, timeout)?;
                 Features::Followed(followed)
@@ -197,8 +200,8 @@ pub fn run(args: Args) -> Result<()> {
     let records = match &mut features {
         Features::Fixed(set) => fit::fit(&trainee, set, &val, &config, args.run.resume)?,
         Features::Followed(followed) => {
-            let dir = args.store.as_deref().expect("--follow requires --store");
-            let records = fit::fit_growing(&trainee, followed, &val, &config, args.run.resume).with_context(|| format!("feature store {}", dir.display()))?;
+            let dir = args.store.as_ref().expect("--follow requires --store");
+            let records = fit::fit_growing(&trainee, followed, &val, &config, args.run.resume).with_context(|| format!("feature store {dir}"))?;
             report_followed(followed, &records, dir)?;
             records
         }
@@ -215,29 +218,29 @@ enum Features {
 
 /// Reads `followed` until it holds `min` usable samples, saying every [`WAIT_REPORT`] how many it
 /// holds; fails after `timeout`.
-fn wait_for_samples(followed: &mut FollowedStore, dir: &Path, min: usize, timeout: Duration) -> Result<()> {
+fn wait_for_samples(followed: &mut FollowedStore, dir: &StoreUrl, min: usize, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let mut reported: Option<Instant> = None;
     loop {
-        followed.take_in().with_context(|| format!("feature store {}", dir.display()))?;
+        followed.take_in().with_context(|| format!("feature store {dir}"))?;
         let held = followed.len();
         if held >= min {
-            println!("{held} samples stored in {} (--min-samples {min}): training starts, taking in new samples before every epoch", dir.display());
-            tracing::info!(samples = held, min_samples = min, waited_s = start.elapsed().as_secs_f64(), store = %dir.display(), "enough samples stored: training starts");
+            println!("{held} samples stored in {} (--min-samples {min}): training starts, taking in new samples before every epoch", dir);
+            tracing::info!(samples = held, min_samples = min, waited_s = start.elapsed().as_secs_f64(), store = %dir, "enough samples stored: training starts");
             return Ok(());
         }
         let waited = start.elapsed();
         if waited >= timeout {
             bail!(
                 "--follow: {held} usable samples stored in {} after {:.0} s, fewer than --min-samples {min} (--wait-timeout {:.0} s): are the edges uploading to this store?{}",
-                dir.display(),
+                dir,
                 waited.as_secs_f64(),
                 timeout.as_secs_f64(),
                 skipped_note(followed)
             );
         }
         if reported.is_none_or(|t| t.elapsed() >= WAIT_REPORT) {
-            println!("waiting for {min} samples in {}: {held} stored so far ({:.0} of {:.0} s)", dir.display(), waited.as_secs_f64(), timeout.as_secs_f64());
+            println!("waiting for {min} samples in {}: {held} stored so far ({:.0} of {:.0} s)", dir, waited.as_secs_f64(), timeout.as_secs_f64());
             tracing::info!(samples = held, min_samples = min, waited_s = waited.as_secs_f64(), "waiting for samples");
             reported = Some(Instant::now());
         }
@@ -253,9 +256,9 @@ fn skipped_note(followed: &FollowedStore) -> String {
 }
 
 /// After a `--follow` run: how many samples each epoch saw, and those stored after the last epoch started.
-fn report_followed(followed: &mut FollowedStore, records: &[fit::EpochRecord], dir: &Path) -> Result<()> {
+fn report_followed(followed: &mut FollowedStore, records: &[fit::EpochRecord], dir: &StoreUrl) -> Result<()> {
     let trained = followed.len();
-    let late = followed.take_in().with_context(|| format!("feature store {}", dir.display()))?;
+    let late = followed.take_in().with_context(|| format!("feature store {dir}"))?;
     let per_epoch: Vec<String> = records.iter().map(|r| r.samples.map_or_else(|| "?".to_string(), |n| n.to_string())).collect();
     println!("samples per epoch: {}", per_epoch.join(", "));
     if late > 0 {
@@ -269,16 +272,16 @@ fn report_followed(followed: &mut FollowedStore, records: &[fit::EpochRecord], d
 
 /// Every usable sample of a feature store (see [`FeatureSet::from_store`]); with --skip-bad the
 /// others are left out and counted.
-fn stored_features(dir: &std::path::Path, on_corruption: OnCorruption, front: &Front, imgsz: u32, nc: usize, policy: BadDataPolicy) -> Result<FeatureSet> {
-    let store = FeatureStore::open_with(dir, on_corruption)?;
-    anyhow::ensure!(!store.is_empty(), "the feature store {} holds no samples", dir.display());
+fn stored_features(dir: &StoreUrl, on_corruption: OnCorruption, front: &Front, imgsz: u32, nc: usize, policy: BadDataPolicy) -> Result<FeatureSet> {
+    let store = FeatureStore::open_url(dir, on_corruption)?;
+    anyhow::ensure!(!store.is_empty(), "the feature store {} holds no samples", dir);
     let expect = StoreExpect::new(front, imgsz, nc)?;
-    let (features, skipped) = FeatureSet::from_store(store.samples()?, &expect, policy).with_context(|| format!("feature store {}", dir.display()))?;
+    let (features, skipped) = FeatureSet::from_store(store.samples()?, &expect, policy).with_context(|| format!("feature store {dir}"))?;
     if skipped > 0 {
         println!("skipped {skipped} of {} stored samples the trainer cannot use (--skip-bad; each is named in a warning)", store.len());
     }
-    anyhow::ensure!(!features.is_empty(), "the feature store {} holds no usable samples ({skipped} skipped)", dir.display());
-    tracing::info!(samples = features.len(), skipped, store = %dir.display(), "features read from the store");
+    anyhow::ensure!(!features.is_empty(), "the feature store {} holds no usable samples ({skipped} skipped)", dir);
+    tracing::info!(samples = features.len(), skipped, store = %dir, "features read from the store");
     Ok(features)
 }
 
@@ -320,7 +323,7 @@ mod tests {
             wait_timeout: None,
         };
         assert_eq!(reparse(&a).unwrap(), a);
-        let b = Args { fresh_back: true, privacy: LdpArgs { mechanism: Mechanism::None, epsilon: None }, store: Some("store".into()), on_corruption: OnCorruption::Quarantine, ..a.clone() };
+        let b = Args { fresh_back: true, privacy: LdpArgs { mechanism: Mechanism::None, epsilon: None }, store: Some("store".parse().unwrap()), on_corruption: OnCorruption::Quarantine, ..a.clone() };
         assert_eq!(reparse(&b).unwrap(), b);
         let c = Args { follow: true, min_samples: Some(40), wait_timeout: Some(2.5), ..b.clone() };
         assert_eq!(reparse(&c).unwrap(), c);

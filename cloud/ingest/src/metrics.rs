@@ -9,7 +9,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use mistnet_store::{Refusal, StoreWriter};
+use mistnet_store::{IngestStore, Refusal};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::prometheus_text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -150,14 +150,12 @@ impl Metrics {
     }
 
     /// Every metric in the Prometheus text format, the store's and the in-flight bytes read now.
-    pub fn render(&self, store: &StoreWriter, in_flight_bytes: usize) -> String {
-        {
-            let index = store.index();
-            for (edge, ledger) in &index.edges {
-                self.epsilon.get_or_create(&EdgeLabel { edge: edge.clone() }).set(ledger.epsilon_spent());
-            }
-            self.store_bytes.set(index.store_bytes as i64);
+    pub fn render(&self, store: &IngestStore, in_flight_bytes: usize) -> String {
+        let (edges, store_bytes) = store.seen();
+        for (edge, totals) in edges {
+            self.epsilon.get_or_create(&EdgeLabel { edge }).set(totals.epsilon_spent());
         }
+        self.store_bytes.set(store_bytes as i64);
         self.queue_depth.set(store.queue_depth() as i64);
         self.in_flight_bytes.set(in_flight_bytes as i64);
         self.writable.set(i64::from(*store.writable().borrow()));

@@ -4,17 +4,16 @@
 //! A stream whose next message cannot be read (over the size limit, a bogus length prefix,
 //! undecodable) is answered the same way and ends with the real status, logged.
 //!
-//! `ListStored` and `GetStatus` hold the index lock for one page at a time (at most
+//! `ListStored` and `GetStatus` read the store one page at a time (at most
 //! [`IDS_PER_BATCH`] ids, or `max_ledger` ledger entries per edge), never for the whole store, and
 //! are rate-limited per caller ([`CallLimiter`]; a refusal is answered once the caller may call again).
 
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mistnet_store::{EdgeLedger, Outcome, StoreWriter};
+use mistnet_store::{EdgeTotals, IngestStore, Outcome};
 use mistnet_proto::RETRY_AFTER_MS;
 use mistnet_proto::pb::{
     self, feature_upload_server::FeatureUpload, front_distribution_server::FrontDistribution, ingest_status_server::IngestStatus,
@@ -41,7 +40,7 @@ const MAX_LEDGER_PAGE: usize = 10_000;
 
 /// Shared state of the services.
 pub struct Ingest {
-    pub store: StoreWriter,
+    pub store: IngestStore,
     pub front: pb::GetFrontResponse,
     /// The deployable model `GetModel` serves, if any.
     pub model: Option<ServedModel>,
@@ -186,14 +185,6 @@ impl CallLimiter {
     }
 }
 
-/// Up to `n` entries of `map` after the key `after` (from the first when `after` is empty, which
-/// no sample id is), and whether more follow. Work: O(log len + n).
-fn page_after<'a, V>(map: &'a BTreeMap<String, V>, after: &str, n: usize) -> (Vec<(&'a String, &'a V)>, bool) {
-    let mut range = map.range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
-    let page: Vec<_> = range.by_ref().take(n).collect();
-    (page, range.next().is_some())
-}
-
 /// A page token is a sample id (the last one of the previous page).
 fn check_page_token(token: &str, field: &str) -> Result<(), Status> {
     if token.is_empty() {
@@ -281,11 +272,13 @@ impl FeatureUpload for Services {
             let mut after = page_token;
             let mut left = if max_ids == 0 { usize::MAX } else { max_ids as usize };
             loop {
-                let (sample_ids, more) = {
-                    let index = ingest.store.index();
-                    let Some(ledger) = index.edges.get(&edge) else { break };
-                    let (page, more) = page_after(&ledger.per_sample, &after, IDS_PER_BATCH.min(left));
-                    (page.into_iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), more)
+                let (sample_ids, more) = match ingest.store.sample_page(&edge, &after, IDS_PER_BATCH.min(left)).await {
+                    Ok((page, more)) => (page.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), more),
+                    Err(e) => {
+                        tracing::warn!(%edge, error = %e, "ListStored: the store cannot be read");
+                        let _ = tx.send(Err(Status::unavailable(format!("the store cannot be read: {e}")))).await;
+                        break;
+                    }
                 };
                 let Some(last) = sample_ids.last().cloned() else { break };
                 left -= sample_ids.len();
@@ -430,41 +423,35 @@ impl IngestStatus for Services {
             Caller::Edge(me) => Some(me),
             Caller::Operator => (!edge.is_empty()).then_some(edge),
         };
-        let index = self.0.store.index();
-        let empty = EdgeLedger::default();
-        let listed: Vec<(&String, &EdgeLedger)> = match &only {
-            None => index.edges.iter().collect(),
-            Some(edge) => match index.edges.get(edge) {
-                Some(ledger) => vec![(edge, ledger)],
-                None if operator => return Err(Status::not_found(format!("edge {edge} has nothing stored"))),
-                None => vec![(edge, &empty)],
-            },
-        };
-        let edges: Vec<pb::EdgeStatus> = listed
-            .into_iter()
-            .map(|(edge, l)| {
-                let (page, more) = page_after(&l.per_sample, &ledger_page_token, max_ledger);
-                let ledger_next_page_token = match page.last() {
-                    Some((id, _)) if more => (*id).clone(),
-                    _ => String::new(),
-                };
-                pb::EdgeStatus {
-                    edge: edge.clone(),
-                    samples: l.samples,
-                    feature_bytes: l.feature_bytes,
-                    epsilon_total: l.epsilon_spent(),
-                    uploads_without_privacy: l.uploads_without_privacy,
-                    uploads: l.uploads,
-                    ledger: page
-                        .into_iter()
-                        .map(|(id, eps)| pb::SampleLedger { sample_id: id.clone(), epsilon: eps.clone(), epsilon_total: eps.iter().sum() })
-                        .collect(),
-                    ledger_next_page_token,
-                }
-            })
-            .collect();
-        let store_bytes = if operator { index.store_bytes } else { 0 };
-        drop(index);
+        let unreadable = |e: mistnet_store::StoreError| Status::unavailable(format!("the store cannot be read: {e}"));
+        let mut listed: Vec<(String, EdgeTotals)> = self.0.store.edges(only.as_deref()).await.map_err(unreadable)?.into_iter().collect();
+        if let Some(edge) = &only
+            && listed.is_empty()
+        {
+            if operator {
+                return Err(Status::not_found(format!("edge {edge} has nothing stored")));
+            }
+            listed.push((edge.clone(), EdgeTotals::default()));
+        }
+        let mut edges = Vec::with_capacity(listed.len());
+        for (edge, t) in listed {
+            let (page, more) = self.0.store.sample_page(&edge, &ledger_page_token, max_ledger).await.map_err(unreadable)?;
+            let ledger_next_page_token = match page.last() {
+                Some((id, _)) if more => id.clone(),
+                _ => String::new(),
+            };
+            edges.push(pb::EdgeStatus {
+                edge,
+                samples: t.samples,
+                feature_bytes: t.feature_bytes,
+                epsilon_total: t.epsilon_spent(),
+                uploads_without_privacy: t.uploads_without_privacy,
+                uploads: t.uploads,
+                ledger: page.into_iter().map(|(id, eps)| pb::SampleLedger { sample_id: id, epsilon_total: eps.iter().sum(), epsilon: eps }).collect(),
+                ledger_next_page_token,
+            });
+        }
+        let store_bytes = if operator { self.0.store.seen().1 } else { 0 };
         Ok(Response::new(pb::StatusResponse {
             samples: edges.iter().map(|e| e.samples).sum(),
             edges,

@@ -338,7 +338,7 @@ impl Job {
             cut: c.cut.clone(),
             fresh_back: false,
             privacy: c.privacy,
-            store: Some(self.dir("store")),
+            store: Some(self.dir("store").into()),
             on_corruption: OnCorruption::Refuse,
             follow: follow.is_some(),
             min_samples: follow,

@@ -23,7 +23,7 @@ use mistnet::model::DEFAULT_CUT;
 use mistnet_cli::image::DEFAULT_IMGSZ;
 use mistnet_cli::model::DEFAULT_MODEL;
 use mistnet_cli::{Argv, CutArgs, FrontArgs, ImageSizeArgs, ModelArgs, ToArgs};
-use mistnet_store::{OnCorruption, StoreLimits, StoreWriter};
+use mistnet_store::{IngestStore, OnCorruption, StoreLimits, StoreUrl};
 use mistnet_proto::pb::{
     feature_upload_server::FeatureUploadServer, front_distribution_server::FrontDistributionServer, ingest_status_server::IngestStatusServer,
     model_distribution_server::ModelDistributionServer,
@@ -74,18 +74,27 @@ mistnet_feature_bytes_stored_total{edge}, mistnet_duplicates_total{edge}, mistne
 sample_quota, byte_quota, epsilon_budget, rate_limit, auth, store_unavailable), the histogram \
 mistnet_ack_latency_seconds (a sample's arrival to its ack); read from the store at each scrape: \
 mistnet_epsilon_spent{edge}, mistnet_store_bytes, mistnet_store_queue_depth, mistnet_in_flight_bytes, mistnet_store_writable (0/1). Edge labels \
-are authenticated edge ids only.\n\n\
+are authenticated edge ids only. With an s3:// store, the ε and bytes are this replica's last view of each edge \
+(GetStatus reads the bucket), mistnet_store_bytes counts feature bytes and the queue depth is the uploads being written.\n\n\
+Several replicas on one s3:// store: each refuses to start unless the object store refuses to overwrite an object \
+written create-if-absent. A replica killed mid-upload leaves that upload's ε counted though nothing was stored; the \
+edge, never acknowledged, sends it again: ε is counted too much, never too little.\n\n\
 Examples:\n  mistnet-cloud export --weights model.safetensors --cut 4 --out deploy/\n  \
 mistnet-cloud serve --front deploy/ --tokens tokens.txt --tls-cert server.pem --tls-key server.key \\\n    \
 --listen 0.0.0.0:50051 --store features/\n  \
-mistnet-cloud serve --model yolov5s --weights yolov5s.safetensors --cut 4 --imgsz 640 --tokens tokens.txt --store features/")]
+mistnet-cloud serve --model yolov5s --weights yolov5s.safetensors --cut 4 --imgsz 640 --tokens tokens.txt --store features/\n  \
+AWS_ENDPOINT=http://10.0.0.5:9000 AWS_ALLOW_HTTP=true mistnet-cloud serve --front deploy/ --tokens tokens.txt --store s3://features/job-1")]
 pub struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Directory of the durable feature store (created if missing).
-    #[arg(long, default_value = "feature-store")]
-    pub store: PathBuf,
+    /// The durable feature store: a directory (created if missing; also file:///ABS/PATH), or s3://BUCKET/PREFIX, a
+    /// bucket of an S3-protocol object store that several serve replicas may share (exactly once per sample and the ε
+    /// budget hold across them; the server must support conditional writes). The bucket's endpoint, region and
+    /// credentials come from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true
+    /// allows a plain-HTTP endpoint.
+    #[arg(long, value_name = "DIR|URL", default_value = "feature-store")]
+    pub store: StoreUrl,
     /// Serve the output directory of `mistnet-cloud export` (manifest.json and front.safetensors): the Front,
     /// cut, imgsz, feature shape and classes come from its manifest; no model is built.
     #[arg(long = "front", value_name = "DIR", conflicts_with_all = ["weights", "model", "cut", "imgsz"])]
@@ -193,11 +202,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Args {
-    /// `serve --front EXPORT --store STORE --tokens TOKENS` on `listen`, every other flag at its default.
+    /// `serve --front EXPORT --store DIR --tokens TOKENS` on `listen`, every other flag at its default.
     pub fn of_export(listen: SocketAddr, store: PathBuf, export: PathBuf, tokens: PathBuf) -> Self {
         Args {
             listen,
-            store,
+            store: StoreUrl::Dir(store),
             export: Some(export),
             serve_model: None,
             front: FrontArgs { model: ModelArgs { name: DEFAULT_MODEL.into() }, weights: Vec::new(), cut: CutArgs { index: DEFAULT_CUT } },
@@ -228,7 +237,7 @@ impl Args {
 impl ToArgs for Args {
     fn to_args(&self) -> Vec<OsString> {
         let mut argv = Argv::new();
-        argv.arg("--listen", self.listen.to_string()).arg("--store", &self.store);
+        argv.arg("--listen", self.listen.to_string()).arg("--store", self.store.to_string());
         match &self.export {
             Some(dir) => argv.arg("--front", dir),
             None => argv.group(&self.front).group(&self.imgsz),
@@ -289,12 +298,13 @@ pub fn run(args: Args) -> Result<()> {
         max_batch: args.max_batch,
         ..StoreLimits::default()
     };
-    let store = StoreWriter::open(&args.store, limits)?;
-    tracing::info!(store = %args.store.display(), samples = store.index().samples(), front = %front.front_hash, "store open");
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let store = runtime.block_on(IngestStore::open(&args.store, limits)).with_context(|| format!("cannot open the feature store {}", args.store))?;
+    let samples: u64 = store.seen().0.values().map(|t| t.samples).sum();
+    tracing::info!(store = %args.store, samples, front = %front.front_hash, "store open");
     let (stop, stopping) = watch::channel(false);
     let ingest = Arc::new(Ingest { store, front, model, expected, epsilon_budget: args.epsilon_budget, stopping, limiter: CallLimiter::default(), in_flight: InFlight::new(args.max_in_flight_bytes), metrics: Arc::default() });
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let writable = ingest.store.writable();
     let served = runtime.block_on(serve(args, tokens, tls, Services(Arc::clone(&ingest)), writable, stop));
     // Dropping the runtime drops every task still holding the store (streams cut after the grace period).

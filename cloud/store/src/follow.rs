@@ -1,4 +1,4 @@
-//! Reading a store while a writer appends to it (`train --follow`): each [`StoreFollower::poll`]
+//! Reading a store while a writer appends to it (`train --follow`): each [`DirFollower::poll`]
 //! returns the samples stored since the last one, reading only the bytes after what it has read.
 //!
 //! Never writes. The rules, on top of those of [`crate::replay`]:
@@ -28,7 +28,7 @@ use super::{StoreError, StoredSample};
 
 /// A read-only cursor over a store that a writer may be appending to. See the module docs.
 #[derive(Debug)]
-pub struct StoreFollower {
+pub struct DirFollower {
     dir: PathBuf,
     on_corruption: OnCorruption,
     /// The segment being read, and the end of the last whole record read in it.
@@ -45,7 +45,7 @@ pub struct StoreFollower {
     returned: usize,
 }
 
-impl StoreFollower {
+impl DirFollower {
     /// A follower of the store in `dir`, before its first record. The directory must exist (a
     /// writer creates it); it may hold no segment yet.
     pub fn new(dir: impl AsRef<Path>, on_corruption: OnCorruption) -> Result<Self, StoreError> {
@@ -242,7 +242,7 @@ mod tests {
         // A fresh reader of the file cut at every byte: the whole records before the cut, never a part of one.
         for cut in 0..=whole.len() {
             std::fs::write(&path, &whole[..cut]).unwrap();
-            let got = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap().poll().unwrap();
+            let got = DirFollower::new(dir.path(), OnCorruption::Refuse).unwrap().poll().unwrap();
             let want: &[&str] = if cut == whole.len() { &["a", "b"] } else if cut >= a_end { &["a"] } else { &[] };
             assert_eq!(ids(&got), want, "cut at byte {cut}");
             if cut == whole.len() {
@@ -252,7 +252,7 @@ mod tests {
         }
         // One reader while the file grows a byte at a time: each record returned once, when it is whole.
         std::fs::write(&path, b"").unwrap();
-        let mut follower = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
+        let mut follower = DirFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
         let mut returned = Vec::new();
         for (at, byte) in whole.iter().enumerate() {
             append(&path, &[*byte]);
@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn each_poll_returns_what_was_stored_since_the_last_and_follows_new_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let mut follower = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
+        let mut follower = DirFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
         assert!(follower.poll().unwrap().is_empty(), "no segment yet");
         std::fs::write(seg(dir.path(), 1), [SEGMENT_MAGIC.as_slice(), &frames(&[sample("e", "1", 10), spend("e", "1"), sample("f", "1", 10)])].concat()).unwrap();
         assert_eq!(ids(&follower.poll().unwrap()), ["1", "1"]);
@@ -294,15 +294,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let torn = sample("e", "2", 10).to_frame();
         std::fs::write(seg(dir.path(), 1), [SEGMENT_MAGIC.as_slice(), &frames(&[sample("e", "1", 10)]), &torn[..torn.len() - 3]].concat()).unwrap();
-        let mut follower = StoreFollower::new(dir.path(), OnCorruption::Quarantine).unwrap();
+        let mut follower = DirFollower::new(dir.path(), OnCorruption::Quarantine).unwrap();
         assert_eq!(ids(&follower.poll().unwrap()), ["1"], "the live segment's incomplete record is not yet written");
         std::fs::write(seg(dir.path(), 2), SEGMENT_MAGIC).unwrap();
         let err = follower.poll().unwrap_err().to_string();
         assert!(err.contains("seg-00000001.log") && err.contains("only the last segment may end in a torn tail"), "{err}");
         std::fs::write(seg(dir.path(), 4), SEGMENT_MAGIC).unwrap();
-        let err = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap().poll().unwrap_err().to_string();
+        let err = DirFollower::new(dir.path(), OnCorruption::Refuse).unwrap().poll().unwrap_err().to_string();
         assert!(err.contains("segment 3 is missing"), "{err}");
-        let missing = StoreFollower::new(dir.path().join("nope"), OnCorruption::Refuse).unwrap_err().to_string();
+        let missing = DirFollower::new(dir.path().join("nope"), OnCorruption::Refuse).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
     }
 
@@ -314,7 +314,7 @@ mod tests {
         let bytes = [SEGMENT_MAGIC.as_slice(), &frames(&[sample("e", "1", 30)]), &bad, &frames(&[sample("e", "3", 30)])].concat();
         std::fs::write(seg(dir.path(), 1), &bytes).unwrap();
         for policy in [OnCorruption::Refuse, OnCorruption::Quarantine] {
-            let mut follower = StoreFollower::new(dir.path(), policy).unwrap();
+            let mut follower = DirFollower::new(dir.path(), policy).unwrap();
             // First seen: it might be a record still being written, so nothing after it yet.
             assert_eq!(ids(&follower.poll().unwrap()), ["1"], "{policy}");
             match policy {
@@ -327,8 +327,8 @@ mod tests {
         }
         // In a segment the writer has left, the damage is judged at once.
         std::fs::write(seg(dir.path(), 2), SEGMENT_MAGIC).unwrap();
-        assert_eq!(ids(&StoreFollower::new(dir.path(), OnCorruption::Quarantine).unwrap().poll().unwrap()), ["1", "3"]);
-        assert!(StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap().poll().is_err());
+        assert_eq!(ids(&DirFollower::new(dir.path(), OnCorruption::Quarantine).unwrap().poll().unwrap()), ["1", "3"]);
+        assert!(DirFollower::new(dir.path(), OnCorruption::Refuse).unwrap().poll().is_err());
         assert_eq!(std::fs::read(seg(dir.path(), 1)).unwrap(), bytes, "reading modified the segment");
     }
 
@@ -338,7 +338,7 @@ mod tests {
         let path = seg(dir.path(), 1);
         let durable = [SEGMENT_MAGIC.as_slice(), &frames(&[sample("e", "1", 20)])].concat();
         std::fs::write(&path, [durable.as_slice(), &frames(&[sample("e", "2", 20), sample("e", "3", 20)])].concat()).unwrap();
-        let mut follower = StoreFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
+        let mut follower = DirFollower::new(dir.path(), OnCorruption::Refuse).unwrap();
         assert_eq!(ids(&follower.poll().unwrap()), ["1", "2", "3"]);
         // The fsync of the batch of 2 and 3 failed: the writer cut it off; 3 is uploaded again, then 4.
         std::fs::write(&path, [durable.as_slice(), &frames(&[sample("e", "3", 20), sample("e", "4", 200)])].concat()).unwrap();

@@ -35,6 +35,31 @@ impl EdgeLedger {
     }
 }
 
+impl EdgeLedger {
+    /// Its counts and ε, without the per-sample detail.
+    pub fn totals(&self) -> EdgeTotals {
+        EdgeTotals { samples: self.samples, feature_bytes: self.feature_bytes, uploads: self.uploads, epsilon_total: self.epsilon_total, uploads_without_privacy: self.uploads_without_privacy }
+    }
+}
+
+/// An edge's counts and ε ledger, without the per-sample detail: what `GetStatus` reports of an
+/// edge, and what a bucket store keeps per edge ([`crate::bucket`]). Fields as in [`EdgeLedger`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeTotals {
+    pub samples: u64,
+    pub feature_bytes: u64,
+    pub uploads: u64,
+    pub epsilon_total: f64,
+    pub uploads_without_privacy: u64,
+}
+
+impl EdgeTotals {
+    /// ε spent so far under basic composition (`+inf` once any upload had no noise).
+    pub fn epsilon_spent(&self) -> f64 {
+        if self.uploads_without_privacy > 0 { f64::INFINITY } else { self.epsilon_total }
+    }
+}
+
 /// The index of the whole store.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Index {

@@ -239,7 +239,7 @@ fn check(header: &[u8; FRAME_HEADER], payload: &[u8]) -> Result<Record, String> 
 }
 
 /// The record framed at `at` in `buf` and the frame's length.
-fn frame_at(buf: &[u8], at: usize) -> Result<(Record, usize), String> {
+pub(crate) fn frame_at(buf: &[u8], at: usize) -> Result<(Record, usize), String> {
     let header: &[u8; FRAME_HEADER] = buf.get(at..at + FRAME_HEADER).and_then(|h| h.try_into().ok()).ok_or("has an incomplete header")?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     if len > MAX_PAYLOAD {

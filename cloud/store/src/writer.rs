@@ -385,25 +385,11 @@ fn decide(index: &Index, jobs: &[Job], limits: &StoreLimits) -> Vec<Outcome> {
             let ledger = index.edges.get(&u.edge);
             let (new_samples, new_eps, new_bytes) = added.get(u.edge.as_str()).copied().unwrap_or((0, 0.0, 0));
             let spent = ledger.map_or(0.0, |l| l.epsilon_spent()) + new_eps;
-            if let Some(budget) = limits.epsilon_budget
-                && spent + u.epsilon > budget
-            {
-                return Outcome::Refused(Refusal::EpsilonBudget { edge: u.edge.clone(), spent, epsilon: u.epsilon, budget });
-            }
             let stored = ledger.is_some_and(|l| l.contains(&u.sample_id)) || new_keys.contains(&(u.edge.as_str(), u.sample_id.as_str()));
-            if !stored
-                && let Some(max) = limits.max_samples_per_edge
-                && ledger.map_or(0, |l| l.samples) + new_samples >= max
-            {
-                return Outcome::Refused(Refusal::Quota { edge: u.edge.clone(), max });
-            }
-            let bytes = u.features.len() as u64;
-            if !stored
-                && let Some(max) = limits.max_bytes_per_edge
-                && ledger.map_or(0, |l| l.feature_bytes) + new_bytes + bytes > max
-            {
-                let stored = ledger.map_or(0, |l| l.feature_bytes) + new_bytes;
-                return Outcome::Refused(Refusal::ByteQuota { edge: u.edge.clone(), max, stored, bytes });
+            let samples = ledger.map_or(0, |l| l.samples) + new_samples;
+            let feature_bytes = ledger.map_or(0, |l| l.feature_bytes) + new_bytes;
+            if let Some(why) = refusal(limits, u, spent, stored, samples, feature_bytes) {
+                return Outcome::Refused(why);
             }
             let entry = added.entry(u.edge.as_str()).or_default();
             entry.1 += u.epsilon;
@@ -411,10 +397,36 @@ fn decide(index: &Index, jobs: &[Job], limits: &StoreLimits) -> Vec<Outcome> {
                 Outcome::Duplicate
             } else {
                 entry.0 += 1;
-                entry.2 += bytes;
+                entry.2 += u.features.len() as u64;
                 new_keys.insert((u.edge.as_str(), u.sample_id.as_str()));
                 Outcome::Stored
             }
         })
         .collect()
+}
+
+/// Why `limits` refuse upload `u` of an edge that has spent `spent` ε and stored `samples` samples
+/// of `feature_bytes` bytes; `stored`: the sample is stored already (a re-upload, which only the ε
+/// budget can refuse). The one rule both backends apply.
+pub(crate) fn refusal(limits: &StoreLimits, u: &Upload, spent: f64, stored: bool, samples: u64, feature_bytes: u64) -> Option<Refusal> {
+    if let Some(budget) = limits.epsilon_budget
+        && spent + u.epsilon > budget
+    {
+        return Some(Refusal::EpsilonBudget { edge: u.edge.clone(), spent, epsilon: u.epsilon, budget });
+    }
+    if stored {
+        return None;
+    }
+    if let Some(max) = limits.max_samples_per_edge
+        && samples >= max
+    {
+        return Some(Refusal::Quota { edge: u.edge.clone(), max });
+    }
+    let bytes = u.features.len() as u64;
+    if let Some(max) = limits.max_bytes_per_edge
+        && feature_bytes + bytes > max
+    {
+        return Some(Refusal::ByteQuota { edge: u.edge.clone(), max, stored: feature_bytes, bytes });
+    }
+    None
 }
