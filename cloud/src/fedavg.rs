@@ -57,9 +57,15 @@ pub struct Args {
     /// binarizes at a cut (binarization-aware `pretrain`) starts FedAvg too: every layer is trained on float features.
     #[arg(long)]
     pub weights: PathBuf,
-    /// Rounds of federated training.
+    /// Rounds of federated training (with --until-map50: the most; the learning-rate schedule is always that of
+    /// --rounds × --local-epochs epochs).
     #[arg(long, default_value_t = 20)]
     pub rounds: usize,
+    /// Stop after the first round whose held-out mAP@.5 reaches this (FedAvg given as many rounds as it needs to reach
+    /// a target, such as MistNet's mAP): the round and the bytes per edge it took are printed and in accounting.json
+    /// (`reached`); if no round reaches it within --rounds, the run ends there and says so.
+    #[arg(long, value_name = "MAP50")]
+    pub until_map50: Option<f64>,
     /// Epochs each sampled edge trains on its own images per round.
     #[arg(long, default_value_t = 1)]
     pub local_epochs: usize,
@@ -95,6 +101,7 @@ impl ToArgs for Args {
             .arg("--val", &self.val)
             .arg("--weights", &self.weights)
             .arg("--rounds", self.rounds.to_string())
+            .opt("--until-map50", self.until_map50.map(|m| m.to_string()))
             .arg("--local-epochs", self.local_epochs.to_string())
             .arg("--fraction", self.fraction.to_string())
             .arg("--aggregation", &self.aggregation)
@@ -148,7 +155,10 @@ pub fn run(args: Args) -> Result<()> {
         out: args.out.clone(),
         stop_after: None,
     };
-    let config = FedConfig { rounds: args.rounds, local_epochs: args.local_epochs, fraction: args.fraction, aggregation, fit };
+    if let Some(target) = args.until_map50 {
+        ensure!((0.0..=1.0).contains(&target), "--until-map50 must be in [0, 1], got {target}");
+    }
+    let config = FedConfig { rounds: args.rounds, local_epochs: args.local_epochs, fraction: args.fraction, aggregation, until_map50: args.until_map50, fit };
     println!(
         "FedAvg ({aggregation}): {} edges ({} images), {} rounds × {} local epochs, fraction {}, clients in-process",
         edges.len(),
@@ -178,6 +188,12 @@ pub fn run(args: Args) -> Result<()> {
         accounting.edge_peak_rss_bytes.unwrap_or(0) as f64 / 1e6,
         accounting.wall_seconds
     );
+    if let Some(target) = args.until_map50 {
+        match &accounting.reached {
+            Some(r) => println!("reached mAP@.5 {target} at round {} (mAP@.5 {:.4}) after {:.1} MB per edge as f32 ({:.1} MB as f16)", r.round, r.map50, r.bytes_per_edge.f32 as f64 / 1e6, r.bytes_per_edge.f16 as f64 / 1e6),
+            None => println!("did not reach mAP@.5 {target} within {} rounds (best {:.4})", args.rounds, records.iter().map(|r| r.metrics.map50).fold(0.0, f64::max)),
+        }
+    }
     let out = &args.out;
     println!("model in {}, per round in {}, accounting in {}", out.join(MODEL_FILE).display(), out.join(RESULTS_FILE).display(), out.join(ACCOUNTING_FILE).display());
     Ok(())
@@ -228,6 +244,7 @@ mod tests {
             val: "v.yaml".into(),
             weights: "w.safetensors".into(),
             rounds: 3,
+            until_map50: Some(0.5),
             local_epochs: 2,
             fraction: 0.5,
             aggregation: "running".into(),

@@ -39,14 +39,18 @@ fn one_fedavg_round_counts_the_bytes_it_would_send() {
     let data = dir.path().join("data");
     cloud(&["synth", "--images", "300", "--imgsz", "128", "--edges", "2", "--seed", "0", "--out"], &[&data]);
     let out = dir.path().join("fedavg");
-    // Two edges, --fraction 0.5: one edge trains in the round.
+    // Two edges, --fraction 0.5: one edge trains in the round. Any mAP reaches 0: the run stops after round 1 of 3.
     cloud(
-        &["fedavg", "--weights", PRETRAINED, "--rounds", "1", "--local-epochs", "1", "--fraction", "0.5", "--batch", "8", "--nbs", "8", "--warmup-min-iters", "5", "--data"],
+        &["fedavg", "--weights", PRETRAINED, "--rounds", "3", "--until-map50", "0", "--local-epochs", "1", "--fraction", "0.5", "--batch", "8", "--nbs", "8", "--warmup-min-iters", "5", "--data"],
         &[&data.join("private"), Path::new("--val"), &data.join("private-val.yaml"), Path::new("--out"), &out],
     );
 
     let acc = json(&out.join("accounting.json"));
-    assert_eq!((acc["aggregation"].as_str(), acc["rounds"].as_u64(), acc["local_epochs"].as_u64()), (Some("fedavg"), Some(1), Some(1)));
+    assert_eq!((acc["aggregation"].as_str(), acc["rounds"].as_u64(), acc["local_epochs"].as_u64()), (Some("fedavg"), Some(3), Some(1)));
+    assert_eq!((acc["until_map50"].as_f64(), acc["reached"]["round"].as_u64()), (Some(0.0), Some(1)), "{}", acc["reached"]);
+    assert_eq!(acc["reached"]["bytes_per_edge"], acc["bytes_per_edge"]);
+    let rounds = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(rounds.lines().count(), 3, "the header, round 0 and round 1: {rounds}");
     // What was sent each way is the model's whole state: the sizes of that state as files.
     let model = out.join("model.safetensors");
     let state: BTreeMap<String, Tensor> = candle_core::safetensors::load(&model, &Device::Cpu).unwrap().into_iter().collect();

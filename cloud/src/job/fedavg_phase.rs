@@ -27,6 +27,7 @@ impl Job {
             val: data.join(layout::PRIVATE_VAL_YAML),
             weights: pretrained.to_path_buf(),
             rounds,
+            until_map50: None,
             local_epochs,
             fraction: 1.0,
             aggregation: "fedavg".into(),

@@ -74,7 +74,10 @@ impl IngestStore {
         match self {
             Self::Dir(w) => {
                 let index = w.index();
-                Ok(index.edges.iter().filter(|(e, _)| only.is_none_or(|o| o == e.as_str())).map(|(e, l)| (e.clone(), l.totals())).collect())
+                Ok(match only {
+                    Some(edge) => index.edges.get(edge).map(|l| (edge.to_string(), l.totals())).into_iter().collect(),
+                    None => index.edges.iter().map(|(e, l)| (e.clone(), l.totals())).collect(),
+                })
             }
             Self::Bucket(w) => w.bucket().edges(only).await,
         }

@@ -31,11 +31,9 @@ impl EdgeLedger {
 
     /// ε spent so far under basic composition (`+inf` once any upload had no noise).
     pub fn epsilon_spent(&self) -> f64 {
-        if self.uploads_without_privacy > 0 { f64::INFINITY } else { self.epsilon_total }
+        self.totals().epsilon_spent()
     }
-}
 
-impl EdgeLedger {
     /// Its counts and ε, without the per-sample detail.
     pub fn totals(&self) -> EdgeTotals {
         EdgeTotals { samples: self.samples, feature_bytes: self.feature_bytes, uploads: self.uploads, epsilon_total: self.epsilon_total, uploads_without_privacy: self.uploads_without_privacy }

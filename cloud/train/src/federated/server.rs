@@ -48,6 +48,8 @@ pub struct FedConfig {
     /// Fraction of the edges sampled each round (at least one edge).
     pub fraction: f64,
     pub aggregation: Aggregation,
+    /// Stop after the first round whose held-out mAP@.5 reaches this.
+    pub until_map50: Option<f64>,
     /// Every client's training settings (batch, hyper-parameters, augmentation, device) and the
     /// run directory (`out`) and seed. Its `epochs` is replaced by `rounds × local_epochs`, the
     /// length of the schedule the clients share.
@@ -129,6 +131,21 @@ pub struct Accounting {
     /// (`mistnet-cloud edge-memory --mode train`); None until measured.
     #[serde(default)]
     pub edge_peak_rss_bytes: Option<u64>,
+    /// The target mAP@.5 the run stops at (`--until-map50`), if any.
+    #[serde(default)]
+    pub until_map50: Option<f64>,
+    /// The first round that reached it, where the run stopped.
+    #[serde(default)]
+    pub reached: Option<Reached>,
+}
+
+/// The round a run stopped at because its mAP@.5 reached the target.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reached {
+    pub round: usize,
+    pub map50: f64,
+    /// Mean bytes per edge sent and received up to and including that round.
+    pub bytes_per_edge: PayloadBytes,
 }
 
 /// Runs the rounds from `start` (a whole model's state, `meta` says which) and evaluates the
@@ -173,6 +190,8 @@ pub fn run(start: State, meta: &DeployMeta, edges: &[Edge], val: &EvalSet, confi
         gflops_per_edge: 0.0,
         wall_seconds: 0.0,
         edge_peak_rss_bytes: None,
+        until_map50: config.until_map50,
+        reached: None,
     };
     let per_round = ((config.fraction * edges.len() as f64).round() as usize).clamp(1, edges.len());
     let mut strategy = config.aggregation.strategy();
@@ -221,6 +240,13 @@ pub fn run(start: State, meta: &DeployMeta, edges: &[Edge], val: &EvalSet, confi
         records.push(RoundRecord { round, clients: chosen.len(), metrics, bytes_per_edge: accounting.bytes_per_edge, train_loss, seconds });
         write_round(out, &records, &accounting)?;
         tracing::info!(round, clients = chosen.len(), map50 = metrics.map50, map50_95 = metrics.map50_95, bytes_per_edge = accounting.bytes_per_edge.f32, seconds, "round done");
+        if let Some(target) = config.until_map50
+            && metrics.map50 >= target
+        {
+            accounting.reached = Some(Reached { round, map50: metrics.map50, bytes_per_edge: accounting.bytes_per_edge });
+            tracing::info!(round, map50 = metrics.map50, target, bytes_per_edge = accounting.bytes_per_edge.f32, "target mAP@.5 reached: stopping");
+            break;
+        }
     }
     Ok((records, accounting))
 }
