@@ -9,8 +9,8 @@
 //! with a non-zero code; streams and connections that failed), the server's peak RSS and the
 //! bytes it held in flight (`--max-in-flight-bytes`, default 256 MiB), with the load average.
 //!
-//! Run: `cargo bench -p mistnet-cloud --bench many_edges [-- EDGES SECONDS INTERVAL_S [burst]]`
-//! (default 10000 40 20). Needs an open-file limit above EDGES for this process and the server
+//! Run: `cargo bench -p mistnet-cloud --bench many_edges [-- EDGES SECONDS INTERVAL_S [burst] [SERVE FLAGS]]`
+//! (default 10000 40 20); flags from the first `--...` on are passed to `serve` (`--window-bytes 65535`). Needs an open-file limit above EDGES for this process and the server
 //! (the server raises its own to the hard limit). `MISTNET_CLOUD_BIN=PATH` runs another build of
 //! the server.
 
@@ -41,17 +41,20 @@ fn main() {
     let (edges, seconds, interval) = (number(0, 10_000) as usize, number(1, 40), number(2, 20));
     let burst = args.iter().any(|a| a == "burst");
     let connections = (edges + 100).to_string();
-    let server = Server::start_with("yolov5s", 640, edges, &["--max-connections", &connections]);
+    let mut serve_flags = vec!["--max-connections", &connections];
+    serve_flags.extend(args.iter().skip_while(|a| !a.starts_with("--")).map(String::as_str));
+    let server = Server::start_with("yolov5s", 640, edges, &serve_flags);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let messages = Arc::new(server.messages(DISTINCT_MESSAGES).await);
         println!(
-            "{edges} edges, one connection each, for {seconds} s, a sample every {interval} s per edge ({}); {} cut {} at {} px, {} bytes per sample; load average {}",
+            "{edges} edges, one connection each, for {seconds} s, a sample every {interval} s per edge ({}); {} cut {} at {} px, {} bytes per sample; serve {}; load average {}",
             if burst { "all at once first" } else { "random phase" },
             server.model,
             support::CUT,
             server.imgsz,
             messages[0].len(),
+            serve_flags.join(" "),
             load_average()
         );
         let tally = Arc::new(Tally::default());

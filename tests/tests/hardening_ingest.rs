@@ -312,3 +312,27 @@ fn a_status_flood_is_rate_limited_while_another_edge_uploads() {
     });
     assert!(log_of(&server).contains("rate-limited"));
 }
+
+/// Room in the in-flight budget is reserved before a message is read; a stream that holds it and
+/// receives nothing gives it back once another stream waits. The budget here fits one message's
+/// room: an edge that opens its upload and sends nothing must not keep another edge waiting.
+#[test]
+fn an_idle_stream_holding_the_budget_does_not_starve_a_busy_one() {
+    let server = serve(&["--max-message-bytes", "3000", "--max-in-flight-bytes", "3000"]);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (idle_tx, idle_rx) = tokio::sync::mpsc::channel::<pb::Sample>(1);
+        let mut idle_client = FeatureUploadClient::new(channel(&server.addr).await);
+        let mut idle_acks = idle_client.upload(authed(tokio_stream::wrappers::ReceiverStream::new(idle_rx), "edge-0")).await.unwrap().into_inner();
+        // The idle stream has taken the room by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let busy = samples(&server.addr, "busy-", 3).await;
+        let (acks, end) = tokio::time::timeout(Duration::from_secs(20), upload(&server.addr, "edge-1", busy)).await.expect("the busy edge waited on the idle stream's room");
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(acks.iter().filter(|(code, _)| *code == Code::Ok as i32).count(), 3, "{acks:?}");
+        // The idle edge, sending at last, gets room again.
+        let late = samples(&server.addr, "late-", 1).await.remove(0);
+        idle_tx.send(late).await.unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(20), idle_acks.message()).await.expect("the idle edge never got room back").unwrap().unwrap();
+        assert_eq!((ack.code, ack.sample_id.as_str()), (Code::Ok as i32, "late-00000"));
+    });
+}

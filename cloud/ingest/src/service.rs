@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
 use crate::metrics::{Metrics, Reason};
+use crate::received::ReceivedBytes;
 use crate::model::ServedModel;
 use crate::validate::{Expected, validate};
 
@@ -62,22 +64,41 @@ impl Ingest {
     }
 }
 
-/// The budget of sample bytes admitted at once over every upload stream, from the moment a sample
-/// is read until its ack is sent: one budget for every edge, not a limit per stream times the
-/// number of streams. A stream whose sample does not fit waits with that one message read and reads
-/// nothing more (HTTP/2 flow control then holds its edge back). What the budget does not bound:
-/// that one waiting message per stream, so a burst from many edges at once still costs about one
-/// message per edge (BENCHMARKS.md, "10,000 edges").
+/// The budget of sample bytes held at once over every upload stream, from before a sample is read
+/// until its ack is sent: one budget for every edge, not a limit per stream times the number of
+/// streams. A stream reserves room for its next message ([`Expected::typical_message_bytes`])
+/// before reading it, so a burst from many edges at once is read as fast as the budget frees up,
+/// and the rest of the edges' bytes wait in HTTP/2 flow control (at most a stream window each)
+/// instead of in memory. A stream that holds room and has received nothing of its next message
+/// ([`crate::received`]) gives it back after [`HOLD_IDLE`] when other streams wait for room, and
+/// queues again: idle edges cannot starve busy ones.
 pub struct InFlight {
     budget: usize,
     permits: Arc<Semaphore>,
+    /// Streams waiting for room now.
+    waiting: AtomicUsize,
 }
+
+/// One stream counted in [`InFlight::waiting`] while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Bytes before each gRPC message on the wire: a compression flag and a 4-byte length.
+const GRPC_FRAME_HEADER: usize = 5;
+
+/// How long a stream holding room for a message it has not received keeps it while others wait.
+const HOLD_IDLE: Duration = Duration::from_millis(100);
 
 impl InFlight {
     /// A budget of `bytes` (at least the largest message accepted, or that message would wait forever).
     pub fn new(bytes: usize) -> Self {
         let budget = bytes.clamp(1, Semaphore::MAX_PERMITS);
-        Self { budget, permits: Arc::new(Semaphore::new(budget)) }
+        Self { budget, permits: Arc::new(Semaphore::new(budget)), waiting: AtomicUsize::new(0) }
     }
 
     /// Bytes held now.
@@ -85,10 +106,37 @@ impl InFlight {
         self.budget - self.permits.available_permits()
     }
 
+    /// Whether a stream waits for room now.
+    fn contended(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// Waits until `bytes` (at most the whole budget) fit, and holds them until the permit is dropped.
     async fn take(&self, bytes: usize) -> OwnedSemaphorePermit {
         let n = u32::try_from(bytes.clamp(1, self.budget)).unwrap_or(u32::MAX);
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_many_owned(n) {
+            return permit;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted until acquired or given up (a waiting stream that shuts down drops this future).
+        let _waiting = Waiting(&self.waiting);
         Arc::clone(&self.permits).acquire_many_owned(n).await.expect("the budget's semaphore is never closed")
+    }
+
+    /// `reserved` made to hold exactly `bytes`: the surplus given back at once, or, for a message
+    /// larger than the room reserved for it, that room given back and `bytes` taken afresh (never
+    /// waiting while holding, so streams cannot deadlock on each other's partial room).
+    async fn resize(&self, mut reserved: OwnedSemaphorePermit, bytes: usize) -> OwnedSemaphorePermit {
+        let want = bytes.clamp(1, self.budget);
+        let held = reserved.num_permits();
+        if want <= held {
+            if want < held {
+                drop(reserved.split(held - want));
+            }
+            return reserved;
+        }
+        drop(reserved);
+        self.take(want).await
     }
 }
 
@@ -295,55 +343,93 @@ impl FeatureUpload for Services {
 
     async fn upload(&self, req: Request<Streaming<pb::Sample>>) -> Result<Response<Self::UploadStream>, Status> {
         let edge = edge_of(&req)?;
+        // Served behind `CountReceived` (serve does): the bytes of this stream read so far.
+        let received = req.extensions().get::<ReceivedBytes>().cloned();
         let mut incoming = req.into_inner();
         let (acks, rx) = mpsc::channel(IN_FLIGHT_PER_STREAM);
         let ingest = Arc::clone(&self.0);
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_STREAM));
             let mut stopping = ingest.stopping.clone();
+            let typical = ingest.expected.typical_message_bytes();
+            // Answers what is in flight (each task holds a permit until its ack is sent), then ends the stream with `status`.
+            let end = |status: Status| {
+                let (permits, acks) = (Arc::clone(&permits), acks.clone());
+                async move {
+                    let _ = permits.acquire_many(IN_FLIGHT_PER_STREAM as u32).await;
+                    let _ = acks.send(Err(status)).await;
+                }
+            };
+            let shutting_down = || Status::unavailable("the server is shutting down; reconnect and resume");
+            // Bytes of the messages taken from the stream so far, gRPC framing included.
+            let mut taken = 0u64;
             loop {
-                let next = async { (Arc::clone(&permits).acquire_owned().await, incoming.message().await) };
+                // A slot of this stream, then room in the global budget for the next message, before reading it.
+                let next = async { (Arc::clone(&permits).acquire_owned().await, ingest.in_flight.take(typical).await) };
                 let next = tokio::select! {
                     biased;
                     _ = stopping.wait_for(|stop| *stop) => None,
                     next = next => Some(next),
                 };
-                let Some((permit, message)) = next else {
-                    // Shutting down: answer what is in flight (each task holds a permit until its ack is sent), then end the stream.
-                    let _ = permits.acquire_many(IN_FLIGHT_PER_STREAM as u32).await;
+                let Some((Ok(permit), mut room)) = next else {
                     tracing::debug!(%edge, "upload stream ended by shutdown");
-                    let _ = acks.send(Err(Status::unavailable("the server is shutting down; reconnect and resume"))).await;
+                    end(shutting_down()).await;
                     break;
                 };
-                let Ok(permit) = permit else { break };
+                // Read holding the room; while nothing comes and other streams wait for room, give it back and queue
+                // again (not while a message is partly received: its bytes are in the decoder, and it needs the room).
+                let message = loop {
+                    tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => break None,
+                        message = incoming.message() => break Some((message, room)),
+                        () = tokio::time::sleep(HOLD_IDLE) => {}
+                    }
+                    let partly_received = received.as_ref().is_some_and(|r| r.get() > taken);
+                    if partly_received || !ingest.in_flight.contended() {
+                        continue;
+                    }
+                    drop(room);
+                    room = tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => break None,
+                        room = ingest.in_flight.take(typical) => room,
+                    };
+                };
+                let Some((message, room)) = message else {
+                    drop(permit);
+                    tracing::debug!(%edge, "upload stream ended by shutdown");
+                    end(shutting_down()).await;
+                    break;
+                };
                 let sample = match message {
                     Ok(Some(s)) => s,
                     Ok(None) => break,
                     Err(status) => {
                         // Answer what is in flight, then end the stream with the real status.
-                        drop(permit);
+                        drop((permit, room));
                         let (status, warn) = unreadable(status);
                         if warn {
                             tracing::warn!(%edge, code = ?status.code(), reason = status.message(), "upload stream ended: a message could not be read");
                         } else {
                             tracing::debug!(%edge, %status, "upload stream ended");
                         }
-                        let _ = permits.acquire_many(IN_FLIGHT_PER_STREAM as u32).await;
-                        let _ = acks.send(Err(status)).await;
+                        end(status).await;
                         break;
                     }
                 };
-                // The sample's bytes from the global budget: while they do not fit, this stream reads nothing more.
+                let size = prost::Message::encoded_len(&sample);
+                taken += (GRPC_FRAME_HEADER + size) as u64;
+                // The room, made the sample's size; a sample larger than the room reserved waits for room of its size.
                 let bytes = tokio::select! {
                     biased;
                     _ = stopping.wait_for(|stop| *stop) => None,
-                    bytes = ingest.in_flight.take(prost::Message::encoded_len(&sample)) => Some(bytes),
+                    bytes = ingest.in_flight.resize(room, size) => Some(bytes),
                 };
                 let Some(bytes) = bytes else {
                     // Shutting down before this sample was taken: it is not answered, and the edge sends it again.
                     drop(permit);
-                    let _ = permits.acquire_many(IN_FLIGHT_PER_STREAM as u32).await;
-                    let _ = acks.send(Err(Status::unavailable("the server is shutting down; reconnect and resume"))).await;
+                    end(shutting_down()).await;
                     break;
                 };
                 let (ingest, acks, edge) = (Arc::clone(&ingest), acks.clone(), edge.clone());
@@ -484,5 +570,28 @@ mod tests {
         let all = budget.take(5000).await;
         assert_eq!(budget.held(), 1000);
         drop(all);
+    }
+
+    #[tokio::test]
+    async fn room_reserved_before_a_read_is_fitted_to_the_message_and_a_waiting_stream_is_seen() {
+        let budget = InFlight::new(1000);
+        // Smaller than reserved: the surplus is given back at once.
+        let room = budget.take(400).await;
+        let fitted = budget.resize(room, 150).await;
+        assert_eq!((fitted.num_permits(), budget.held()), (150, 150));
+        // Larger: taken afresh, never waiting while holding.
+        let grown = budget.resize(fitted, 700).await;
+        assert_eq!((grown.num_permits(), budget.held()), (700, 700));
+        // A stream waiting for room is seen while it waits, and no longer once it gives up.
+        assert!(!budget.contended());
+        {
+            let waiting = budget.take(600);
+            tokio::pin!(waiting);
+            assert!(tokio::time::timeout(Duration::from_millis(20), &mut waiting).await.is_err());
+            assert!(budget.contended(), "a stream waits for 600 bytes of the 300 left");
+        }
+        assert!(!budget.contended(), "the waiting stream gave up");
+        drop(grown);
+        assert_eq!(budget.held(), 0);
     }
 }

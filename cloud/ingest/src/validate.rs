@@ -17,6 +17,15 @@ pub struct Expected {
     pub nc: usize,
 }
 
+impl Expected {
+    /// About the bytes of one upload message of this Front: its features bit-packed (what the
+    /// noised bits of SUE or RR cost, zstd finding little to take out), plus room for the header,
+    /// the sample id and a few dozen boxes. What a stream reserves before reading a message.
+    pub fn typical_message_bytes(&self) -> usize {
+        usize::try_from(self.shape.elements().div_ceil(8)).unwrap_or(usize::MAX).saturating_add(2048)
+    }
+}
+
 /// Checks `sample` of `edge`; `Err` is the INVALID_ARGUMENT message.
 pub fn validate(edge: &str, sample: pb::Sample, expected: &Expected) -> Result<Upload, String> {
     let id = &sample.sample_id;
