@@ -10,7 +10,7 @@
 //! bytes it held in flight (`--max-in-flight-bytes`, default 256 MiB), with the load average.
 //!
 //! Run: `cargo bench -p mistnet-cloud --bench many_edges [-- EDGES SECONDS INTERVAL_S [burst] [SERVE FLAGS]]`
-//! (default 10000 40 20); flags from the first `--...` on are passed to `serve` (`--window-bytes 65535`). Needs an open-file limit above EDGES for this process and the server
+//! (default 10000 40 20); flags from the first `--...` on are passed to `serve` (`--max-in-flight-bytes 67108864`). Needs an open-file limit above EDGES for this process and the server
 //! (the server raises its own to the hard limit). `MISTNET_CLOUD_BIN=PATH` runs another build of
 //! the server.
 

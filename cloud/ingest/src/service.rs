@@ -68,8 +68,7 @@ impl Ingest {
 /// until its ack is sent: one budget for every edge, not a limit per stream times the number of
 /// streams. A stream reserves room for its next message ([`Expected::typical_message_bytes`])
 /// before reading it, so a burst from many edges at once is read as fast as the budget frees up,
-/// and the rest of the edges' bytes wait in HTTP/2 flow control (at most a stream window each)
-/// instead of in memory. A stream that holds room and has received nothing of its next message
+/// and the rest of the edges' bytes wait, unread, in HTTP/2 flow control and at the edges. A stream that holds room and has received nothing of its next message
 /// ([`crate::received`]) gives it back after [`HOLD_IDLE`] when other streams wait for room, and
 /// queues again: idle edges cannot starve busy ones.
 pub struct InFlight {

@@ -159,7 +159,7 @@ pub struct Args {
     pub max_message_bytes: usize,
     /// Most bytes of samples held at once over every upload stream (being read, validating, queued for the store,
     /// awaiting their ack). A stream reserves room for its next message before reading it; while none fits it
-    /// reads nothing and HTTP/2 flow control holds back its edge's data (--window-bytes). A stream that holds room
+    /// reads nothing and HTTP/2 flow control holds back its edge's data. A stream that holds room
     /// but receives nothing gives it back after 100 ms while others wait. At least --max-message-bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES)]
     pub max_in_flight_bytes: usize,
@@ -172,12 +172,6 @@ pub struct Args {
     /// Most concurrent HTTP/2 streams (calls) on one connection.
     #[arg(long, default_value_t = DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
-    /// HTTP/2 flow-control window of each stream (and of each connection, at least 65,535): what an edge may send
-    /// before the server reads it. An upload stream waiting for room in --max-in-flight-bytes holds at most this much
-    /// of its edge's data, so the memory of a burst from N edges is about --max-in-flight-bytes + N × this; a link
-    /// carries at most one window per round trip (64 KiB at 100 ms is 5 Mbit/s).
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_WINDOW_BYTES, value_parser = clap::value_parser!(u32).range(1024..=(1 << 31) - 1))]
-    pub window_bytes: u32,
     /// Seconds a new connection has to start its TLS or HTTP/2 handshake (and to finish a TLS one).
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,
@@ -192,10 +186,6 @@ pub struct Args {
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Bytes of samples in flight over every stream by default.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
-/// `--window-bytes`: HTTP/2's own default window, not hyper's 1 MiB.
-pub const DEFAULT_WINDOW_BYTES: u32 = 65_535;
-/// A connection's window starts at HTTP/2's 65,535 bytes and can only grow.
-const MIN_CONNECTION_WINDOW: u32 = 65_535;
 /// Records per fsync by default.
 pub const DEFAULT_MAX_BATCH: usize = 256;
 /// Connections served at once by default.
@@ -240,7 +230,6 @@ impl Args {
             max_batch: DEFAULT_MAX_BATCH,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS,
-            window_bytes: DEFAULT_WINDOW_BYTES,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT_S,
             metrics_listen: None,
         }
@@ -273,7 +262,6 @@ impl ToArgs for Args {
             .arg("--max-batch", self.max_batch.to_string())
             .arg("--max-connections", self.max_connections.to_string())
             .arg("--max-streams-per-connection", self.max_streams_per_connection.to_string())
-            .arg("--window-bytes", self.window_bytes.to_string())
             .arg("--handshake-timeout", self.handshake_timeout.to_string())
             .opt("--metrics-listen", self.metrics_listen.map(|a| a.to_string()))
             .build()
@@ -370,8 +358,6 @@ async fn serve(args: Args, tokens: Tokens, tls: Option<ServerTlsConfig>, service
 
     let mut builder = Server::builder()
         .max_concurrent_streams(args.max_streams_per_connection)
-        .initial_stream_window_size(args.window_bytes)
-        .initial_connection_window_size(args.window_bytes.max(MIN_CONNECTION_WINDOW))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
