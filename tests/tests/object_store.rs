@@ -7,8 +7,9 @@
 //! - two `serve` replicas share one bucket; one edge uploads its shard through both at once (every
 //!   sample raced by two uploaders) under an ε budget that cannot pay for every upload: each sample
 //!   is stored once, the ledger's ε is exactly the accepted uploads' and never past the budget;
-//! - a replica is killed (SIGKILL) mid-upload; the edge resumes through the other; every sample of
-//!   its shard is stored exactly once;
+//! - a replica is killed (SIGKILL) mid-upload: behind one address (haproxy in TCP mode, where
+//!   installed) the same edge run goes on through the other replica, else the edge resumes through
+//!   the other's address; every sample of its shard is stored exactly once;
 //! - `train --store s3://...` trains on what the bucket holds;
 //! - a flipped bit in a stored object is refused, naming it, or skipped under quarantine.
 //!
@@ -113,6 +114,29 @@ impl World {
             .stderr(Stdio::null());
         Proc(cmd.spawn().unwrap())
     }
+}
+
+/// haproxy, if installed (`tools/test.sh` does not install it; `.ci/run` does where apt can).
+fn haproxy() -> Option<PathBuf> {
+    let found = Command::new("haproxy").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    found.then(|| PathBuf::from("haproxy"))
+}
+
+/// haproxy in TCP mode on a free port of 127.0.0.1 in front of the replicas at `first` and `second`:
+/// every connection goes to the first while its health check passes, to the second once it fails
+/// (`balance first`; a connection that cannot reach a server is sent to the other). Its address.
+fn start_balancer(haproxy: &Path, root: &Path, first: &str, second: &str) -> (Proc, String) {
+    let address = format!("127.0.0.1:{}", mistnet_e2e::free_port());
+    let config = format!(
+        "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 300s\n  timeout server 300s\n  retries 2\n  option redispatch\n\
+         frontend edges\n  bind {address}\n  default_backend replicas\n\
+         backend replicas\n  balance first\n  server a {first} check inter 200ms fall 1 rise 2\n  server b {second} check inter 200ms fall 1 rise 2\n"
+    );
+    let path = root.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let proc = Proc(Command::new(haproxy).arg("-db").arg("-f").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start haproxy"));
+    assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok()), "haproxy is not listening on {address}");
+    (proc, address)
 }
 
 /// The (edge, sample id) of every sample the bucket store at `url` holds, each once.
@@ -228,20 +252,37 @@ fn a_bucket_shared_by_replicas_stores_each_sample_once_within_one_epsilon_budget
     }
     assert_eq!(spends as u64, t.uploads, "one spend record per accepted upload");
 
-    // 2. A replica killed mid-upload; the edge resumes through the other.
+    // 2. A replica killed mid-upload. Behind one address (haproxy, where installed), the same edge run
+    //    carries on through the other replica; without it, the edge resumes through the other's address.
     let url = format!("s3://{BUCKET}/failover");
     let store: StoreUrl = url.parse().unwrap();
     let (mut a, addr_a) = w.replica(&url, &[]);
     let (_b, addr_b) = w.replica(&url, &[]);
-    let mut slow = w.edge(1, &addr_a, "failover", &["--max-rate", "4"]);
-    assert!(wait_until(LIMIT, || stored(&store).len() >= 3), "nothing stored through replica A");
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
-    slow.wait_for(LIMIT);
-    let before = stored(&store).len();
-    assert!(before < shard1.len(), "edge-1 finished before its replica was killed ({before} stored)");
-    let status = w.edge(1, &addr_b, "failover", &[]).wait_for(LIMIT);
-    assert!(status.success(), "edge-1 resuming through replica B: {status}");
+    match haproxy() {
+        Some(haproxy) => {
+            let (_balancer, address) = start_balancer(&haproxy, &w.root, &addr_a, &addr_b);
+            let mut edge = w.edge(1, &address, "failover", &["--max-rate", "4"]);
+            assert!(wait_until(LIMIT, || stored(&store).len() >= 3), "nothing stored through the balancer");
+            a.0.kill().unwrap();
+            a.0.wait().unwrap();
+            let at_kill = stored(&store).len();
+            assert!(at_kill < shard1.len(), "edge-1 finished before its replica was killed ({at_kill} stored)");
+            let status = edge.wait_for(LIMIT);
+            assert!(status.success(), "edge-1 through the balancer, its replica killed: {status}");
+        }
+        None => {
+            eprintln!("haproxy is not installed: no balancer in front of the replicas; the edge resumes through replica B's own address");
+            let mut slow = w.edge(1, &addr_a, "failover", &["--max-rate", "4"]);
+            assert!(wait_until(LIMIT, || stored(&store).len() >= 3), "nothing stored through replica A");
+            a.0.kill().unwrap();
+            a.0.wait().unwrap();
+            slow.wait_for(LIMIT);
+            let before = stored(&store).len();
+            assert!(before < shard1.len(), "edge-1 finished before its replica was killed ({before} stored)");
+            let status = w.edge(1, &addr_b, "failover", &[]).wait_for(LIMIT);
+            assert!(status.success(), "edge-1 resuming through replica B: {status}");
+        }
+    }
     let samples = stored(&store);
     let ids: BTreeSet<String> = samples.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(samples.len(), shard1.len(), "every sample stored exactly once");
