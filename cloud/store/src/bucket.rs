@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
@@ -44,6 +44,9 @@ use super::{StoreError, StoredSample};
 /// Compare-and-swap attempts on an edge's ledger before an upload gives up (each loses only to
 /// another replica's write of the same edge's ledger).
 const MAX_LEDGER_ATTEMPTS: u32 = 64;
+/// Sample objects requested at once when a reader reads many (an object store answers each in
+/// milliseconds to tens of them; one after another, a large store would take minutes).
+const READS_AT_ONCE: usize = 16;
 
 /// A bucket and key prefix, connected (no request is made until one is needed).
 #[derive(Debug, Clone)]
@@ -109,12 +112,14 @@ impl Bucket {
         Ok(StoredSample { edge: rec.edge, sample_id: rec.sample_id, features: rec.features, labels: rec.labels, image_size: rec.image_size })
     }
 
-    /// Reads the samples at `keys`; a damaged one stops the read ([`OnCorruption::Refuse`]) or is
-    /// skipped with a warning ([`OnCorruption::Quarantine`]: left in place, never deleted).
+    /// Reads the samples at `keys`, in their order, [`READS_AT_ONCE`] requests at a time; a damaged
+    /// one stops the read ([`OnCorruption::Refuse`]) or is skipped with a warning
+    /// ([`OnCorruption::Quarantine`]: left in place, never deleted).
     pub async fn read_samples(&self, keys: &[Key], on_corruption: OnCorruption) -> Result<Vec<StoredSample>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.read_sample(key).await {
+        let mut reads = futures::stream::iter(keys.iter().cloned()).map(|key| async move { self.read_sample(&key).await }).buffered(READS_AT_ONCE);
+        while let Some(read) = reads.next().await {
+            match read {
                 Ok(s) => out.push(s),
                 Err(StoreError::Corrupt { file, reason, .. }) if on_corruption == OnCorruption::Quarantine => {
                     tracing::warn!(object = %file.display(), %reason, "skipping a damaged sample; the others are read");
