@@ -44,8 +44,8 @@ use super::{StoreError, StoredSample};
 /// Compare-and-swap attempts on an edge's ledger before an upload gives up (each loses only to
 /// another replica's write of the same edge's ledger).
 const MAX_LEDGER_ATTEMPTS: u32 = 64;
-/// Sample objects requested at once when a reader reads many (an object store answers each in
-/// milliseconds to tens of them; one after another, a large store would take minutes).
+/// Objects requested at once when many are read (samples, or every edge's ledger): an object store
+/// answers each in milliseconds to tens of them, so one after another a large store would take minutes.
 const READS_AT_ONCE: usize = 16;
 
 /// A bucket and key prefix, connected (no request is made until one is needed).
@@ -155,8 +155,9 @@ impl Bucket {
             }
         };
         let mut out = BTreeMap::new();
-        for edge in names {
-            let (totals, version) = self.ledger(&edge).await?;
+        let mut reads = futures::stream::iter(names).map(|edge| async move { (self.ledger(&edge).await, edge) }).buffer_unordered(READS_AT_ONCE);
+        while let Some((read, edge)) = reads.next().await {
+            let (totals, version) = read?;
             if version.is_some() {
                 out.insert(edge, totals);
             }
