@@ -193,46 +193,52 @@ impl Bucket {
         Ok((page, false))
     }
 
-    /// Adds `u` to its edge's ledger, compare-and-swap, unless `limits` refuse it; `stored`: the
-    /// sample is stored already. Returns the upload's number (its position among the edge's
-    /// accepted uploads, `totals.uploads`) and the totals written, or the refusal.
+    /// Adds `u` to its edge's ledger unless `limits` refuse it; `stored`: the sample is stored
+    /// already. The totals written (`uploads` is this upload's number among the edge's accepted
+    /// ones), or the refusal.
     async fn spend(&self, u: &Upload, stored: bool, limits: &StoreLimits) -> Result<Result<EdgeTotals, Outcome>, StoreError> {
-        for attempt in 0..MAX_LEDGER_ATTEMPTS {
-            let (mut totals, version) = self.ledger(&u.edge).await?;
+        self.update_ledger(&u.edge, |totals| {
             if let Some(why) = refusal(limits, u, totals.epsilon_spent(), stored, totals.samples, totals.feature_bytes) {
-                return Ok(Err(Outcome::Refused(why)));
+                return Err(Outcome::Refused(why));
             }
-            add(&mut totals, u, stored);
-            let mode = version.map_or(PutMode::Create, PutMode::Update);
-            let body = PutPayload::from(serde_json::to_vec(&totals).expect("totals serialize"));
-            match self.store.put_opts(&self.ledger_key(&u.edge), body, PutOptions::from(mode)).await {
-                Ok(_) => return Ok(Ok(totals)),
-                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
-                    // Another replica updated this edge's ledger first: read it again.
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 5)).await;
-                }
-                Err(e) => return Err(self.err(e)),
-            }
-        }
-        Err(StoreError::WriteFailed(format!("edge {}: its ledger kept changing under {MAX_LEDGER_ATTEMPTS} attempts to update it", u.edge)))
+            add(totals, u, stored);
+            Ok(())
+        })
+        .await
     }
 
     /// Takes a sample's count and bytes back out of its edge's ledger (the sample turned out to be
     /// stored already, by another replica, after [`Bucket::spend`] counted it as new).
     async fn unstore(&self, u: &Upload) -> Result<(), StoreError> {
-        for _ in 0..MAX_LEDGER_ATTEMPTS {
-            let (mut totals, version) = self.ledger(&u.edge).await?;
-            let Some(version) = version else { return Ok(()) };
+        let bytes = u.features.len() as u64;
+        let corrected = self.update_ledger(&u.edge, |totals| {
             totals.samples = totals.samples.saturating_sub(1);
-            totals.feature_bytes = totals.feature_bytes.saturating_sub(u.features.len() as u64);
+            totals.feature_bytes = totals.feature_bytes.saturating_sub(bytes);
+            Ok(())
+        });
+        corrected.await.map(|_| ())
+    }
+
+    /// Applies `change` to `edge`'s ledger, compare-and-swap: read it with its ETag, change it,
+    /// write it back `If-Match` that ETag (`If-None-Match: *` for an edge's first), and on 412
+    /// (another replica wrote first) read it again. `change` may refuse, and then nothing is written.
+    async fn update_ledger(&self, edge: &str, mut change: impl FnMut(&mut EdgeTotals) -> Result<(), Outcome>) -> Result<Result<EdgeTotals, Outcome>, StoreError> {
+        for attempt in 0..MAX_LEDGER_ATTEMPTS {
+            let (mut totals, version) = self.ledger(edge).await?;
+            if let Err(refused) = change(&mut totals) {
+                return Ok(Err(refused));
+            }
+            let mode = version.map_or(PutMode::Create, PutMode::Update);
             let body = PutPayload::from(serde_json::to_vec(&totals).expect("totals serialize"));
-            match self.store.put_opts(&self.ledger_key(&u.edge), body, PutOptions::from(PutMode::Update(version))).await {
-                Ok(_) => return Ok(()),
-                Err(object_store::Error::Precondition { .. }) => continue,
+            match self.store.put_opts(&self.ledger_key(edge), body, PutOptions::from(mode)).await {
+                Ok(_) => return Ok(Ok(totals)),
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 5)).await;
+                }
                 Err(e) => return Err(self.err(e)),
             }
         }
-        Err(StoreError::WriteFailed(format!("edge {}: its ledger kept changing under {MAX_LEDGER_ATTEMPTS} attempts to correct it", u.edge)))
+        Err(StoreError::WriteFailed(format!("edge {edge}: its ledger kept changing under {MAX_LEDGER_ATTEMPTS} attempts to update it")))
     }
 
     /// Writes `body` at `key` only if nothing is there; whether it was written.

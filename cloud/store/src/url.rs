@@ -19,16 +19,6 @@ pub enum StoreUrl {
     Bucket(Url),
 }
 
-impl StoreUrl {
-    /// The directory, for a [`StoreUrl::Dir`].
-    pub fn as_dir(&self) -> Option<&Path> {
-        match self {
-            Self::Dir(dir) => Some(dir),
-            Self::Bucket(_) => None,
-        }
-    }
-}
-
 impl FromStr for StoreUrl {
     type Err = String;
 
@@ -85,7 +75,7 @@ mod tests {
         let bucket: StoreUrl = "s3://features/job-1".parse().unwrap();
         assert!(matches!(&bucket, StoreUrl::Bucket(u) if u.host_str() == Some("features") && u.path() == "/job-1"));
         assert_eq!(bucket.to_string(), "s3://features/job-1");
-        assert!(bucket.as_dir().is_none());
+        assert!(!matches!(bucket, StoreUrl::Dir(_)));
     }
 
     #[test]
