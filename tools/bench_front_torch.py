@@ -67,6 +67,16 @@ def letterbox(path, size):
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
 
 
+def fused_front():
+    """The yolov5s Front at cut 4 with random weights (seeded), BatchNorm folded, in eval mode."""
+    torch.manual_seed(0)
+    front = nn.Sequential(Conv(3, 32, 6, 2, 2), Conv(32, 64, 3, 2), C3(64, 64, 1), Conv(64, 128, 3, 2)).eval()
+    for m in front.modules():
+        if isinstance(m, Conv):
+            m.fuse()
+    return front
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -74,11 +84,7 @@ def main():
     ap.add_argument("--image", default="shared/tests/fixtures/images/astronaut.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    front = nn.Sequential(Conv(3, 32, 6, 2, 2), Conv(32, 64, 3, 2), C3(64, 64, 1), Conv(64, 128, 3, 2)).eval()
-    for m in front.modules():
-        if isinstance(m, Conv):
-            m.fuse()
+    front = fused_front()
     x = letterbox(args.image, 640)
     with torch.inference_mode():
         for _ in range(3):

@@ -8,14 +8,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::codec::{ENCODING_HELP, Encoding, Privacy};
 use mistnet::data::letterbox::{is_image, read_rgb};
 use mistnet::encoder::{EdgeEncoder, WireSettings};
-use mistnet_cli::{DeviceArgs, FrontArgs, ImageSizeArgs};
+use mistnet_cli::{DeviceArgs, FrontArgs, ImageSizeArgs, PrecisionArgs};
 
 use mistnet_cli::PrivacyArgs;
 
 use crate::cache::write_atomic;
 
 #[derive(clap::Args)]
-#[command(after_help = "Without --encoding, writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, \
+#[command(after_help = "Prints on stdout how fast it went (`extracted: N images in S s (R images/s, T ms each)`: decode, \
+letterbox, Front, encoding and the write, from the first image to the last).\n\n\
+Without --encoding, writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, \
 the Front's raw output) with the cut, Front hash and letterbox geometry in the file's metadata. With --encoding, writes \
 DIR/<image stem>.mnf: the binarized, randomized and encoded features in the wire format (docs/wire-format.md), exactly \
 what `mistnet-edge run` would send.\n\n\
@@ -28,6 +30,8 @@ pub struct Args {
     imgsz: ImageSizeArgs,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// An image file, or a directory whose images (jpg, jpeg, png, bmp, webp) are all processed.
     input: PathBuf,
     /// Output directory (created if missing).
@@ -49,7 +53,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     let device = args.device.open()?;
     let imgsz = args.imgsz.px;
-    let front = args.front.load(&device)?;
+    let mut front = args.front.load(&device)?;
+    args.precision.apply(&mut front)?;
     tracing::info!(model = %args.front.model.name, cut = front.cut(), hash = %front.hash(), images = images.len(), "front loaded");
     let encoder = EdgeEncoder::new(front, imgsz, wire)?.on_device(device);
     let mut rng = args.privacy.rng()?;
@@ -60,6 +65,7 @@ pub fn run(args: Args) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    let started = std::time::Instant::now();
     for path in &images {
         let stem = path.file_stem().and_then(|s| s.to_str()).context("image name is not valid UTF-8")?;
         bar.set_message(stem.to_string());
@@ -89,8 +95,20 @@ pub fn run(args: Args) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    println!("{}", summary(images.len(), started.elapsed()));
     tracing::info!(images = images.len(), out = %args.out.display(), "done");
     Ok(())
+}
+
+/// `extracted: N images in S s (R images/s, T ms each)`: how fast images went from file to
+/// written output (decode, letterbox, Front, encoding, the write), as `extract` and `run` print it.
+pub fn summary(images: usize, elapsed: std::time::Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    format!(
+        "extracted: {images} images in {secs:.1} s ({:.2} images/s, {:.1} ms each)",
+        images as f64 / secs.max(1e-9),
+        secs * 1e3 / images.max(1) as f64
+    )
 }
 
 /// The images to process: the file itself, or a directory's image files in name order.

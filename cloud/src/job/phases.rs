@@ -283,6 +283,7 @@ impl Job {
                 max_attempts: 8,
                 max_rate: None,
                 skip_bad: false,
+                precision: Default::default(),
             };
             let mut cmd = Command::new(&self.edge);
             cmd.args(Argv::new().word("run").group(&run).build());

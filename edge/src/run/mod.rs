@@ -38,7 +38,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some((id, class)) = samples.iter().find_map(|(id, s)| s.labels.iter().find(|l| nc > 0 && l.class >= nc).map(|l| (id, l.class))) {
         bail!("sample {id} has class {class}, but the cloud's model has {nc} classes {:?}: the dataset does not match the served model", served.names);
     }
-    let encoder = EdgeEncoder::new(served.front, served.imgsz, args.privacy.wire(args.encoding)?)?;
+    let mut front = served.front;
+    args.precision.apply(&mut front)?;
+    let encoder = EdgeEncoder::new(front, served.imgsz, args.privacy.wire(args.encoding)?)?;
     let spool_dir = spool::dir(&args.cache, &encoder);
     tracing::info!(samples = total, already_stored = stored.len(), front = %encoder.front().hash(), "starting");
     let spooled = spool::prepare(samples, &stored, &encoder, &mut args.privacy.rng()?, &spool_dir, args.skip_bad)?;

@@ -74,11 +74,9 @@ pub fn prepare(
     }
     if encoded_now > 0 {
         // Decode, letterbox, Front, binarize, noise, pack, compress and the spool write, per image.
-        let secs = started.elapsed().as_secs_f64();
         println!(
-            "extracted: {encoded_now} images in {secs:.1} s ({:.2} images/s, {:.1} ms each){}",
-            encoded_now as f64 / secs.max(1e-9),
-            secs * 1e3 / encoded_now as f64,
+            "{}{}",
+            crate::extract::summary(encoded_now, started.elapsed()),
             match out.len() - encoded_now {
                 0 => String::new(),
                 n => format!("; {n} were already spooled"),

@@ -1,10 +1,13 @@
-//! `--device`: where a command computes, chosen the same way everywhere (never a GPU unasked).
+//! `--device`: where a command computes, chosen the same way everywhere (never a GPU unasked);
+//! `--precision`: the arithmetic of the Front's CPU convolutions.
 
 use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use mistnet::model::Front;
+use mistnet::model::direct::Precision;
 
 use crate::argv::{Argv, ToArgs};
 
@@ -69,6 +72,28 @@ impl ToArgs for DeviceArgs {
     }
 }
 
+#[derive(clap::Args, Debug, Clone, Copy, PartialEq, Default)]
+pub struct PrecisionArgs {
+    /// Arithmetic of the Front's convolutions on the CPU: f32 (the reference; the default), or bf16
+    /// (needs AVX512-BF16: inputs and weights rounded to bf16, products summed in f32; faster, and a
+    /// small fraction of the sent bits differ from f32's: BENCHMARKS.md, "Edge Front").
+    #[arg(id = "precision", long = "precision", value_name = "f32|bf16", default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+impl PrecisionArgs {
+    /// Sets the Front's precision; an error where this CPU lacks the instructions.
+    pub fn apply(&self, front: &mut Front) -> Result<()> {
+        front.set_precision(self.precision).with_context(|| format!("--precision {}", self.precision))
+    }
+}
+
+impl ToArgs for PrecisionArgs {
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        Argv::new().arg("--precision", self.precision.to_string()).build()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +109,16 @@ mod tests {
             assert!(bad.parse::<DeviceSpec>().unwrap_err().contains("cpu or cuda:N"), "{bad}");
         }
         assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
+    }
+
+    #[test]
+    fn precisions_parse_back_and_bad_names_are_refused() {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let a = PrecisionArgs { precision };
+            assert_eq!(reparse(&a).unwrap(), a);
+        }
+        for bad in ["fp32", "BF16", "int8", ""] {
+            assert!(bad.parse::<Precision>().unwrap_err().contains("f32 or bf16"), "{bad}");
+        }
     }
 }

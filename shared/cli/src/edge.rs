@@ -11,6 +11,7 @@ use mistnet::encoder::WireSettings;
 
 use crate::argv::{Argv, ToArgs};
 use crate::client::ClientArgs;
+use crate::device::PrecisionArgs;
 use crate::ldp::LdpArgs;
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
@@ -92,6 +93,8 @@ pub struct RunArgs {
     /// would refuse: over 256 bytes or with control characters) instead of stopping; each is counted.
     #[arg(long)]
     pub skip_bad: bool,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 impl ToArgs for RunArgs {
@@ -106,6 +109,7 @@ impl ToArgs for RunArgs {
             .arg("--max-attempts", self.max_attempts.to_string())
             .opt("--max-rate", self.max_rate.map(|r| r.to_string()))
             .switch("--skip-bad", self.skip_bad)
+            .group(&self.precision)
             .build()
     }
 }
@@ -137,6 +141,7 @@ mod tests {
             max_attempts: 8,
             max_rate: None,
             skip_bad: false,
+            precision: PrecisionArgs::default(),
         };
         assert_eq!(reparse(&a).unwrap(), a);
         let b = RunArgs {
@@ -144,6 +149,7 @@ mod tests {
             encoding: Encoding::F16,
             max_rate: Some(12.5),
             skip_bad: true,
+            precision: PrecisionArgs { precision: mistnet::model::direct::Precision::Bf16 },
             ..a
         };
         assert_eq!(reparse(&b).unwrap(), b);

@@ -5,7 +5,8 @@ use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::conv::{Conv, ConvShape, FoldedConv};
-use super::planes::Planes;
+use super::direct::Precision;
+use super::planes::Activation;
 
 /// `m.{j}`: 1×1 then 3×3 convolution (expansion 1.0), with a residual add when `shortcut`.
 #[derive(Debug, Clone)]
@@ -88,13 +89,13 @@ impl FoldedC3 {
         self.cv3.forward(&Tensor::cat(&[&a, &b], 1)?)
     }
 
-    pub fn forward_planes(&self, x: &Planes) -> Planes {
-        let mut a = self.cv1.forward_planes(x, None);
+    pub fn forward_planes(&self, x: &Activation, precision: Precision) -> Activation {
+        let mut a = self.cv1.forward_planes(x, None, precision);
         for (cv1, cv2, shortcut) in &self.m {
-            let hidden = cv1.forward_planes(&a, None);
-            a = cv2.forward_planes(&hidden, shortcut.then_some(&a));
+            let hidden = cv1.forward_planes(&a, None, precision);
+            a = cv2.forward_planes(&hidden, shortcut.then_some(&a), precision);
         }
-        let b = self.cv2.forward_planes(x, None);
-        self.cv3.forward_planes(&Planes::cat(&[&a, &b]), None)
+        let b = self.cv2.forward_planes(x, None, precision);
+        self.cv3.forward_planes(&Activation::cat(&[&a, &b]), None, precision)
     }
 }

@@ -4,8 +4,9 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::batch_norm::{BatchNorm2d, BatchNormConfig};
+use super::direct::Precision;
 use super::gemm_conv;
-use super::planes::{ConvKernel, Planes};
+use super::planes::{Activation, ConvKernel};
 
 /// Geometry of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,11 +64,7 @@ impl Conv {
         let (scale, shift) = self.bn.eval_scale_shift()?;
         let weight = self.weight.broadcast_mul(&scale.reshape((self.shape.c2, 1, 1, 1))?)?.detach();
         let bias = shift.detach();
-        let kernel = ConvKernel {
-            weight: weight.flatten_all()?.to_vec1()?,
-            bias: bias.to_vec1()?,
-            shape: self.shape,
-        };
+        let kernel = ConvKernel::new(weight.flatten_all()?.to_vec1()?, bias.to_vec1()?, self.shape);
         Ok(FoldedConv { weight, bias, shape: self.shape, kernel })
     }
 }
@@ -89,7 +86,7 @@ impl FoldedConv {
     }
 
     /// The fused CPU path: `silu(conv(x) + b) (+ residual)` on one image.
-    pub fn forward_planes(&self, x: &Planes, residual: Option<&Planes>) -> Planes {
-        self.kernel.forward(x, residual)
+    pub fn forward_planes(&self, x: &Activation, residual: Option<&Activation>, precision: Precision) -> Activation {
+        self.kernel.forward(x, residual, precision)
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conv;
 pub mod deploy;
 pub mod detect;
+pub mod direct;
 pub mod flops;
 pub mod gemm_conv;
 pub mod input;

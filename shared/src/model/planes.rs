@@ -1,16 +1,22 @@
-//! Inference-only CPU kernels for the folded Front, on one image at a time.
+//! Inference-only CPU kernels for the folded Front, on one image at a time, and the layouts the
+//! fused path passes between layers ([`Planes`], [`PairPlanes`], [`Activation`]).
 //!
-//! A convolution is a GEMM `W[c2, c1·k·k] · col(x)[c1·k·k, Ho·Wo]`. Instead of materialising the
-//! whole `col` matrix (44 MB for yolov5s' stem at 640 px), the output is cut into tiles of a few
+//! Without AVX-512 (or for grouped convolutions), convolutions run here, in f32 ([`super::direct`]
+//! has the kernels used otherwise). A convolution is a GEMM `W[c2, c1·k·k] · col(x)[c1·k·k, Ho·Wo]`.
+//! Instead of materialising the whole `col` matrix (44 MB for yolov5s' stem at 640 px), the output is cut into tiles of a few
 //! rows; each tile builds its slice of `col` in a small per-thread buffer, runs the GEMM, and
 //! applies bias, SiLU and an optional residual while the tile is still in cache. Tiles run in
 //! parallel on rayon's pool; a 1×1 stride-1 convolution reads the input directly, with no `col`.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use super::conv::ConvShape;
+#[cfg(target_arch = "x86_64")]
+use super::direct;
+use super::direct::{PackedWeights, Precision, bf16_pair, bf16_unpair};
 use super::kernels::{silu, widest};
 use super::upsample;
 
@@ -41,16 +47,120 @@ impl Planes {
     }
 }
 
+/// One image in bf16, two channels per word: plane `i` holds channels `2i` (low half) and `2i + 1`
+/// (high half; zero when `c` is odd). What the bf16 direct kernels read and write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairPlanes {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub data: Vec<u32>,
+}
+
+impl PairPlanes {
+    pub fn new(c: usize, h: usize, w: usize, data: Vec<u32>) -> Self {
+        assert_eq!(data.len(), c.div_ceil(2) * h * w, "pair planes data length");
+        Self { c, h, w, data }
+    }
+
+    /// `x` rounded to bf16 (to nearest, ties to even).
+    pub fn from_f32(x: &Planes) -> Self {
+        let hw = x.h * x.w;
+        let plane = |ci: usize| &x.data[ci * hw..(ci + 1) * hw];
+        let mut data = Vec::with_capacity(x.c.div_ceil(2) * hw);
+        for cp in 0..x.c.div_ceil(2) {
+            let lo = plane(2 * cp);
+            match (2 * cp + 1 < x.c).then(|| plane(2 * cp + 1)) {
+                Some(hi) => data.extend(lo.iter().zip(hi).map(|(&a, &b)| bf16_pair(a, b))),
+                None => data.extend(lo.iter().map(|&a| bf16_pair(a, 0.0))),
+            }
+        }
+        Self::new(x.c, x.h, x.w, data)
+    }
+
+    pub fn to_f32(&self) -> Planes {
+        let hw = self.h * self.w;
+        let mut data = vec![0f32; self.c * hw];
+        for (ci, plane) in data.chunks_mut(hw).enumerate() {
+            let words = &self.data[ci / 2 * hw..(ci / 2 + 1) * hw];
+            for (v, &word) in plane.iter_mut().zip(words) {
+                let (lo, hi) = bf16_unpair(word);
+                *v = if ci % 2 == 0 { lo } else { hi };
+            }
+        }
+        Planes::new(self.c, self.h, self.w, data)
+    }
+}
+
+/// A layer's output as the Front's fused path passes it on: f32 planes, or bf16 pairs between
+/// the convolutions of a bf16 Front.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Activation {
+    F32(Planes),
+    Bf16(PairPlanes),
+}
+
+impl Activation {
+    /// (channels, height, width).
+    pub fn dims(&self) -> (usize, usize, usize) {
+        match self {
+            Activation::F32(p) => (p.c, p.h, p.w),
+            Activation::Bf16(p) => (p.c, p.h, p.w),
+        }
+    }
+
+    pub fn to_f32(&self) -> Cow<'_, Planes> {
+        match self {
+            Activation::F32(p) => Cow::Borrowed(p),
+            Activation::Bf16(p) => Cow::Owned(p.to_f32()),
+        }
+    }
+
+    pub fn into_f32(self) -> Planes {
+        match self {
+            Activation::F32(p) => p,
+            Activation::Bf16(p) => p.to_f32(),
+        }
+    }
+
+    /// Concatenates along channels: pair planes stay pairs when every part but the last has an
+    /// even channel count; otherwise all in f32.
+    pub fn cat(parts: &[&Activation]) -> Activation {
+        let pairs: Option<Vec<&PairPlanes>> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match a {
+                Activation::Bf16(p) if p.c % 2 == 0 || i + 1 == parts.len() => Some(p),
+                _ => None,
+            })
+            .collect();
+        match pairs {
+            Some(pairs) => {
+                let (h, w) = (pairs[0].h, pairs[0].w);
+                assert!(pairs.iter().all(|p| p.h == h && p.w == w), "concatenated planes must share their size");
+                let data = pairs.iter().flat_map(|p| p.data.iter().copied()).collect();
+                Activation::Bf16(PairPlanes::new(pairs.iter().map(|p| p.c).sum(), h, w, data))
+            }
+            None => {
+                let planes: Vec<Cow<Planes>> = parts.iter().map(|a| a.to_f32()).collect();
+                Activation::F32(Planes::cat(&planes.iter().map(|p| p.as_ref()).collect::<Vec<_>>()))
+            }
+        }
+    }
+}
+
 /// Output elements per tile's `col` buffer: keeps a tile's working set in L2.
 const COL_TILE_BYTES: usize = 256 * 1024;
 
-/// Folded convolution weights in GEMM layout.
+/// Folded convolution weights in GEMM layout, and packed for the direct kernels.
 #[derive(Debug, Clone)]
 pub struct ConvKernel {
     /// `[c2, c1/g · k · k]`, row-major.
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
     pub shape: ConvShape,
+    /// `None` where the direct kernels do not apply to this shape.
+    packed: Option<PackedWeights>,
 }
 
 struct SendPtr(*mut f32);
@@ -62,14 +172,32 @@ thread_local! {
 }
 
 impl ConvKernel {
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, shape: ConvShape) -> Self {
+        let packed = PackedWeights::pack(&weight, &shape);
+        Self { weight, bias, shape, packed }
+    }
+
+    /// `silu(conv(x) + bias) + residual`: through the direct kernels where this CPU has them for
+    /// `precision` and they apply to the shape (bf16 pairs out in bf16), else in f32 as im2col + GEMM.
+    pub fn forward(&self, x: &Activation, residual: Option<&Activation>, precision: Precision) -> Activation {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.packed
+            && precision.available()
+        {
+            return direct::conv(x, &self.shape, packed, &self.bias, residual, precision);
+        }
+        let _ = precision;
+        Activation::F32(self.forward_im2col(&x.to_f32(), residual.map(|r| r.to_f32()).as_deref()))
+    }
+
     /// Output size for an input of `h × w`.
     pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
         let ConvShape { k, s, p, .. } = self.shape;
         ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
     }
 
-    /// `silu(conv(x) + bias) + residual`.
-    pub fn forward(&self, x: &Planes, residual: Option<&Planes>) -> Planes {
+    /// `silu(conv(x) + bias) + residual` in f32, as tiled im2col + GEMM.
+    pub fn forward_im2col(&self, x: &Planes, residual: Option<&Planes>) -> Planes {
         let ConvShape { c1, c2, k, s, p, g } = self.shape;
         assert_eq!(x.c, c1, "conv input channels");
         let (ho, wo) = self.out_size(x.h, x.w);
@@ -82,7 +210,7 @@ impl ConvKernel {
         let kk = c1 / g * k * k;
         // Columns per tile: whole output rows for im2col, any run for the direct 1×1 case.
         let cols = if direct {
-            (COL_TILE_BYTES / 4 / c2.max(1)).clamp(64, hw).next_multiple_of(16).min(hw)
+            (COL_TILE_BYTES / 4 / c2.max(1)).max(64).next_multiple_of(16).min(hw)
         } else {
             (COL_TILE_BYTES / 4 / (kk * wo)).max(1) * wo
         };

@@ -16,9 +16,10 @@ use crate::codec::FrontHash;
 use super::batch_norm::BatchNormConfig;
 use super::c3::{C3, FoldedC3};
 use super::config::{INPUT, LayerKind, LayerSpec};
-use super::kernels::on_cpu_f32;
 use super::conv::{Conv, ConvShape, FoldedConv};
-use super::planes::{self, Planes};
+use super::direct::Precision;
+use super::kernels::on_cpu_f32;
+use super::planes::{self, Activation, Planes};
 use super::sppf::{FoldedSppf, Sppf};
 use super::upsample::upsample_nearest;
 use super::weights::ParamStore;
@@ -56,6 +57,18 @@ pub fn front_prefixes(cut: usize) -> Vec<String> {
     (0..cut).map(|i| format!("model.{i}.")).collect()
 }
 
+/// Writes a Front-only weights file (layers `0..cut`) of a model freshly initialised from `seed`:
+/// what the speed benchmarks load, as no trained weights can be downloaded.
+pub fn save_fresh_front(specs: &[LayerSpec], cut: usize, seed: u64, path: &std::path::Path) -> Result<(), ModelError> {
+    check_cut(specs, cut)?;
+    let store = ParamStore::fresh(seed);
+    Yolo::load(store.var_builder(&Device::Cpu), specs, 0, BatchNormConfig::default())?;
+    let prefixes = front_prefixes(cut);
+    let front: std::collections::BTreeMap<_, _> =
+        store.tensors().into_iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p))).collect();
+    super::weights::save_tensors(&front, path)
+}
+
 /// A Front layer with BatchNorm folded away.
 #[derive(Debug, Clone)]
 enum FrontLayer {
@@ -73,6 +86,7 @@ pub struct Front {
     layers: Vec<FrontLayer>,
     cut: usize,
     hash: FrontHash,
+    precision: Precision,
 }
 
 impl Front {
@@ -86,7 +100,21 @@ impl Front {
             .map(|s| fold_layer(vb.pp(s.index), &s.kind, bn))
             .collect::<CandleResult<Vec<_>>>()?;
         let hash = store.hash(&front_prefixes(cut))?;
-        Ok(Self { specs: specs[..cut].to_vec(), layers, cut, hash })
+        Ok(Self { specs: specs[..cut].to_vec(), layers, cut, hash, precision: Precision::F32 })
+    }
+
+    /// Runs the CPU path's convolutions in `precision` from now on; an error where this CPU
+    /// lacks its instructions. f32 always works (without AVX-512, as im2col + GEMM).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<(), ModelError> {
+        if precision != Precision::F32 && !precision.available() {
+            return Err(ModelError::Config(format!("precision {precision} needs a CPU with AVX512-BF16; this one has none")));
+        }
+        self.precision = precision;
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn cut(&self) -> usize {
@@ -136,17 +164,17 @@ impl Front {
         let last = self.cut - 1;
         let mut results = Vec::with_capacity(bs);
         for b in 0..bs {
-            let x = Planes::new(c, h, w, image.get(b)?.flatten_all()?.to_vec1()?);
+            let x = Activation::F32(Planes::new(c, h, w, image.get(b)?.flatten_all()?.to_vec1()?));
             let mut outs = run_graph(&self.specs, 0, x, false, |i, xs| {
                 Ok(match &self.layers[i] {
-                    FrontLayer::Conv(m) => m.forward_planes(xs[0], None),
-                    FrontLayer::C3(m) => m.forward_planes(xs[0]),
-                    FrontLayer::Sppf(m) => m.forward_planes(xs[0]),
-                    FrontLayer::Upsample(s) => planes::upsample_nearest(xs[0], *s),
-                    FrontLayer::Concat => Planes::cat(xs),
+                    FrontLayer::Conv(m) => m.forward_planes(xs[0], None, self.precision),
+                    FrontLayer::C3(m) => m.forward_planes(xs[0], self.precision),
+                    FrontLayer::Sppf(m) => m.forward_planes(xs[0], self.precision),
+                    FrontLayer::Upsample(s) => Activation::F32(planes::upsample_nearest(&xs[0].to_f32(), *s)),
+                    FrontLayer::Concat => Activation::cat(xs),
                 })
             })?;
-            let y = outs[last].take().expect("the last Front layer's output is kept");
+            let y = outs[last].take().expect("the last Front layer's output is kept").into_f32();
             results.push(Tensor::from_vec(y.data, (1, y.c, y.h, y.w), image.device())?);
         }
         if results.len() == 1 { Ok(results.pop().expect("one image")) } else { Tensor::cat(&results, 0) }

@@ -12,10 +12,11 @@ use candle_nn::VarBuilder;
 
 use super::batch_norm::BatchNormConfig;
 use super::conv::{Conv, ConvShape, FoldedConv};
+use super::direct::Precision;
 use super::kernels::{cpu_f32, on_cpu_f32, par_fill};
 #[cfg(feature = "train")]
 use super::kernels::storage_f32;
-use super::planes::{self, Planes, max_pool_plane};
+use super::planes::{self, Activation, Planes, max_pool_plane};
 
 /// Max-pool with kernel `k` (odd), stride 1 and padding `k / 2` filled with -inf: output size = input size.
 pub fn max_pool_same(x: &Tensor, k: usize) -> Result<Tensor> {
@@ -140,12 +141,12 @@ impl FoldedSppf {
         self.cv2.forward(&Tensor::cat(&[&x, &y1, &y2, &y3], 1)?)
     }
 
-    pub fn forward_planes(&self, x: &Planes) -> Planes {
-        let x = self.cv1.forward_planes(x, None);
+    pub fn forward_planes(&self, x: &Activation, precision: Precision) -> Activation {
+        let x = self.cv1.forward_planes(x, None, precision).into_f32();
         let y1 = planes::max_pool_same(&x, self.k);
         let y2 = planes::max_pool_same(&y1, self.k);
         let y3 = planes::max_pool_same(&y2, self.k);
-        self.cv2.forward_planes(&Planes::cat(&[&x, &y1, &y2, &y3]), None)
+        self.cv2.forward_planes(&Activation::F32(Planes::cat(&[&x, &y1, &y2, &y3])), None, precision)
     }
 }
 
