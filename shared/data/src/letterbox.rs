@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use image::{Rgb, RgbImage, imageops::FilterType};
+use image::{Rgb, RgbImage};
 
 /// The grey YOLOv5 pads with.
 pub const PAD_VALUE: u8 = 114;
@@ -75,7 +75,7 @@ pub fn letterbox(img: &RgbImage, size: u32) -> (RgbImage, Letterbox) {
     let resized = if (new_w, new_h) == img.dimensions() {
         img.clone()
     } else {
-        image::imageops::resize(img, new_w, new_h, FilterType::Triangle)
+        crate::resize::resize_triangle(img, new_w, new_h)
     };
     let mut canvas = RgbImage::from_pixel(size, size, Rgb([PAD_VALUE; 3]));
     image::imageops::replace(&mut canvas, &resized, info.pad.0 as i64, info.pad.1 as i64);

@@ -7,6 +7,7 @@ pub mod error;
 pub mod label;
 pub mod letterbox;
 pub mod partition;
+pub mod resize;
 pub mod synth;
 pub mod yolo;
 
