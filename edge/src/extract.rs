@@ -13,10 +13,12 @@ use mistnet_cli::{DeviceArgs, FrontArgs, ImageSizeArgs, PrecisionArgs};
 use mistnet_cli::PrivacyArgs;
 
 use crate::cache::write_atomic;
+use crate::prefetch::pipelined;
 
 #[derive(clap::Args)]
 #[command(after_help = "Prints on stdout how fast it went (`extracted: N images in S s (R images/s, T ms each)`: decode, \
-letterbox, Front, encoding and the write, from the first image to the last).\n\n\
+letterbox, Front, encoding and the write, from the first image to the last). With more than one thread \
+(RAYON_NUM_THREADS, default the cores) the next image is decoded while the Front runs.\n\n\
 Without --encoding, writes DIR/<image stem>.safetensors holding `features` [1, C, H, W] (f32, \
 the Front's raw output) with the cut, Front hash and letterbox geometry in the file's metadata. With --encoding, writes \
 DIR/<image stem>.mnf: the binarized, randomized and encoded features in the wire format (docs/wire-format.md), exactly \
@@ -66,11 +68,12 @@ pub fn run(args: Args) -> Result<()> {
             .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
-    for path in &images {
+    let count = images.len();
+    let load = |path: &PathBuf| read_rgb(path).map(|img| encoder.letterbox(&img));
+    pipelined(images, load, |path, boxed| {
         let stem = path.file_stem().and_then(|s| s.to_str()).context("image name is not valid UTF-8")?;
         bar.set_message(stem.to_string());
-        let img = read_rgb(path).map_err(anyhow::Error::msg)?;
-        let features = encoder.features(&img)?;
+        let features = encoder.features_of(&boxed.map_err(anyhow::Error::msg)?)?;
         let out = if args.encoding.is_some() {
             let out = args.out.join(format!("{stem}.mnf"));
             write_atomic(&out, &encoder.encode_features(&features.tensor, &mut rng)?)?;
@@ -93,10 +96,11 @@ pub fn run(args: Args) -> Result<()> {
         };
         tracing::debug!(image = %path.display(), shape = ?features.tensor.dims(), out = %out.display(), "extracted");
         bar.inc(1);
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
-    println!("{}", summary(images.len(), started.elapsed()));
-    tracing::info!(images = images.len(), out = %args.out.display(), "done");
+    println!("{}", summary(count, started.elapsed()));
+    tracing::info!(images = count, out = %args.out.display(), "done");
     Ok(())
 }
 

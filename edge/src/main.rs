@@ -8,6 +8,7 @@ mod cache;
 mod detect;
 mod extract;
 mod model_cache;
+mod prefetch;
 mod run;
 
 #[derive(Parser)]

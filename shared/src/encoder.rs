@@ -48,6 +48,13 @@ impl WireSettings {
     }
 }
 
+/// An image letterboxed for the Front: what can be made ahead of it (a pipeline decodes the next
+/// image while the Front runs on this one).
+pub struct Letterboxed {
+    pub image: RgbImage,
+    pub letterbox: Letterbox,
+}
+
 /// One image through the Front: `[1, C, h, w]` f32 features and where the image sits in the canvas.
 pub struct Features {
     pub tensor: Tensor,
@@ -110,11 +117,21 @@ impl EdgeEncoder {
         Ok(Self::new(self.front.clone(), self.imgsz, wire)?.on_device(self.device.clone()))
     }
 
+    /// `img` letterboxed to this encoder's size.
+    pub fn letterbox(&self, img: &RgbImage) -> Letterboxed {
+        let (image, letterbox) = self::letterbox(img, self.imgsz);
+        Letterboxed { image, letterbox }
+    }
+
     /// Letterboxes `img` and runs the Front on it (the float features, before binarization).
     pub fn features(&self, img: &RgbImage) -> Result<Features, EncoderError> {
-        let (boxed, letterbox) = self::letterbox(img, self.imgsz);
-        let tensor = self.front.forward(&image_to_tensor(&boxed, &self.device)?)?;
-        Ok(Features { tensor, letterbox })
+        self.features_of(&self.letterbox(img))
+    }
+
+    /// Runs the Front on a letterboxed image.
+    pub fn features_of(&self, boxed: &Letterboxed) -> Result<Features, EncoderError> {
+        let tensor = self.front.forward(&image_to_tensor(&boxed.image, &self.device)?)?;
+        Ok(Features { tensor, letterbox: boxed.letterbox })
     }
 
     /// One feature map (`[1, C, h, w]` or `[C, h, w]`) as a wire message: binarized, randomized
@@ -124,15 +141,20 @@ impl EdgeEncoder {
         Ok(codec::encode(&values, features.dims(), &self.params, rng)?)
     }
 
-    /// An image all the way to its wire message.
-    pub fn encode_image(&self, img: &RgbImage, rng: &mut CodecRng) -> Result<(Vec<u8>, Letterbox), EncoderError> {
-        let f = self.features(img)?;
-        Ok((self.encode_features(&f.tensor, rng)?, f.letterbox))
+    /// A dataset sample: reads its image, encodes it, and keeps its labels with the geometry.
+    pub fn encode_sample(&self, sample: &Sample, rng: &mut CodecRng) -> Result<EncodedSample, EncoderError> {
+        self.encode_letterboxed(sample, &self.read_sample(sample)?, rng)
     }
 
-    /// A dataset sample: reads its image, encodes it, and keeps its labels with the geometry. The
-    /// image's decoded size must be the size the dataset recorded (it travels as the image size).
-    pub fn encode_sample(&self, sample: &Sample, rng: &mut CodecRng) -> Result<EncodedSample, EncoderError> {
+    /// [`encode_sample`](Self::encode_sample) after [`read_sample`](Self::read_sample).
+    pub fn encode_letterboxed(&self, sample: &Sample, boxed: &Letterboxed, rng: &mut CodecRng) -> Result<EncodedSample, EncoderError> {
+        let f = self.features_of(boxed)?;
+        Ok(EncodedSample { message: self.encode_features(&f.tensor, rng)?, labels: sample.labels.clone(), letterbox: f.letterbox })
+    }
+
+    /// A dataset sample's image, read and letterboxed. Its decoded size must be the size the dataset
+    /// recorded (it travels as the image size).
+    pub fn read_sample(&self, sample: &Sample) -> Result<Letterboxed, EncoderError> {
         let img = read_rgb(&sample.image_path).map_err(EncoderError::Image)?;
         if img.dimensions() != sample.size {
             return Err(EncoderError::Image(format!(
@@ -142,7 +164,6 @@ impl EdgeEncoder {
                 sample.size
             )));
         }
-        let (message, letterbox) = self.encode_image(&img, rng)?;
-        Ok(EncodedSample { message, labels: sample.labels.clone(), letterbox })
+        Ok(self.letterbox(&img))
     }
 }

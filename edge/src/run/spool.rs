@@ -12,6 +12,7 @@ use mistnet::encoder::EdgeEncoder;
 use sha2::{Digest, Sha256};
 
 use crate::cache::write_atomic;
+use crate::prefetch::pipelined;
 
 /// A sample ready to send: its id, spooled message and labels.
 #[derive(Debug, Clone)]
@@ -45,29 +46,41 @@ pub fn prepare(
         ProgressStyle::with_template("{spinner} extract [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
     );
     let mut out = Vec::with_capacity(todo.len());
+    let mut to_encode = Vec::new();
+    for (sample_id, sample) in todo {
+        let message = spool.join(format!("{}.mnf", hex::encode(Sha256::digest(sample_id.as_bytes()))));
+        match spooled_damage(&message, encoder) {
+            None => {
+                bar.inc(1);
+                out.push(Spooled { sample_id, message, sample });
+            }
+            Some(why) => {
+                if message.exists() {
+                    tracing::warn!(file = %message.display(), sample = %sample_id, %why, "damaged spool file: extracting the sample again");
+                }
+                to_encode.push(Spooled { sample_id, message, sample });
+            }
+        }
+    }
     let mut skipped = 0usize;
     let (started, mut encoded_now) = (std::time::Instant::now(), 0usize);
-    for (sample_id, sample) in todo {
+    // The next sample's image is read and letterboxed while this one runs through the Front.
+    pipelined(to_encode, |s| encoder.read_sample(&s.sample), |s, boxed| {
         bar.inc(1);
-        let message = spool.join(format!("{}.mnf", hex::encode(Sha256::digest(sample_id.as_bytes()))));
-        if let Some(why) = spooled_damage(&message, encoder) {
-            if message.exists() {
-                tracing::warn!(file = %message.display(), sample = %sample_id, %why, "damaged spool file: extracting the sample again");
+        let encoded = match boxed.and_then(|boxed| encoder.encode_letterboxed(&s.sample, &boxed, rng)) {
+            Ok(encoded) => encoded,
+            Err(e) if skip_bad => {
+                tracing::warn!(sample = %s.sample_id, error = %e, "skipping a sample that cannot be encoded (--skip-bad)");
+                skipped += 1;
+                return Ok(());
             }
-            let encoded = match encoder.encode_sample(&sample, rng) {
-                Ok(encoded) => encoded,
-                Err(e) if skip_bad => {
-                    tracing::warn!(sample = %sample_id, error = %e, "skipping a sample that cannot be encoded (--skip-bad)");
-                    skipped += 1;
-                    continue;
-                }
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot encode the features of {} (--skip-bad leaves such samples out)", sample.image_path.display()))),
-            };
-            write_atomic(&message, &encoded.message)?;
-            encoded_now += 1;
-        }
-        out.push(Spooled { sample_id, message, sample });
-    }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot encode the features of {} (--skip-bad leaves such samples out)", s.sample.image_path.display()))),
+        };
+        write_atomic(&s.message, &encoded.message)?;
+        encoded_now += 1;
+        out.push(s);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if skipped > 0 {
         eprintln!("skipped {skipped} samples whose images could not be encoded (--skip-bad)");

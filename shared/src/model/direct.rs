@@ -77,8 +77,17 @@ impl std::str::FromStr for Precision {
 pub struct PackedWeights {
     /// `[c2 / MR][c1·k·k][MR]`, f32 bits.
     f32: Vec<u32>,
-    /// `[c2 / MR][⌈c1/2⌉·k·k][MR]`: bf16 pairs of channels (the even one in the low half).
+    /// `[c2 / MR][⌈c1/2⌉·k·k][MR]`: bf16 pairs of channels (the even one in the low half); for
+    /// [`pairs_taps`] shapes `[c2 / MR][c1·k·k/2][MR]`, pairs of horizontally adjacent taps.
     bf16: Vec<u32>,
+}
+
+/// Whether the bf16 kernel pairs horizontally adjacent taps `(kx, kx + 1)` rather than channels:
+/// for an odd number of input channels (the stem's 3), at stride 2 with an even kernel (the
+/// stem's 6×6), where channel pairs would multiply a quarter zeros. Such a tap pair reads two
+/// neighbouring columns of one padded row, so its planes are plain rows of bf16 pairs.
+fn pairs_taps(shape: &ConvShape) -> bool {
+    shape.c1 % 2 == 1 && shape.s == 2 && shape.k % 2 == 0
 }
 
 impl PackedWeights {
@@ -97,6 +106,13 @@ impl PackedWeights {
         for cb in 0..c2 / MR {
             for i in 0..kk {
                 f32s.extend((0..MR).map(|r| weight[(cb * MR + r) * kk + i].to_bits()));
+            }
+            if pairs_taps(shape) {
+                // Weight index (ci·k + ky)·k + kx; the pair is kx = 2j, 2j + 1.
+                for i in (0..kk).step_by(2) {
+                    bf16s.extend((0..MR).map(|r| bf16_pair(weight[(cb * MR + r) * kk + i], weight[(cb * MR + r) * kk + i + 1])));
+                }
+                continue;
             }
             for cp in 0..pairs {
                 for t in 0..taps {
@@ -152,7 +168,7 @@ mod x86 {
 
     use super::super::conv::ConvShape;
     use super::super::planes::{Activation, PairPlanes, Planes};
-    use super::{MR, PackedWeights, Precision, bf16_bits};
+    use super::{MR, PackedWeights, Precision, bf16_bits, bf16_pair, pairs_taps};
 
     /// 16-lane vectors per micro-tile.
     const NV: usize = 3;
@@ -181,10 +197,11 @@ mod x86 {
             assert_eq!(r.dims(), (c2, ho, wo), "residual shape");
         }
         let direct = k == 1 && s == 1 && p == 0;
-        // The f32 kernel reads f32 planes; bf16 pairs met there are widened first.
+        // The f32 kernel reads f32 planes, and tap pairs are made from f32 rows: bf16 channel pairs
+        // met there are widened first.
         let widened;
         let x = match (precision, x) {
-            (Precision::F32, Activation::Bf16(pairs)) => {
+            (Precision::F32, Activation::Bf16(pairs)) | (Precision::Bf16, Activation::Bf16(pairs)) if precision == Precision::F32 || pairs_taps(shape) => {
                 widened = Activation::F32(pairs.to_f32());
                 &widened
             }
@@ -207,6 +224,11 @@ mod x86 {
                 prepared = buf;
                 (&prepared, plane_len, wq)
             }
+            (Precision::Bf16, Activation::F32(x)) if pairs_taps(shape) => {
+                let (buf, plane_len, wq) = prepare_tap_pairs(x, shape);
+                prepared = buf;
+                (&prepared, plane_len, wq)
+            }
             (Precision::Bf16, Activation::F32(x)) => {
                 let (buf, plane_len, wq) = prepare(&x.data, c1, h, w, shape, 2, pair_fill);
                 prepared = buf;
@@ -214,11 +236,15 @@ mod x86 {
             }
             (Precision::F32, Activation::Bf16(_)) => unreachable!("widened above"),
         };
-        let (groups, weights) = match precision {
-            Precision::F32 => (c1, &packed.f32),
-            Precision::Bf16 => (c1.div_ceil(2), &packed.bf16),
+        let offsets = match precision {
+            Precision::F32 => tap_offsets(c1, shape, plane_len, wq),
+            Precision::Bf16 if pairs_taps(shape) => tap_pair_offsets(c1, shape, plane_len, wq),
+            Precision::Bf16 => tap_offsets(c1.div_ceil(2), shape, plane_len, wq),
         };
-        let offsets = tap_offsets(groups, shape, plane_len, wq);
+        let weights = match precision {
+            Precision::F32 => &packed.f32,
+            Precision::Bf16 => &packed.bf16,
+        };
         let g = Geometry { ho, wo, wq, c2 };
         // Every value is written by `run` (the tiles cover every output lane of every channel
         // block), so the buffers are not zeroed first.
@@ -415,6 +441,67 @@ mod x86 {
             let i = src(c);
             dst[c] = bf16_bits(rows[0][i]) | rows.get(1).map_or(0, |hi| bf16_bits(hi[i]) << 16);
         }
+    }
+
+    /// [`prepare`] for [`pairs_taps`] shapes (stride 2): per channel and row phase `a`, the padded
+    /// rows `2r + a` as bf16 pairs of neighbouring columns, `(2c, 2c + 1)`.
+    fn prepare_tap_pairs(x: &Planes, shape: &ConvShape) -> (Vec<u32>, usize, usize) {
+        let ConvShape { k, p, .. } = *shape;
+        let (h, w) = (x.h, x.w);
+        let (hq, wq) = ((h + 2 * p).div_ceil(2), (w + 2 * p).div_ceil(2));
+        let plane_len = (hq * wq + k).next_multiple_of(16);
+        let mut buf = vec![0u32; x.c * 2 * plane_len];
+        buf.par_chunks_mut(2 * plane_len).enumerate().for_each(|(ci, planes)| {
+            for (a, plane) in planes.chunks_mut(plane_len).enumerate() {
+                for r in 0..hq {
+                    let y = (2 * r + a) as isize - p as isize;
+                    if y >= 0 && y < h as isize {
+                        let row = &x.data[(ci * h + y as usize) * w..][..w];
+                        // SAFETY: the caller of `conv` checked for AVX512-BF16.
+                        unsafe { pair_columns(&mut plane[r * wq..(r + 1) * wq], row, p) };
+                    }
+                }
+            }
+        });
+        (buf, plane_len, wq)
+    }
+
+    /// `dst[c] = (row[2c − p], row[2c + 1 − p])` in bf16, zero outside the row.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn pair_columns(dst: &mut [u32], row: &[f32], p: usize) {
+        let at = |i: isize| if i >= 0 && (i as usize) < row.len() { row[i as usize] } else { 0.0 };
+        let mut c = 0;
+        while c < dst.len() {
+            let start = 2 * c as isize - p as isize;
+            if start >= 0 && start as usize + 32 <= row.len() && c + 16 <= dst.len() {
+                // SAFETY: 32 values of `row` from `start`, 16 words of `dst` from c. The 32 bf16 come
+                // out in memory order, so value 2i is the low half of word i.
+                unsafe {
+                    let src = row.as_ptr().add(start as usize);
+                    let v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src.add(16)), _mm512_loadu_ps(src));
+                    _mm512_storeu_si512(dst.as_mut_ptr().add(c).cast(), std::mem::transmute::<__m512bh, __m512i>(v));
+                }
+                c += 16;
+            } else {
+                dst[c] = bf16_pair(at(start), at(start + 1));
+                c += 1;
+            }
+        }
+    }
+
+    /// [`tap_offsets`] for [`pairs_taps`] shapes: `(ci, ky, kx pair j)` reads plane `(ci, ky mod 2)`
+    /// at row `ky / 2`, column `j`.
+    fn tap_pair_offsets(c1: usize, shape: &ConvShape, plane_len: usize, wq: usize) -> Vec<usize> {
+        let k = shape.k;
+        let mut offsets = Vec::with_capacity(c1 * k * k / 2);
+        for ci in 0..c1 {
+            for ky in 0..k {
+                for j in 0..k / 2 {
+                    offsets.push((ci * 2 + ky % 2) * plane_len + (ky / 2) * wq + j);
+                }
+            }
+        }
+        offsets
     }
 
     /// Word offset of each `(plane group, tap)` into the prepared buffer, for output lane 0.
@@ -818,6 +905,8 @@ mod tests {
         let cases = [
             (3, 16, 6, 2, 2, 64, 64),
             (3, 8, 6, 2, 2, 37, 50),
+            (5, 8, 4, 2, 1, 9, 11),
+            (1, 8, 2, 2, 0, 6, 7),
             (16, 32, 3, 2, 1, 33, 32),
             (16, 16, 3, 1, 1, 20, 7),
             (24, 8, 1, 1, 0, 9, 13),
