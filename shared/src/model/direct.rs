@@ -200,14 +200,14 @@ mod x86 {
         // The f32 kernel reads f32 planes, and tap pairs are made from f32 rows: bf16 channel pairs
         // met there are widened first.
         let widened;
-        let x = match (precision, x) {
-            (Precision::F32, Activation::Bf16(pairs)) | (Precision::Bf16, Activation::Bf16(pairs)) if precision == Precision::F32 || pairs_taps(shape) => {
+        let x = match x {
+            Activation::Bf16(pairs) if precision == Precision::F32 || pairs_taps(shape) => {
                 widened = Activation::F32(pairs.to_f32());
                 &widened
             }
             _ => x,
         };
-        // The input as 32-bit words in tap planes: (words, plane length, wide row, planes).
+        // The input as 32-bit words in tap planes: (words, plane length, wide row).
         let prepared: Vec<u32>;
         let (words, plane_len, wq): (&[u32], usize, usize) = match (precision, x) {
             (Precision::F32, Activation::F32(x)) if direct => (as_words(&x.data), h * w, w),
@@ -426,9 +426,11 @@ mod x86 {
                 // SAFETY: as in `copy_fill`; both rows have the same length.
                 unsafe {
                     let l = bf16_bits16(load_strided(lo.as_ptr(), src(c), s));
-                    let h = hi.map_or(_mm512_setzero_si512(), |hi| {
-                        bf16_bits16(load_strided(hi.as_ptr(), src(c), s))
-                    });
+                    // A `match`, not a closure: a closure would be compiled without AVX-512.
+                    let h = match hi {
+                        Some(hi) => bf16_bits16(load_strided(hi.as_ptr(), src(c), s)),
+                        None => _mm512_setzero_si512(),
+                    };
                     _mm512_storeu_si512(
                         dst.as_mut_ptr().add(c).cast(),
                         _mm512_or_si512(l, _mm512_slli_epi32::<16>(h)),
@@ -639,12 +641,15 @@ mod x86 {
         masks: [__mmask16; NV],
         tile: &mut [f32; MR * NR],
     ) {
+        // No closures here: a closure would be compiled without AVX-512.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); NV]; MR];
             for (i, &p) in taps.iter().enumerate() {
                 let p = p.cast::<f32>();
-                let a: [__m512; NV] =
-                    std::array::from_fn(|j| _mm512_maskz_loadu_ps(masks[j], p.add(16 * j)));
+                let mut a = [_mm512_setzero_ps(); NV];
+                for (j, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_maskz_loadu_ps(masks[j], p.add(16 * j));
+                }
                 let wk = w.add(i * MR).cast::<f32>();
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let b = _mm512_set1_ps(*wk.add(r));
@@ -671,12 +676,10 @@ mod x86 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); NV]; MR];
             for (i, &p) in taps.iter().enumerate() {
-                let a: [__m512bh; NV] = std::array::from_fn(|j| {
-                    std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(
-                        masks[j],
-                        p.add(16 * j).cast(),
-                    ))
-                });
+                let mut a = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
+                for (j, a) in a.iter_mut().enumerate() {
+                    *a = std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(masks[j], p.add(16 * j).cast()));
+                }
                 let wk = w.add(i * MR);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let b = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
