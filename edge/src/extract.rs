@@ -70,10 +70,12 @@ pub fn run(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
     let count = images.len();
     let load = |path: &PathBuf| read_rgb(path).map(|img| encoder.letterbox(&img));
-    pipelined(images, load, |path, boxed| {
+    let front = |path: &PathBuf, boxed: Result<_, String>| {
         let stem = path.file_stem().and_then(|s| s.to_str()).context("image name is not valid UTF-8")?;
         bar.set_message(stem.to_string());
-        let features = encoder.features_of(&boxed.map_err(anyhow::Error::msg)?)?;
+        Ok((stem.to_string(), encoder.features_of(&boxed.map_err(anyhow::Error::msg)?)?))
+    };
+    pipelined(images, load, front, |path, (stem, features)| {
         let out = if args.encoding.is_some() {
             let out = args.out.join(format!("{stem}.mnf"));
             write_atomic(&out, &encoder.encode_features(&features.tensor, &mut rng)?)?;

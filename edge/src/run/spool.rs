@@ -3,12 +3,13 @@
 //! bytes instead of drawing fresh noise, which would spend ε again.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use mistnet::codec::{CodecRng, DecodeLimits, decode};
 use mistnet::data::Sample;
-use mistnet::encoder::EdgeEncoder;
+use mistnet::encoder::{EdgeEncoder, EncoderError, Letterboxed};
 use sha2::{Digest, Sha256};
 
 use crate::cache::write_atomic;
@@ -62,25 +63,35 @@ pub fn prepare(
             }
         }
     }
-    let mut skipped = 0usize;
+    let skipped = AtomicUsize::new(0);
+    let skip = |s: &Spooled, e: EncoderError| {
+        if !skip_bad {
+            let path = s.sample.image_path.display();
+            return Err(anyhow::Error::new(e).context(format!("cannot encode the features of {path} (--skip-bad leaves such samples out)")));
+        }
+        tracing::warn!(sample = %s.sample_id, error = %e, "skipping a sample that cannot be encoded (--skip-bad)");
+        skipped.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    };
     let (started, mut encoded_now) = (std::time::Instant::now(), 0usize);
-    // The next sample's image is read and letterboxed while this one runs through the Front.
-    pipelined(to_encode, |s| encoder.read_sample(&s.sample), |s, boxed| {
+    // Read and letterbox ahead, the Front here, noise, encoding and the spool write behind.
+    let front = |s: &Spooled, boxed: Result<Letterboxed, EncoderError>| match boxed.and_then(|boxed| encoder.features_of(&boxed)) {
+        Ok(features) => Ok(Some(features.tensor)),
+        Err(e) => skip(s, e),
+    };
+    pipelined(to_encode, |s| encoder.read_sample(&s.sample), front, |s, features| {
         bar.inc(1);
-        let encoded = match boxed.and_then(|boxed| encoder.encode_letterboxed(&s.sample, &boxed, rng)) {
-            Ok(encoded) => encoded,
-            Err(e) if skip_bad => {
-                tracing::warn!(sample = %s.sample_id, error = %e, "skipping a sample that cannot be encoded (--skip-bad)");
-                skipped += 1;
-                return Ok(());
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot encode the features of {} (--skip-bad leaves such samples out)", s.sample.image_path.display()))),
+        let Some(features) = features else { return Ok(()) };
+        let message = match encoder.encode_features(&features, rng) {
+            Ok(message) => message,
+            Err(e) => return skip(&s, e).map(|_| ()),
         };
-        write_atomic(&s.message, &encoded.message)?;
+        write_atomic(&s.message, &message)?;
         encoded_now += 1;
         out.push(s);
         Ok(())
     })?;
+    let skipped = skipped.into_inner();
     bar.finish_and_clear();
     if skipped > 0 {
         eprintln!("skipped {skipped} samples whose images could not be encoded (--skip-bad)");
