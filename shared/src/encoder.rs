@@ -143,12 +143,7 @@ impl EdgeEncoder {
 
     /// A dataset sample: reads its image, encodes it, and keeps its labels with the geometry.
     pub fn encode_sample(&self, sample: &Sample, rng: &mut CodecRng) -> Result<EncodedSample, EncoderError> {
-        self.encode_letterboxed(sample, &self.read_sample(sample)?, rng)
-    }
-
-    /// [`encode_sample`](Self::encode_sample) after [`read_sample`](Self::read_sample).
-    pub fn encode_letterboxed(&self, sample: &Sample, boxed: &Letterboxed, rng: &mut CodecRng) -> Result<EncodedSample, EncoderError> {
-        let f = self.features_of(boxed)?;
+        let f = self.features_of(&self.read_sample(sample)?)?;
         Ok(EncodedSample { message: self.encode_features(&f.tensor, rng)?, labels: sample.labels.clone(), letterbox: f.letterbox })
     }
 

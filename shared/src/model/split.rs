@@ -113,10 +113,6 @@ impl Front {
         Ok(())
     }
 
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
     pub fn cut(&self) -> usize {
         self.cut
     }
